@@ -1,0 +1,222 @@
+"""The two storage pipelines: body first, then meta.
+
+Both keep every blocking call off the reactor thread: the body store runs on a
+bounded pool of upload threads, the meta store on one writer thread fed with
+batches. An item leaves BodyStorePipeline only once its body is stored, and
+MetaStorePipeline only once its batch is written, so a finished item is a
+stored item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from itemadapter import ItemAdapter
+from scrapy.exceptions import CloseSpider
+
+from scraper.retry import describe, with_backoff
+from scraper.stores import StoreError, build_body_store, build_meta_store, redact
+from scraper.stores.meta import dumps
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Self
+
+    from scrapy.crawler import Crawler
+
+    from scraper.stores import BodyStore, MetaStore
+
+logger = logging.getLogger(__name__)
+
+
+async def _open_store(
+    build: Callable[[Crawler, str], Any], crawler: Crawler, executor: ThreadPoolExecutor,
+    setting: str, uri: str,
+) -> Any:
+    """Build and open a store in its thread; one that cannot work stops the crawl with one line."""
+    try:
+        store = build(crawler, uri)
+        await asyncio.get_running_loop().run_in_executor(executor, store.open)
+    except StoreError as exc:
+        logger.error("%(setting)s unusable, crawl stopped: %(error)s",
+                     {"setting": setting, "error": exc})
+        raise CloseSpider(f"{setting.lower()}_unusable") from None
+    logger.info("%(setting)s: %(uri)s", {"setting": setting, "uri": redact(uri)})
+    return store
+
+
+class BodyStorePipeline:
+    """Stores each 2xx body under its fingerprint and sets ``body_key``."""
+
+    def __init__(
+        self, crawler: Crawler, uri: str, *, threads: int = 32, gzip: bool = False,
+        retry_timeout: float = 300,
+    ) -> None:
+        self.crawler = crawler
+        self.uri = uri
+        self.gzip = gzip
+        self.retry_timeout = retry_timeout
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="body-store")
+        self.store: BodyStore | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        s = crawler.settings
+        return cls(crawler, s.get("BODY_STORE"), threads=s.getint("BODY_STORE_THREADS"),
+                   gzip=s.getbool("BODY_STORE_GZIP"),
+                   retry_timeout=s.getfloat("BODY_STORE_RETRY_TIMEOUT"))
+
+    async def open_spider(self) -> None:
+        self.store = await _open_store(build_body_store, self.crawler, self.executor,
+                                       "BODY_STORE", self.uri)
+
+    async def close_spider(self) -> None:
+        if self.store is not None:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.store.close)
+        self.executor.shutdown(wait=True)
+
+    async def process_item(self, item: Any) -> Any:
+        adapter = ItemAdapter(item)
+        body = adapter.get("body")
+        status = adapter.get("status") or 0
+        if body is None or not 200 <= status < 300 or self.store is None:
+            return item
+        stats = self.crawler.stats
+        assert stats is not None
+        key = adapter["fingerprint"]
+        try:
+            adapter["body_key"] = await with_backoff(
+                lambda: self._put(key, body, adapter.get("content_type")),
+                what="body_store", timeout=self.retry_timeout, stats=stats,
+            )
+        except Exception as exc:
+            # The record still goes to the meta store, saying the body is missing and why.
+            stats.inc_value("body_store/failed")
+            adapter["error"] = f"body not stored: {describe(exc)}"
+            logger.error("Body of %(url)s not stored: %(error)s",
+                         {"url": adapter.get("url"), "error": describe(exc)})
+            return item
+        stats.inc_value("body_store/stored")
+        stats.inc_value("body_store/bytes", len(body))
+        return item
+
+    async def _put(self, key: str, body: bytes, content_type: str | None) -> str:
+        store = self.store
+        assert store is not None
+
+        def put() -> str:  # runs in an upload thread, gzip included
+            if self.gzip:
+                return store.put(key + ".gz", gzip.compress(body, 6), content_type, "gzip")
+            return store.put(key, body, content_type, None)
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, put)
+
+
+class MetaStorePipeline:
+    """Writes each item's meta document (everything but the body) in batched upserts.
+
+    A batch is flushed when it holds ``META_STORE_BATCH_SIZE`` documents, when it is
+    ``META_STORE_FLUSH_INTERVAL`` seconds old, and at close. Each item waits for its
+    batch. A batch that still fails after ``META_STORE_RETRY_TIMEOUT`` seconds is
+    spooled to ``META_STORE_SPOOL`` (JSON Lines) and logged: nothing is dropped.
+    """
+
+    def __init__(
+        self, crawler: Crawler, uri: str, *, batch_size: int = 500, flush_interval: float = 0.5,
+        retry_timeout: float = 300, spool: str = "data/meta-spool.jsonl",
+    ) -> None:
+        self.crawler = crawler
+        self.uri = uri
+        self.batch_size = max(1, batch_size)
+        self.flush_interval = flush_interval
+        self.retry_timeout = retry_timeout
+        self.spool = Path(spool)
+        # One writer thread: batches are written in order, one at a time.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="meta-store")
+        self.store: MetaStore | None = None
+        self.batch: list[dict[str, Any]] = []
+        self.batch_done: asyncio.Future[None] | None = None
+        self.flushes: set[asyncio.Task[None]] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        s = crawler.settings
+        return cls(crawler, s.get("META_STORE"), batch_size=s.getint("META_STORE_BATCH_SIZE"),
+                   flush_interval=s.getfloat("META_STORE_FLUSH_INTERVAL"),
+                   retry_timeout=s.getfloat("META_STORE_RETRY_TIMEOUT"),
+                   spool=s.get("META_STORE_SPOOL"))
+
+    async def open_spider(self) -> None:
+        self.store = await _open_store(build_meta_store, self.crawler, self.executor,
+                                       "META_STORE", self.uri)
+
+    async def close_spider(self) -> None:
+        self._flush()
+        while self.flushes:
+            await asyncio.gather(*self.flushes, return_exceptions=True)
+        if self.store is not None:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.store.close)
+        self.executor.shutdown(wait=True)
+
+    async def process_item(self, item: Any) -> Any:
+        doc = {k: v for k, v in ItemAdapter(item).items() if k != "body"}
+        if self.batch_done is None:
+            self.batch_done = asyncio.get_running_loop().create_future()
+            self.timer = asyncio.get_running_loop().call_later(self.flush_interval, self._flush)
+        done = self.batch_done
+        self.batch.append(doc)
+        if len(self.batch) >= self.batch_size:
+            self._flush()
+        await asyncio.shield(done)
+        return item
+
+    def _flush(self) -> None:
+        """Hand the current batch to the writer thread (on the reactor, never blocking)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.batch or self.batch_done is None:
+            return
+        docs, done = self.batch, self.batch_done
+        self.batch, self.batch_done = [], None
+        task = asyncio.ensure_future(self._write(docs, done))
+        self.flushes.add(task)
+        task.add_done_callback(self.flushes.discard)
+
+    async def _write(self, docs: list[dict[str, Any]], done: asyncio.Future[None]) -> None:
+        stats = self.crawler.stats
+        assert stats is not None and self.store is not None
+        store = self.store
+        loop = asyncio.get_running_loop()
+        try:
+            await with_backoff(lambda: loop.run_in_executor(self.executor, store.write, docs),
+                               what="meta_store", timeout=self.retry_timeout, stats=stats)
+        except Exception as exc:
+            stats.inc_value("meta_store/failed", len(docs))
+            try:
+                await loop.run_in_executor(self.executor, self._spool, docs)
+            except OSError as spool_exc:
+                logger.critical("%(n)d meta documents LOST: store failed (%(error)s) and the "
+                                "spool %(spool)s too (%(spool_error)s)",
+                                {"n": len(docs), "error": describe(exc), "spool": self.spool,
+                                 "spool_error": describe(spool_exc)})
+                done.set_exception(exc)
+                return
+            stats.inc_value("meta_store/spooled", len(docs))
+            logger.error("%(n)d meta documents spooled to %(spool)s: %(error)s",
+                         {"n": len(docs), "spool": self.spool, "error": describe(exc)})
+        else:
+            stats.inc_value("meta_store/written", len(docs))
+            stats.inc_value("meta_store/batches")
+        done.set_result(None)
+
+    def _spool(self, docs: list[dict[str, Any]]) -> None:
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with self.spool.open("a", encoding="utf-8") as f:
+            f.write("".join(dumps(doc) + "\n" for doc in docs))

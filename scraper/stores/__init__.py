@@ -1,0 +1,85 @@
+"""Body stores and meta stores, chosen by the scheme of a URI setting.
+
+Stores are plain blocking classes: the pipelines call them only from their own
+worker threads, never from the reactor thread. Settings may add schemes
+(``BODY_STORES`` / ``META_STORES``), as Scrapy's ``FEED_STORAGES`` does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from scrapy.utils.misc import load_object
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+BODY_STORES_BASE = {
+    "": "scraper.stores.body.FSBodyStore",
+    "file": "scraper.stores.body.FSBodyStore",
+    "s3": "scraper.stores.body.S3BodyStore",
+}
+META_STORES_BASE = {
+    "": "scraper.stores.meta.JsonLinesMetaStore",
+    "file": "scraper.stores.meta.JsonLinesMetaStore",
+    "mongodb": "scraper.stores.meta.MongoMetaStore",
+    "mongodb+srv": "scraper.stores.meta.MongoMetaStore",
+}
+
+
+class StoreError(Exception):
+    """A store that cannot be used as configured. The message is one line, free of secrets."""
+
+
+class BodyStore(Protocol):
+    """Where bodies go. Methods block; callers run them in worker threads."""
+
+    def open(self) -> None:
+        """Check that the store can be written to; raise StoreError if not."""
+
+    def put(self, key: str, body: bytes, content_type: str | None, encoding: str | None) -> str:
+        """Store ``body`` under ``key`` (overwriting) and return where it went."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class MetaStore(Protocol):
+    """Where meta documents go. Methods block; callers run them in one worker thread."""
+
+    def open(self) -> None:
+        """Connect, ensure the unique index; raise StoreError if the store is unusable."""
+
+    def write(self, docs: list[dict[str, Any]]) -> None:
+        """Upsert ``docs`` keyed by their ``fingerprint``: a replayed document replaces its twin."""
+
+    def close(self) -> None:
+        """Make everything written durable and release connections."""
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``, fit for logs and errors."""
+    return re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", uri)
+
+
+def _store_class(uri: str, setting: str, base: dict[str, str], extra: dict[str, str]) -> Any:
+    schemes = {**base, **extra}
+    scheme = urlsplit(uri).scheme.lower() if "://" in uri else ""
+    if scheme not in schemes:
+        known = ", ".join(f"{s}://" for s in sorted(schemes) if s) + ", or a local path"
+        raise StoreError(f"{setting}={redact(uri)!r}: unknown scheme {scheme!r} (use {known})")
+    return load_object(schemes[scheme])
+
+
+def build_body_store(crawler: Crawler, uri: str) -> BodyStore:
+    """The body store for ``uri`` (``BODY_STORE``)."""
+    cls = _store_class(uri, "BODY_STORE", BODY_STORES_BASE, crawler.settings.getdict("BODY_STORES"))
+    return cls.from_crawler(crawler, uri)  # type: ignore[no-any-return]
+
+
+def build_meta_store(crawler: Crawler, uri: str) -> MetaStore:
+    """The meta store for ``uri`` (``META_STORE``)."""
+    cls = _store_class(uri, "META_STORE", META_STORES_BASE, crawler.settings.getdict("META_STORES"))
+    return cls.from_crawler(crawler, uri)  # type: ignore[no-any-return]

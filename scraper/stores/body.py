@@ -1,0 +1,171 @@
+"""Body stores: a local folder (the embedded default) and S3."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from scraper.stores import StoreError, redact
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from scrapy.crawler import Crawler
+
+# Keys are made from request fingerprints; anything else is refused, so no key can
+# name a path outside the store (no "..", no "/", no absolute path).
+_KEY = re.compile(r"^[0-9a-f]{16,128}(\.gz)?$")
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a fingerprint-made key, else ValueError."""
+    if not _KEY.match(key):
+        raise ValueError(f"invalid body key {key[:80]!r}: keys are hex fingerprints")
+    return key
+
+
+class FSBodyStore:
+    """Bodies as files under a folder: ``<root>/<key[:2]>/<key>``, written atomically."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, uri: str) -> Self:
+        return cls(urlsplit(uri).path if uri.startswith("file://") else uri)
+
+    def open(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"BODY_STORE folder {self.root} cannot be created: {exc.strerror}") \
+                from None
+        if not os.access(self.root, os.W_OK):
+            raise StoreError(f"BODY_STORE folder {self.root} is not writable")
+
+    def path(self, key: str) -> Path:
+        """The file that holds ``key``."""
+        return self.root / check_key(key)[:2] / key
+
+    def put(self, key: str, body: bytes, content_type: str | None, encoding: str | None) -> str:
+        path = self.path(key)
+        path.parent.mkdir(exist_ok=True)
+        # Write then rename: a crash never leaves a half-written body under the final name.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return f"{key[:2]}/{key}"
+
+    def close(self) -> None:
+        pass
+
+
+class S3BodyStore:
+    """Bodies as S3 objects ``<prefix><key>`` in one bucket, through boto3.
+
+    Endpoint, region and credentials come from Scrapy's ``AWS_*`` settings when set,
+    else from boto3's own chain (``AWS_ACCESS_KEY_ID``... environment variables,
+    ``~/.aws``, instance roles). botocore retries throttling and 5xx itself.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        threads: int = 32,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        credentials: dict[str, str] | None = None,
+        max_attempts: int = 5,
+        timeout: float = 30,
+    ) -> None:
+        parts = urlsplit(uri)
+        if not parts.netloc:
+            raise StoreError(f"BODY_STORE={redact(uri)!r} names no bucket (s3://bucket/prefix)")
+        self.bucket = parts.netloc
+        self.prefix = parts.path.lstrip("/")
+        if self.prefix and not self.prefix.endswith("/"):
+            self.prefix += "/"
+        self.threads = threads
+        self.endpoint_url = endpoint_url
+        self.region_name = region_name
+        self.credentials = credentials or {}
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.client: Any = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, uri: str) -> Self:
+        s = crawler.settings
+        credentials = {
+            name.lower(): s.get(name)
+            for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+            if s.get(name)
+        }
+        return cls(
+            uri,
+            threads=s.getint("BODY_STORE_THREADS"),
+            endpoint_url=s.get("AWS_ENDPOINT_URL") or None,
+            region_name=s.get("AWS_REGION_NAME") or None,
+            credentials=credentials,
+        )
+
+    def open(self) -> None:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        config = Config(
+            max_pool_connections=self.threads,  # one connection per upload thread
+            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            connect_timeout=self.timeout,
+            read_timeout=self.timeout,
+        )
+        self.client = boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region_name,
+            config=config, **self.credentials,
+        )
+        where = f"s3://{self.bucket}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket"):
+                raise StoreError(f"S3 bucket {where} does not exist") from None
+            if code in ("403", "AccessDenied"):
+                raise StoreError(f"S3 bucket {where}: access denied for these credentials") \
+                    from None
+            raise StoreError(f"S3 bucket {where}: {code}") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"S3 bucket {where} unreachable: {type(exc).__name__}") from None
+
+    def put(self, key: str, body: bytes, content_type: str | None, encoding: str | None) -> str:
+        from botocore.exceptions import ClientError
+
+        object_key = self.prefix + check_key(key)
+        extra = {"ContentType": content_type or "application/octet-stream"}
+        if encoding:
+            extra["ContentEncoding"] = encoding
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=object_key, Body=body, **extra)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if 400 <= status < 500 and status not in (408, 429):
+                # Retrying will not help (no such bucket, access denied, bad request).
+                code = exc.response.get("Error", {}).get("Code", status)
+                raise StoreError(f"S3 refused s3://{self.bucket}/{object_key}: {code}") from None
+            raise
+        return object_key
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()

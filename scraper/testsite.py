@@ -1,0 +1,313 @@
+"""The local test site: list pages with pagination, child pages, and fault pages.
+
+It serves the demo, the tests and the benchmarks, on 127.0.0.1 by default::
+
+    python -m scraper.testsite --pages 2000 --per-page 100 --latency-ms 100 --port 8347
+
+Every page is a pure function of its URL, so a test can re-render what the site
+served (``render_child``) and compare it byte for byte with what was stored.
+
+A list URL carries the shape of the listing in its query, so one running site
+serves crawls of any size: ``/list?n=500&per_page=50&faults=1&page=1``.
+Parameters left out take the server's defaults (``--pages``, ``--per-page``).
+
+With ``faults=1`` the first list page also links to every fault page (see
+``FAULTS``) and to links that a crawler must skip (fragment, ``javascript:``,
+``mailto:``, off-site, duplicate), and the last list page is malformed HTML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import html
+import random
+import signal
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+DEFAULT_PORT = 8347
+
+#: Fault pages, linked from the first list page when ``faults=1``.
+#: The value says what a crawler should record for it.
+FAULTS: dict[str, str] = {
+    "500": "HTTP 500 on every try",
+    "404": "HTTP 404",
+    "slow": "answers after --slow-ms (default 3 s)",
+    "drip": "sends its body one byte a second (hits DOWNLOAD_TIMEOUT)",
+    "binary": "200, application/octet-stream, 64 KiB of random bytes",
+    "huge": "200, text/html, --huge-mb MiB (over a small DOWNLOAD_MAXSIZE)",
+    "latin1": "200, text/html; charset=iso-8859-1, non-UTF-8 bytes",
+    "redirect-loop": "302 to itself, forever",
+    "redirect": "302 to child page 1 of a separate numbering (/page/r1)",
+    "empty": "200 with an empty body",
+    "reset": "closes the connection without an answer",
+}
+
+#: Links on the faults list page that a crawler must skip, with the reason.
+SKIPPED_LINKS: dict[str, str] = {
+    "#top": "fragment",
+    "javascript:void(0)": "scheme",
+    "mailto:someone@example.com": "scheme",
+    "http://elsewhere.invalid/page/1": "offsite",
+    "http://[::1:bad/": "unparsable",
+    "": "empty",
+}
+
+_WORDS = (
+    "crawl listing page link body store meta bucket object index shard lease queue "
+    "node redis mongo latency request response parse yield item pipeline batch flush "
+    "upload worker thread reactor asyncio twisted scrapy spider engine scheduler "
+    "download slot concurrency throughput fingerprint idempotent replay ack retry"
+).split()
+
+
+def _paragraph_pool(count: int = 256, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    pool = []
+    for i in range(count):
+        words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(60, 110)))
+        pool.append(f'<p class="p{i % 7}">{words.capitalize()}.</p>\n')
+    return pool
+
+
+_POOL = _paragraph_pool()
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The shape of one listing: how many children, how many per list page."""
+
+    n: int
+    per_page: int
+    faults: bool = False
+
+    @property
+    def last_page(self) -> int:
+        return max(1, -(-self.n // self.per_page))
+
+    def query(self, page: int) -> str:
+        faults = "&faults=1" if self.faults else ""
+        return f"/list?n={self.n}&per_page={self.per_page}{faults}&page={page}"
+
+
+def render_child(name: int | str) -> bytes:
+    """The exact bytes served for ``/page/<name>``: 20 to 50 KB of HTML."""
+    seed = int.from_bytes(hashlib.blake2b(str(name).encode(), digest_size=4).digest())
+    paras = "".join(_POOL[(seed + k * 31) % len(_POOL)] for k in range(30 + seed % 45))
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        f"<title>Child page {name}</title></head>\n<body>\n"
+        '<nav><a href="/list">Back to the list</a> <a href="/">Home</a></nav>\n'
+        f"<h1>Child page {name}</h1>\n<article>\n{paras}</article>\n"
+        '<footer><a href="/list?page=1">All pages</a></footer>\n</body></html>\n'
+    ).encode()
+
+
+def render_list(listing: Listing, page: int) -> bytes:
+    """A list page: its children's links, prev/next links, and (faults) the odd ones."""
+    first = (page - 1) * listing.per_page
+    last = min(listing.n, first + listing.per_page)
+    items = [
+        f'<li><a class="child" href="/page/{i}">Child page {i}</a></li>'
+        for i in range(first, last)
+    ]
+    if listing.faults and page == 1:
+        items += [
+            f'<li><a class="child fault" href="/fault/{name}">Fault: {html.escape(what)}</a></li>'
+            for name, what in FAULTS.items()
+        ]
+        items += [f'<li><a class="skip" href="{html.escape(href)}">odd</a></li>'
+                  for href in SKIPPED_LINKS]
+        if first < last:  # the same child twice: the crawler must count and skip it
+            items.append(f'<li><a class="child" href="/page/{first}#again">again</a></li>')
+    nav = []
+    if page > 1:
+        nav.append(f'<a rel="prev" href="{html.escape(listing.query(page - 1))}">Previous</a>')
+    if page < listing.last_page:
+        nav.append(f'<a rel="next" href="{html.escape(listing.query(page + 1))}">Next</a>')
+    body = "\n".join(items)
+    if listing.faults and page == listing.last_page and page > 1:
+        # Malformed on purpose: no </head>, unclosed tags, a stray </table>, unquoted
+        # attributes, a stray NUL and invalid UTF-8; its links must still be found.
+        return (
+            f"<html><head><title>List {page}</title><body><ul>\n{body}\n</table><li><a href="
+            f"/page/{last - 1} class=child>dup<div><p>\x00\n{''.join(nav)}"
+        ).encode() + b"\xff\xfe<b>"
+    return (
+        f"<!DOCTYPE html>\n<html><head><title>List page {page}</title></head>\n"
+        f"<body><h1>List page {page} of {listing.last_page}</h1>\n<ul>\n{body}\n</ul>\n"
+        f"<nav>{' '.join(nav)}</nav>\n</body></html>\n"
+    ).encode()
+
+
+class TestSite:
+    """The aiohttp application with its settings."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(
+        self,
+        pages: int = 1000,
+        per_page: int = 100,
+        latency_ms: float = 0,
+        slow_ms: float = 3000,
+        huge_mb: float = 40,
+    ) -> None:
+        self.default = Listing(pages, per_page)
+        self.latency = latency_ms / 1000
+        self.slow = slow_ms / 1000
+        self.huge_mb = huge_mb
+        self.hits = 0
+        self.in_flight = 0
+        self.max_in_flight = 0  # most requests being answered at once: what a crawler really ran
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._latency])
+        app.router.add_get("/", self.home)
+        app.router.add_get("/list", self.listing)
+        app.router.add_get("/page/{i}", self.child)
+        app.router.add_get("/fault/{name}", self.fault)
+        app.router.add_get("/robots.txt", self.robots)
+        app.router.add_get("/_stats", self.stats)
+        return app
+
+    @web.middleware
+    async def _latency(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path == "/_stats":
+            return await handler(request)
+        self.hits += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
+
+    async def home(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=f'<html><body><a href="{self.default.query(1)}">The listing</a></body></html>',
+            content_type="text/html",
+        )
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """Counters for tests and benchmarks; ``?reset=1`` zeroes them after reading."""
+        data = {"hits": self.hits, "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight}
+        if request.query.get("reset") == "1":
+            self.hits = self.max_in_flight = 0
+        return web.json_response(data)
+
+    async def robots(self, request: web.Request) -> web.Response:
+        return web.Response(text="User-agent: *\nDisallow: /private/\n")
+
+    async def listing(self, request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            listing = Listing(
+                int(q.get("n", self.default.n)),
+                max(1, int(q.get("per_page", self.default.per_page))),
+                q.get("faults") == "1",
+            )
+            page = int(q.get("page", "1"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="n, per_page and page must be integers") from None
+        if not 1 <= page <= listing.last_page:
+            raise web.HTTPNotFound(text="no such list page")
+        return web.Response(body=render_list(listing, page), content_type="text/html")
+
+    async def child(self, request: web.Request) -> web.Response:
+        return web.Response(body=render_child(request.match_info["i"]), content_type="text/html",
+                            charset="utf-8")
+
+    async def fault(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        match name:
+            case "500":
+                raise web.HTTPInternalServerError(text="boom")
+            case "404":
+                raise web.HTTPNotFound(text="gone")
+            case "slow":
+                await asyncio.sleep(self.slow)
+                return web.Response(body=render_child("slow"), content_type="text/html")
+            case "drip":
+                resp = web.StreamResponse(headers={"Content-Type": "text/html"})
+                resp.content_length = 1000
+                await resp.prepare(request)
+                for _ in range(1000):
+                    await resp.write(b".")
+                    await asyncio.sleep(1)
+                return resp
+            case "binary":
+                return web.Response(body=random.Random(42).randbytes(64 * 1024),
+                                    content_type="application/octet-stream")
+            case "huge":
+                chunk = render_child("huge")
+                body = chunk * int(self.huge_mb * 2**20 // len(chunk) + 1)
+                return web.Response(body=body, content_type="text/html")
+            case "latin1":
+                text = "<html><head><title>Caf\xe9 cr\xe8me \xe0 la fran\xe7aise</title></head>"
+                body = (text + "<body>" + "\xe9t\xe9 " * 2000 + "</body></html>").encode("latin-1")
+                return web.Response(
+                    body=body, headers={"Content-Type": "text/html; charset=iso-8859-1"})
+            case "redirect-loop":
+                raise web.HTTPFound("/fault/redirect-loop")
+            case "redirect":
+                raise web.HTTPFound("/page/r1")
+            case "empty":
+                return web.Response(body=b"", content_type="text/html")
+            case "reset":
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response()
+        raise web.HTTPNotFound(text="no such fault")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def serve(site: TestSite, host: str, port: int) -> None:
+    runner = web.AppRunner(site.app(), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    # backlog: a crawl at c=1000 opens a thousand connections at once.
+    await web.TCPSite(runner, host, port, backlog=4096, reuse_address=True).start()
+    print(f"test site on http://{host}:{port}{site.default.query(1)}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the test site until SIGINT/SIGTERM."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pages", type=int, default=1000, help="child pages in the listing")
+    parser.add_argument("--per-page", type=int, default=100, help="child links per list page")
+    parser.add_argument("--latency-ms", type=float, default=0, help="delay before every answer")
+    parser.add_argument("--slow-ms", type=float, default=3000, help="delay of /fault/slow")
+    parser.add_argument("--huge-mb", type=float, default=40, help="size of /fault/huge")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    args = parser.parse_args(argv)
+    site = TestSite(args.pages, args.per_page, args.latency_ms, args.slow_ms, args.huge_mb)
+    asyncio.run(serve(site, args.host, args.port or free_port()))
+
+
+if __name__ == "__main__":
+    main()
