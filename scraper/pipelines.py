@@ -93,6 +93,7 @@ class BodyStorePipeline:
             adapter["body_key"] = await with_backoff(
                 lambda: self._put(key, body, adapter.get("content_type")),
                 what="body_store", timeout=self.retry_timeout, stats=stats,
+                retry_on=self.store.transient_errors,
             )
         except Exception as exc:
             # The record still goes to the meta store, saying the body is missing and why.
@@ -196,7 +197,8 @@ class MetaStorePipeline:
         loop = asyncio.get_running_loop()
         try:
             await with_backoff(lambda: loop.run_in_executor(self.executor, store.write, docs),
-                               what="meta_store", timeout=self.retry_timeout, stats=stats)
+                               what="meta_store", timeout=self.retry_timeout, stats=stats,
+                               retry_on=store.transient_errors)
         except Exception as exc:
             stats.inc_value("meta_store/failed", len(docs))
             try:

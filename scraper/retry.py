@@ -34,13 +34,15 @@ async def with_backoff(
     what: str,
     timeout: float,
     stats: StatsCollector,
+    retry_on: tuple[type[BaseException], ...],
     first_delay: float = 0.5,
     max_delay: float = 15.0,
 ) -> T:
     """Await ``call()`` until it succeeds or ``timeout`` seconds have passed.
 
-    StoreError (a refusal that retrying cannot fix) is raised at once; after the
-    timeout the last error is raised.
+    Only ``retry_on`` errors (the store's transient ones: network, throttling, 5xx) are
+    retried; anything else, StoreError included, is raised at once, and after the
+    timeout the last error is.
     """
     deadline = time.monotonic() + timeout
     delay = first_delay
@@ -49,7 +51,7 @@ async def with_backoff(
             return await call()
         except StoreError:
             raise
-        except Exception as exc:
+        except retry_on as exc:
             if time.monotonic() + delay > deadline:
                 raise
             stats.inc_value(f"{what}/retries")

@@ -36,6 +36,9 @@ class StoreError(Exception):
 class BodyStore(Protocol):
     """Where bodies go. Methods block; callers run them in worker threads."""
 
+    #: Errors worth retrying (the store is down or slow), as opposed to bugs and refusals.
+    transient_errors: tuple[type[BaseException], ...]
+
     def open(self) -> None:
         """Check that the store can be written to; raise StoreError if not."""
 
@@ -48,6 +51,8 @@ class BodyStore(Protocol):
 
 class MetaStore(Protocol):
     """Where meta documents go. Methods block; callers run them in one worker thread."""
+
+    transient_errors: tuple[type[BaseException], ...]
 
     def open(self) -> None:
         """Connect, ensure the unique index; raise StoreError if the store is unusable."""

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from scraper.stores import StoreError, redact
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ def check_key(key: str) -> str:
 
 class FSBodyStore:
     """Bodies as files under a folder: ``<root>/<key[:2]>/<key>``, written atomically."""
+
+    transient_errors: tuple[type[BaseException], ...] = (OSError,)  # a full disk, a stale NFS
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
@@ -74,8 +78,11 @@ class S3BodyStore:
 
     Endpoint, region and credentials come from Scrapy's ``AWS_*`` settings when set,
     else from boto3's own chain (``AWS_ACCESS_KEY_ID``... environment variables,
-    ``~/.aws``, instance roles). botocore retries throttling and 5xx itself.
+    ``~/.aws``, instance roles). botocore retries throttling and 5xx itself; what still
+    fails after that is retried by the pipeline, with a longer backoff.
     """
+
+    transient_errors: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
 
     def __init__(
         self,
@@ -122,7 +129,6 @@ class S3BodyStore:
     def open(self) -> None:
         import boto3
         from botocore.config import Config
-        from botocore.exceptions import BotoCoreError, ClientError
 
         config = Config(
             max_pool_connections=self.threads,  # one connection per upload thread
@@ -149,8 +155,6 @@ class S3BodyStore:
             raise StoreError(f"S3 bucket {where} unreachable: {type(exc).__name__}") from None
 
     def put(self, key: str, body: bytes, content_type: str | None, encoding: str | None) -> str:
-        from botocore.exceptions import ClientError
-
         object_key = self.prefix + check_key(key)
         extra = {"ContentType": content_type or "application/octet-stream"}
         if encoding:

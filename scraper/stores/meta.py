@@ -39,6 +39,8 @@ class JsonLinesMetaStore:
     the file behaves like an upserting collection.
     """
 
+    transient_errors: tuple[type[BaseException], ...] = (OSError,)
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.fingerprints: set[str] = set()
@@ -96,6 +98,8 @@ class JsonLinesMetaStore:
 
 class MongoMetaStore:
     """Meta documents in a MongoDB collection, ``_id`` = fingerprint, upserted in bulk."""
+
+    transient_errors: tuple[type[BaseException], ...] = (PyMongoError,)
 
     #: The client class; tests swap in mongomock's.
     client_class: Any = MongoClient

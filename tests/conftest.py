@@ -1,0 +1,203 @@
+"""Fixtures: real servers on free 127.0.0.1 ports, each stopped by its PID at teardown."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from scrapy.crawler import Crawler
+from scrapy.settings import Settings
+
+from scraper.spiders.listing import ListingSpider
+from scraper.stores.meta import MongoMetaStore
+from scraper.testsite import Listing, free_port
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret-key"}
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{proc.args} did not listen on {port} within {timeout} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a process this test session started, by its PID."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+class Server:
+    """A subprocess listening on a fixed 127.0.0.1 port; can be stopped and started again."""
+
+    def __init__(self, args: list[str], port: int, log: Path) -> None:
+        self.args, self.port, self.log = args, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=ROOT)
+        wait_for_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+@dataclass
+class Site:
+    """The running test site."""
+
+    base: str
+    server: Server
+
+    def listing_url(self, n: int, per_page: int = 100, faults: bool = False) -> str:
+        return self.base + Listing(n, per_page, faults).query(1)
+
+    def stats(self, reset: bool = False) -> dict[str, int]:
+        url = f"{self.base}/_stats" + ("?reset=1" if reset else "")
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server-logs")
+
+
+@pytest.fixture(scope="session")
+def site(logs: Path) -> Iterator[Site]:
+    """The project's test site: no latency, /fault/slow 1.5 s, /fault/huge 3 MiB."""
+    port = free_port()
+    server = Server([sys.executable, "-m", "scraper.testsite", "--port", str(port),
+                     "--slow-ms", "1500", "--huge-mb", "3"], port, logs / "site.log")
+    server.start()
+    yield Site(f"http://127.0.0.1:{port}", server)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto(logs: Path) -> Iterator[Server]:
+    """moto's S3 server in its own process."""
+    port = free_port()
+    server = Server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                    port, logs / "moto.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+def s3_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+
+
+@pytest.fixture
+def bucket(moto: Server) -> str:
+    """A new, empty bucket on the moto server."""
+    name = f"bodies-{uuid.uuid4().hex[:12]}"
+    s3_client(f"http://127.0.0.1:{moto.port}").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def mongo_uri(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A Mongo URI: SCRAPER_TEST_MONGO_URI's real server, else mongomock behind pymongo's API.
+
+    The database is new for each test and dropped after it.
+    """
+    db = f"scraper_test_{uuid.uuid4().hex[:10]}"
+    real = os.environ.get("SCRAPER_TEST_MONGO_URI")
+    if real:
+        base = real.rstrip("/")
+        client_factory: Any = MongoMetaStore.client_class
+    else:
+        import mongomock
+        import mongomock.collection
+
+        # mongomock 4.3 predates pymongo 4.11, whose ReplaceOne passes `sort` to the bulk
+        # builder; accept it (we never set it) so the store's real bulk_write call runs.
+        add_replace = mongomock.collection.BulkOperationBuilder.add_replace
+
+        def add_replace_without_sort(self: Any, *args: Any, sort: Any = None, **kw: Any) -> Any:
+            assert sort is None
+            return add_replace(self, *args, **kw)
+
+        monkeypatch.setattr(mongomock.collection.BulkOperationBuilder, "add_replace",
+                            add_replace_without_sort)
+        base = "mongodb://127.0.0.1:27017"
+        store = mongomock.store.ServerStore()  # shared by every client of this test
+        client_factory = functools.partial(mongomock.MongoClient, _store=store)
+        monkeypatch.setattr(MongoMetaStore, "client_class", client_factory)
+    uri = f"{base}/{db}"
+    yield uri
+    client = client_factory(uri)
+    client.drop_database(db)
+    client.close()
+
+
+def mongo_collection(uri: str, name: str = "pages") -> Any:
+    """The collection the crawl wrote to, through the same client class as the crawl."""
+    client = MongoMetaStore.client_class(uri)
+    return client.get_default_database()[name]
+
+
+def project_settings(**overrides: Any) -> Settings:
+    settings = Settings()
+    settings.setmodule("scraper.settings", priority="project")
+    settings.update({"PROGRESS_INTERVAL": 0, **overrides}, priority="cmdline")
+    return settings
+
+
+async def crawl(url: str | None, spider_args: dict[str, str] | None = None,
+                **settings: Any) -> Crawler:
+    """Run ListingSpider in this process (the test reactor) and return its crawler."""
+    crawler = Crawler(ListingSpider, project_settings(**settings))
+    await crawler.crawl_async(url=url, **(spider_args or {}))
+    return crawler
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def scrapy_crawl(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+                 timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `scrapy crawl listing ...` as a user would, from ``cwd`` with the project settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "scrapy", "crawl", "listing", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+        env={**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings", **(env or {})},
+    )

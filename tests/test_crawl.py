@@ -1,0 +1,187 @@
+"""The crawl end to end against the test site, with the embedded local stores."""
+
+from __future__ import annotations
+
+import logging
+import random
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from scrapy.utils.defer import deferred_f_from_coro_f
+
+from scraper.testsite import free_port, render_child
+from tests.conftest import ROOT, Server, Site, crawl, read_jsonl, wait_for_port
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+def local_stores(tmp_path: Path) -> dict[str, Any]:
+    return {"BODY_STORE": str(tmp_path / "bodies"), "META_STORE": str(tmp_path / "meta.jsonl"),
+            "META_STORE_SPOOL": str(tmp_path / "spool.jsonl")}
+
+
+def by_url(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {doc["url"]: doc for doc in docs}
+
+
+@deferred_f_from_coro_f
+async def test_every_child_of_every_list_page_is_stored_once(site: Site, tmp_path: Path) -> None:
+    stores = local_stores(tmp_path)
+    crawler = await crawl(site.listing_url(450, per_page=50), CONCURRENT_REQUESTS=200, **stores)
+
+    docs = read_jsonl(tmp_path / "meta.jsonl")
+    assert len(docs) == 450
+    assert {d["url"] for d in docs} == {f"{site.base}/page/{i}" for i in range(450)}
+    assert len({d["fingerprint"] for d in docs}) == 450
+    for doc in docs:
+        name = doc["url"].rsplit("/", 1)[1]
+        body = (tmp_path / "bodies" / doc["body_key"]).read_bytes()
+        assert body == render_child(name)
+        assert doc["status"] == 200 and doc["length"] == len(body) and doc["error"] is None
+        assert doc["title"] == f"Child page {name}"
+        assert "body" not in doc
+    assert len(list((tmp_path / "bodies").rglob("*"))) == 450 + len(
+        list((tmp_path / "bodies").iterdir()))  # files + their fan-out folders, nothing else
+    stats = crawler.stats.get_stats()
+    assert stats["finish_reason"] == "finished"
+    assert stats["listing/list_pages"] == 9
+    assert stats["body_store/stored"] == stats["meta_store/written"] == 450
+    assert stats["body_store/bytes"] == sum(d["length"] for d in docs)
+
+
+BINARY = random.Random(42).randbytes(64 * 1024)
+
+
+@deferred_f_from_coro_f
+async def test_fault_pages_each_end_as_one_record(site: Site, tmp_path: Path) -> None:
+    stores = local_stores(tmp_path)
+    crawler = await crawl(site.listing_url(150, faults=True), RETRY_TIMES=1,
+                          DOWNLOAD_TIMEOUT=1, DOWNLOAD_MAXSIZE=2**20, **stores)
+
+    docs = by_url(read_jsonl(tmp_path / "meta.jsonl"))
+    # 150 children on two list pages (the second one malformed) + 11 fault pages.
+    assert len(docs) == 161
+    assert all(docs[f"{site.base}/page/{i}"]["status"] == 200 for i in range(150))
+    fault = {url.rsplit("/", 1)[1]: doc for url, doc in docs.items() if "/fault/" in url}
+
+    def body(name: str) -> bytes:
+        return (tmp_path / "bodies" / fault[name]["body_key"]).read_bytes()
+
+    assert (fault["500"]["status"], fault["500"]["error"]) == (500, "HTTP 500")
+    assert (fault["404"]["status"], fault["404"]["error"]) == (404, "HTTP 404")
+    for name in ("500", "404", "slow", "drip", "huge", "redirect-loop", "reset"):
+        assert fault[name]["body_key"] is None, name
+        assert fault[name]["error"], name
+    assert fault["slow"]["error"].startswith("DownloadTimeoutError")
+    assert fault["drip"]["error"].startswith("DownloadTimeoutError")
+    assert "larger than download max size" in fault["huge"]["error"]
+    assert "max redirections" in fault["redirect-loop"]["error"]
+    assert fault["reset"]["status"] is None
+    assert body("binary") == BINARY and fault["binary"]["title"] is None
+    assert fault["latin1"]["title"] == "Café crème à la française"
+    assert body("latin1").startswith("<html><head><title>Caf\xe9".encode("latin-1"))
+    assert fault["redirect"]["final_url"] == f"{site.base}/page/r1"
+    assert body("redirect") == render_child("r1")
+    assert body("empty") == b"" and fault["empty"]["length"] == 0
+    stats = crawler.stats.get_stats()
+    assert stats["finish_reason"] == "finished"
+    assert stats["listing/child_failed"] == 7
+    assert stats["body_store/stored"] == 150 + 4
+
+
+@deferred_f_from_coro_f
+async def test_recrawl_leaves_the_same_records(site: Site, tmp_path: Path) -> None:
+    stores = local_stores(tmp_path)
+    url = site.listing_url(120, per_page=40)
+    await crawl(url, **stores)
+    first = by_url(read_jsonl(tmp_path / "meta.jsonl"))
+    crawler = await crawl(url, **stores)
+    second = by_url(read_jsonl(tmp_path / "meta.jsonl"))
+
+    assert crawler.stats.get_value("meta_store/written") == 120  # written again...
+    assert len(second) == len(read_jsonl(tmp_path / "meta.jsonl")) == 120  # ...not added
+    assert {u: d["fingerprint"] for u, d in first.items()} == {
+        u: d["fingerprint"] for u, d in second.items()}
+    assert all(second[u]["fetched_at"] > first[u]["fetched_at"] for u in first)  # the newest
+    files = [p for p in (tmp_path / "bodies").rglob("*") if p.is_file()]
+    assert len(files) == 120
+
+
+@deferred_f_from_coro_f
+async def test_without_url_the_spider_says_how_to_run_it(caplog: pytest.LogCaptureFixture,
+                                                          tmp_path: Path) -> None:
+    caplog.set_level(logging.INFO)
+    crawler = await crawl(None, **local_stores(tmp_path))
+    assert crawler.stats.get_value("finish_reason") == "no_url"
+    assert "scrapy crawl listing -a url=" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def slow_site(logs: Path) -> Iterator[Site]:
+    """A test site whose every answer takes 3 s: requests pile up in flight."""
+    port = free_port()
+    server = Server([sys.executable, "-m", "scraper.testsite", "--port", str(port),
+                     "--latency-ms", "3000"], port, logs / "slow-site.log")
+    server.start()
+    yield Site(f"http://127.0.0.1:{port}", server)
+    server.stop()
+
+
+@deferred_f_from_coro_f
+async def test_concurrent_requests_1000_puts_1000_in_flight_on_one_site(
+    slow_site: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    slow_site.stats(reset=True)
+    # One list page with 2,000 links: the crawl can put 1,000 in flight at once.
+    crawler = await crawl(slow_site.listing_url(2000, per_page=2000), CONCURRENT_REQUESTS=1000,
+                          **local_stores(tmp_path))
+    assert crawler.stats.get_value("meta_store/written") == 2000
+    # Measured by the server: how many requests it was answering at once.
+    assert slow_site.stats()["max_in_flight"] >= 950
+    assert "Concurrency: 1000 requests in flight" in caplog.text
+
+
+def test_readme_main_command_crawls_and_checks_the_stores(tmp_path: Path) -> None:
+    """`python -m scraper.demo`, which bin/demo runs after setting up the venv."""
+    result = subprocess.run(
+        [sys.executable, "-m", "scraper.demo", "--pages", "1000", "--port", "0",
+         "--latency-ms", "20"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "OK: every child page stored once, every body byte-equal." in result.stdout
+    assert "1000 lines in data/meta.jsonl, 1000 fingerprints" in result.stdout
+    assert len(read_jsonl(tmp_path / "data" / "meta.jsonl")) == 1000
+    assert len([p for p in (tmp_path / "data" / "bodies").rglob("*") if p.is_file()]) == 1000
+
+
+def test_demo_refuses_a_taken_port(tmp_path: Path, site: Site) -> None:
+    port = site.server.port
+    result = subprocess.run([sys.executable, "-m", "scraper.demo", "--port", str(port)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert f"Port {port} is taken" in result.stderr
+
+
+def test_testsite_runs_as_a_command(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "scraper.testsite", "--port", str(port),
+                             "--pages", "7", "--per-page", "5"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/list") as r:
+            page = r.read().decode()
+        assert page.count('class="child"') == 5 and 'rel="next"' in page
+        with urllib.request.urlopen(f"{base}/page/3") as r:
+            assert r.read() == render_child(3)
+    finally:
+        proc.terminate()
+        proc.wait(10)

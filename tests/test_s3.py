@@ -1,0 +1,199 @@
+"""Bodies in S3: moto's server over HTTP, boto3 with endpoint_url, as a real deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import threading
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from scrapy.utils.defer import deferred_f_from_coro_f
+
+from scraper.stores import StoreError
+from scraper.stores.body import FSBodyStore, S3BodyStore
+from scraper.testsite import render_child
+from tests.conftest import S3_CREDENTIALS, Server, Site, crawl, read_jsonl, s3_client
+from tests.tcpproxy import TcpProxy
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def s3_settings(endpoint: str, bucket: str, prefix: str, tmp_path: Path) -> dict[str, Any]:
+    return {"BODY_STORE": f"s3://{bucket}/{prefix}", "AWS_ENDPOINT_URL": endpoint,
+            "AWS_REGION_NAME": "us-east-1", **S3_CREDENTIALS,
+            "META_STORE": str(tmp_path / "meta.jsonl"),
+            "META_STORE_SPOOL": str(tmp_path / "spool.jsonl")}
+
+
+def all_objects(client: Any, bucket: str) -> dict[str, dict[str, Any]]:
+    objects = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            objects[obj["Key"]] = obj
+    return objects
+
+
+@deferred_f_from_coro_f
+async def test_bodies_in_s3_are_byte_equal_under_prefix_and_fingerprint(
+    site: Site, moto: Server, bucket: str, tmp_path: Path
+) -> None:
+    endpoint = f"http://127.0.0.1:{moto.port}"
+    crawler = await crawl(site.listing_url(300), CONCURRENT_REQUESTS=300,
+                          **s3_settings(endpoint, bucket, "run-1", tmp_path))
+
+    docs = read_jsonl(tmp_path / "meta.jsonl")
+    client = s3_client(endpoint)
+    objects = all_objects(client, bucket)
+    assert len(docs) == len(objects) == 300
+    for doc in docs:
+        assert doc["body_key"] == f"run-1/{doc['fingerprint']}"
+        obj = client.get_object(Bucket=bucket, Key=doc["body_key"])
+        assert obj["Body"].read() == render_child(doc["url"].rsplit("/", 1)[1])
+        assert obj["ContentType"] == "text/html; charset=utf-8"
+    assert crawler.stats.get_value("body_store/stored") == 300
+
+
+@deferred_f_from_coro_f
+async def test_gzip_bodies_are_marked_and_unzip_to_the_page(
+    site: Site, moto: Server, bucket: str, tmp_path: Path
+) -> None:
+    endpoint = f"http://127.0.0.1:{moto.port}"
+    await crawl(site.listing_url(20), BODY_STORE_GZIP=True,
+                **s3_settings(endpoint, bucket, "", tmp_path))
+
+    client = s3_client(endpoint)
+    docs = read_jsonl(tmp_path / "meta.jsonl")
+    assert len(docs) == 20
+    for doc in docs:
+        assert doc["body_key"] == doc["fingerprint"] + ".gz"
+        obj = client.get_object(Bucket=bucket, Key=doc["body_key"])
+        assert obj["ContentEncoding"] == "gzip"
+        assert gzip.decompress(obj["Body"].read()) == render_child(doc["url"].rsplit("/", 1)[1])
+
+
+@deferred_f_from_coro_f
+async def test_s3_outage_mid_crawl_loses_no_body(
+    site: Site, moto: Server, bucket: str, tmp_path: Path
+) -> None:
+    """S3 drops off the network for 3 s mid-crawl, then comes back: every body is stored."""
+    proxy = TcpProxy(("127.0.0.1", moto.port))
+    proxy.start()
+    endpoint = f"http://127.0.0.1:{proxy.port}"
+    outage: dict[str, int] = {}
+
+    async def cut_when_some_are_stored(crawler: Any) -> None:
+        while (crawler.stats.get_value("body_store/stored") or 0) < 40:
+            await asyncio.sleep(0.01)
+        outage["stored_before"] = crawler.stats.get_value("body_store/stored")
+        proxy.stop()
+        await asyncio.sleep(3)
+        outage["stored_during"] = crawler.stats.get_value("body_store/stored") - outage[
+            "stored_before"]
+        proxy.start()
+
+    from scrapy.crawler import Crawler
+
+    from scraper.spiders.listing import ListingSpider
+    from tests.conftest import project_settings
+
+    crawler = Crawler(ListingSpider, project_settings(
+        CONCURRENT_REQUESTS=100, **s3_settings(endpoint, bucket, "o", tmp_path)))
+    watcher = asyncio.ensure_future(cut_when_some_are_stored(crawler))
+    try:
+        await crawler.crawl_async(url=site.listing_url(400))
+        await watcher
+    finally:
+        proxy.stop()
+
+    docs = read_jsonl(tmp_path / "meta.jsonl")
+    assert len(docs) == 400
+    assert all(d["error"] is None and d["body_key"] for d in docs)
+    objects = all_objects(s3_client(f"http://127.0.0.1:{moto.port}"), bucket)
+    assert sorted(objects) == sorted(d["body_key"] for d in docs)
+    assert outage["stored_before"] < 400 and outage["stored_during"] <= 100  # it hit mid-crawl
+    assert crawler.stats.get_value("body_store/retries") > 0
+    assert crawler.stats.get_value("body_store/failed") is None
+
+
+@deferred_f_from_coro_f
+async def test_missing_bucket_stops_the_crawl_at_start(
+    site: Site, moto: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint = f"http://127.0.0.1:{moto.port}"
+    crawler = await crawl(site.listing_url(10),
+                          **s3_settings(endpoint, "no-such-bucket", "", tmp_path))
+    assert crawler.stats.get_value("finish_reason") == "body_store_unusable"
+    assert crawler.stats.get_value("item_scraped_count") is None
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"BODY_STORE unusable, crawl stopped: S3 bucket s3://no-such-bucket at "
+                      f"{endpoint} does not exist"]
+
+
+def test_s3_store_never_lets_a_key_name_another_object(moto: Server, bucket: str) -> None:
+    store = S3BodyStore(f"s3://{bucket}/p", endpoint_url=f"http://127.0.0.1:{moto.port}",
+                        region_name="us-east-1",
+                        credentials={k.lower(): v for k, v in S3_CREDENTIALS.items()})
+    store.open()
+    for key in ("../x", "a/b", "", "ABCDEF0123456789", "0" * 16 + "/../.."):
+        with pytest.raises(ValueError, match="invalid body key"):
+            store.put(key, b"x", None, None)
+    assert store.put("0" * 40, b"x", None, None) == "p/" + "0" * 40
+    store.close()
+
+
+def test_fs_store_keeps_every_key_inside_its_folder(tmp_path: Path) -> None:
+    store = FSBodyStore(tmp_path / "bodies")
+    store.open()
+    for key in ("../../etc/passwd", "/abs", "ab/../../x", "ab", "x" * 40):
+        with pytest.raises(ValueError, match="invalid body key"):
+            store.put(key, b"x", None, None)
+    assert store.put("ab" * 20, b"body", None, None) == f"ab/{'ab' * 20}"
+    assert (tmp_path / "bodies" / "ab" / ("ab" * 20)).read_bytes() == b"body"
+    assert [p.name for p in (tmp_path / "bodies").rglob("*")] == ["ab", "ab" * 20]
+
+
+def test_fs_store_that_cannot_write_says_so(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(StoreError, match="cannot be created"):
+        FSBodyStore(tmp_path / "file" / "bodies").open()
+
+
+@deferred_f_from_coro_f
+async def test_no_s3_or_mongo_call_runs_on_the_reactor_thread(
+    site: Site, moto: Server, bucket: str, mongo_uri: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every HTTP request botocore sends and every Mongo call is made off the reactor thread."""
+    from scraper.stores.meta import MongoMetaStore
+
+    reactor_thread = threading.current_thread()
+    threads: dict[str, set[str]] = {"s3": set(), "mongo": set()}
+
+    original_open = S3BodyStore.open
+
+    def open_and_watch(self: S3BodyStore) -> None:
+        original_open(self)
+        self.client.meta.events.register(
+            "before-send.s3", lambda **_: threads["s3"].add(threading.current_thread().name))
+
+    monkeypatch.setattr(S3BodyStore, "open", open_and_watch)
+    for name in ("open", "write", "close"):
+        original = getattr(MongoMetaStore, name)
+
+        def watched(self: Any, *args: Any, _original: Any = original) -> Any:
+            threads["mongo"].add(threading.current_thread().name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(MongoMetaStore, name, watched)
+
+    endpoint = f"http://127.0.0.1:{moto.port}"
+    settings = {**s3_settings(endpoint, bucket, "", tmp_path), "META_STORE": mongo_uri}
+    crawler = await crawl(site.listing_url(100), **settings)
+
+    assert crawler.stats.get_value("meta_store/written") == 100
+    assert threads["s3"] and threads["mongo"]
+    assert reactor_thread.name not in threads["s3"] | threads["mongo"]
+    assert all(t.startswith("body-store") for t in threads["s3"])
+    assert threads["mongo"] == {"meta-store_0"}
