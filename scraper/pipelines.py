@@ -122,9 +122,11 @@ class MetaStorePipeline:
     """Writes each item's meta document (everything but the body) in batched upserts.
 
     A batch is flushed when it holds ``META_STORE_BATCH_SIZE`` documents, when it is
-    ``META_STORE_FLUSH_INTERVAL`` seconds old, and at close. Each item waits for its
-    batch. A batch that still fails after ``META_STORE_RETRY_TIMEOUT`` seconds is
-    spooled to ``META_STORE_SPOOL`` (JSON Lines) and logged: nothing is dropped.
+    ``META_STORE_FLUSH_INTERVAL`` seconds old, when the crawl has nothing left to
+    download (its last items would otherwise wait for the timer), and at close. Each
+    item waits for its batch, so a finished item is a stored one. A batch that still
+    fails after ``META_STORE_RETRY_TIMEOUT`` seconds is spooled to ``META_STORE_SPOOL``
+    (JSON Lines) and logged: nothing is dropped.
     """
 
     def __init__(
@@ -172,10 +174,21 @@ class MetaStorePipeline:
             self.timer = asyncio.get_running_loop().call_later(self.flush_interval, self._flush)
         done = self.batch_done
         self.batch.append(doc)
-        if len(self.batch) >= self.batch_size:
+        if len(self.batch) >= self.batch_size or self._draining():
             self._flush()
         await asyncio.shield(done)
         return item
+
+    def _draining(self) -> bool:
+        """Nothing is being downloaded or waits in the scheduler: no item is on its way."""
+        try:
+            engine, stats = self.crawler.engine, self.crawler.stats
+        except RuntimeError:  # used outside a crawl (no engine)
+            return False
+        if stats is None or engine.downloader.active:
+            return False
+        return bool(stats.get_value("scheduler/enqueued", 0)
+                    <= stats.get_value("scheduler/dequeued", 0))
 
     def _flush(self) -> None:
         """Hand the current batch to the writer thread (on the reactor, never blocking)."""

@@ -82,6 +82,7 @@ SPIDER_MIDDLEWARES = {
     "scrapy.spidermiddlewares.urllength.UrlLengthMiddleware": None,
 }
 EXTENSIONS = {
+    "scraper.redaction.RedactSecrets": 0,  # first: secrets never reach the log
     "scrapy.extensions.logstats.LogStats": None,  # replaced by the progress line
     "scraper.progress.Progress": 500,
 }

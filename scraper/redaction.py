@@ -1,0 +1,77 @@
+"""Keeps configured secrets out of every log line.
+
+Scrapy logs its overridden settings at start, so ``-s META_STORE=mongodb://u:pw@h``
+or ``-s AWS_SECRET_ACCESS_KEY=...`` would otherwise put the secret in the log. This
+extension collects the secret values from the settings and replaces them with
+``***`` in every log record made after it is built (which is before that line).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from scrapy.crawler import Crawler
+
+#: Settings whose whole value is a secret.
+SECRET_SETTINGS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "REDIS_PASSWORD")
+#: Settings holding URIs whose password part is a secret.
+URI_SETTINGS = ("BODY_STORE", "META_STORE", "REDIS_URL")
+
+
+def secrets_in(settings: Any) -> set[str]:
+    """The secret strings configured in ``settings``."""
+    found = {str(settings.get(name)) for name in SECRET_SETTINGS if settings.get(name)}
+    for name in URI_SETTINGS:
+        value = settings.get(name)
+        if value and "://" in str(value):
+            try:
+                password = urlsplit(str(value)).password
+            except ValueError:
+                continue
+            if password:
+                found.update({password, unquote(password)})
+    return {s for s in found if len(s) >= 3}  # never redact "a" everywhere
+
+
+class RedactSecrets:
+    """Extension: replace configured secrets with ``***`` in all log records."""
+
+    def __init__(self, secrets: set[str]) -> None:
+        self.secrets = sorted(secrets, key=len, reverse=True)
+        if self.secrets:
+            install(self.secrets)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(secrets_in(crawler.settings))
+
+
+_installed: set[str] = set()
+
+
+def install(secrets: list[str]) -> None:
+    """Wrap the log record factory once; later calls add secrets to the same wrapper."""
+    if _installed:
+        _installed.update(secrets)
+        return
+    _installed.update(secrets)
+    make_record = logging.getLogRecordFactory()
+
+    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: leave it to logging to report
+            return record
+        if any(secret in message for secret in _installed):
+            for secret in sorted(_installed, key=len, reverse=True):
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return record
+
+    logging.setLogRecordFactory(redacting_factory)

@@ -1,0 +1,83 @@
+"""A bad setting stops `scrapy crawl` at start with one clear line, not a traceback."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from scraper.redaction import secrets_in
+from scraper.stores import redact
+from scraper.testsite import free_port
+from tests.conftest import S3_CREDENTIALS, Server, Site, scrapy_crawl
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def error_lines(output: str) -> list[str]:
+    return [line.split("] ERROR: ", 1)[1] for line in output.splitlines() if "] ERROR: " in line]
+
+
+def run(site: Site, tmp_path: Path, *settings: str) -> tuple[str, str]:
+    args = ["-a", f"url={site.listing_url(5)}"]
+    for setting in settings:
+        args += ["-s", setting]
+    result = scrapy_crawl(args, cwd=tmp_path, timeout=120)
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    return output, output.split("'finish_reason': '", 1)[1].split("'", 1)[0]
+
+
+@pytest.mark.parametrize(("setting", "reason", "message"), [
+    ("BODY_STORE=ftp://files.example/bodies", "body_store_unusable",
+     "BODY_STORE unusable, crawl stopped: BODY_STORE='ftp://files.example/bodies': unknown "
+     "scheme 'ftp' (use file://, s3://, or a local path)"),
+    ("META_STORE=redis://127.0.0.1/0", "meta_store_unusable",
+     "META_STORE unusable, crawl stopped: META_STORE='redis://127.0.0.1/0': unknown scheme "
+     "'redis' (use file://, mongodb://, mongodb+srv://, or a local path)"),
+    ("BODY_STORE=s3://", "body_store_unusable",
+     "BODY_STORE unusable, crawl stopped: BODY_STORE='s3://' names no bucket (s3://bucket/prefix)"),
+])
+def test_unknown_or_incomplete_store_uri(site: Site, tmp_path: Path, setting: str, reason: str,
+                                         message: str) -> None:
+    output, finish_reason = run(site, tmp_path, setting)
+    assert finish_reason == reason
+    assert error_lines(output) == [message]
+
+
+def test_missing_bucket(site: Site, moto: Server, tmp_path: Path) -> None:
+    endpoint = f"http://127.0.0.1:{moto.port}"
+    output, finish_reason = run(
+        site, tmp_path, "BODY_STORE=s3://not-there/x", f"AWS_ENDPOINT_URL={endpoint}",
+        "AWS_REGION_NAME=us-east-1", *(f"{k}={v}" for k, v in S3_CREDENTIALS.items()))
+    assert finish_reason == "body_store_unusable"
+    assert error_lines(output) == ["BODY_STORE unusable, crawl stopped: S3 bucket "
+                                   f"s3://not-there at {endpoint} does not exist"]
+    assert S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in output
+
+
+def test_unreachable_mongo_with_password_in_uri(site: Site, tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    output, finish_reason = run(
+        site, tmp_path, f"META_STORE=mongodb://crawler:s3cr3t-pw@127.0.0.1:{port}/pages",
+        "META_STORE_CONNECT_TIMEOUT_MS=300")
+    assert finish_reason == "meta_store_unusable"
+    assert error_lines(output) == [
+        f"META_STORE unusable, crawl stopped: MongoDB at mongodb://crawler:***@127.0.0.1:{port}"
+        "/pages unusable: no server answered within 300 ms"]
+    assert "s3cr3t-pw" not in output
+    assert not (tmp_path / "data" / "bodies").exists() or not any(
+        (tmp_path / "data" / "bodies").iterdir())
+
+
+def test_redact_hides_uri_passwords() -> None:
+    assert redact("mongodb://u:p%40ss@h:1/db") == "mongodb://u:***@h:1/db"
+    assert redact("redis://:pw@h/0") == "redis://:***@h/0"
+    assert redact("s3://bucket/prefix") == "s3://bucket/prefix"
+
+
+def test_secrets_are_found_in_settings() -> None:
+    settings = {"AWS_SECRET_ACCESS_KEY": "aws-secret", "META_STORE": "mongodb://u:p%40ss@h/db",
+                "REDIS_URL": "redis://:redis-pw@h:6379/0", "BODY_STORE": "data/bodies"}
+    assert secrets_in(settings) == {"aws-secret", "p%40ss", "p@ss", "redis-pw"}
