@@ -1,0 +1,142 @@
+"""Turns bench rows into the tables of bench/RESULTS.md and the plot bench/results.png.
+
+The generated part of RESULTS.md sits between two marker lines; what is written by
+hand around it (analysis, profile findings) is kept.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+ORDER = ("ours", "ours-no-storage", "celery-gevent", "bare")
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _ratios(rows: list[dict[str, Any]], a: str, b: str) -> list[float]:
+    """pages/s of ``a`` over ``b``, one ratio per repeat (both from the same minutes)."""
+    by_repeat: dict[int, dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        if row["ok"]:
+            by_repeat[row["repeat"]][row["contender"]] = row["pages_per_second"]
+    return [r[a] / r[b] for r in by_repeat.values() if a in r and b in r]
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per (profile, n, c, contender): medians and spreads over the repeats."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["profile"], row["n"], row["c"])].append(row)
+    lines = []
+    for (profile, n, c), group in sorted(groups.items()):
+        for contender in ORDER:
+            runs = [r for r in group if r["contender"] == contender]
+            if not runs:
+                continue
+            ok = [r for r in runs if r["ok"]]
+            rates = [r["pages_per_second"] for r in ok]
+            lines.append({
+                "profile": profile, "n": n, "c": c, "contender": contender,
+                "runs": len(runs), "failed": len(runs) - len(ok),
+                "pages_per_second": _median(rates),
+                "min": min(rates, default=float("nan")), "max": max(rates, default=float("nan")),
+                "cpu_ms_per_page": _median([r["cpu_ms_per_page"] for r in ok]),
+                "peak_rss_mb": _median([r["peak_rss_mb"] for r in ok]),
+                "site_cpu_ms_per_page": _median([1000 * r["site_cpu_seconds"] / n for r in ok]),
+                "sink_cpu_ms_per_page": _median([1000 * r["sink_cpu_seconds"] / n for r in ok]),
+                "verified": all(r["verified"] is not False for r in runs),
+                "stores": "n/a" if all(r["verified"] is None for r in runs) else "yes",
+                "vs_celery": _median(_ratios(group, contender, "celery-gevent")),
+                "vs_no_storage": _median(_ratios(group, contender, "ours-no-storage")),
+                "s3_capacity": runs[0].get("s3_capacity_puts_per_second"),
+            })
+    return lines
+
+
+def table(lines: list[dict[str, Any]]) -> str:
+    out = ["| profile | N | c | contender | pages/s median [min-max] | CPU ms/page | peak RSS MB "
+           "| vs celery | vs no-storage | stored & verified | site CPU ms/page | S3 server CPU "
+           "ms/page |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in lines:
+        verified = ("FAILED " + f"{x['failed']}/{x['runs']}" if x["failed"]
+                    else ("n/a (stores nothing)" if x["stores"] == "n/a"
+                          else f"{x['n']} in each of {x['runs']} runs, 20 bodies byte-equal"))
+        out.append(
+            f"| {x['profile']} | {x['n']} | {x['c']} | {x['contender']} | "
+            f"{x['pages_per_second']:.0f} [{x['min']:.0f}-{x['max']:.0f}] | "
+            f"{x['cpu_ms_per_page']:.2f} | {x['peak_rss_mb']:.0f} | {x['vs_celery']:.2f} | "
+            f"{x['vs_no_storage']:.2f} | {verified} | {x['site_cpu_ms_per_page']:.2f} | "
+            f"{x['sink_cpu_ms_per_page']:.2f} |")
+    return "\n".join(out)
+
+
+def plot(lines: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    profiles = sorted({x["profile"] for x in lines})
+    fig, axes = plt.subplots(1, len(profiles), figsize=(7 * len(profiles), 4.8), squeeze=False)
+    for ax, profile in zip(axes[0], profiles, strict=True):
+        mine = [x for x in lines if x["profile"] == profile]
+        points = sorted({(x["n"], x["c"]) for x in mine})
+        width = 0.8 / len(ORDER)
+        for k, contender in enumerate(ORDER):
+            xs, ys, lo, hi = [], [], [], []
+            for j, (n, c) in enumerate(points):
+                for x in mine:
+                    if (x["n"], x["c"], x["contender"]) == (n, c, contender) and not x["failed"]:
+                        xs.append(j + (k - 1.5) * width)
+                        ys.append(x["pages_per_second"])
+                        lo.append(x["pages_per_second"] - x["min"])
+                        hi.append(x["max"] - x["pages_per_second"])
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=contender)
+        ax.set_xticks(range(len(points)), [f"N={n}\nc={c}" for n, c in points])
+        ax.set_ylabel("pages/s (median of repeats, bars: min-max)")
+        ax.set_title(f"profile: {profile}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(rows: list[dict[str, Any]], command: str, path: Path) -> None:
+    """Write the tables into ``path`` (between the markers) and the plot beside it."""
+    lines = summarize(rows)
+    png = path.with_name("results.png")
+    plot(lines, png)
+    latency = rows[0].get("latency_ms") if rows else None
+    capacity = next((x["s3_capacity"] for x in lines if x["s3_capacity"]), None)
+    generated = "\n".join([
+        BEGIN,
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
+        f"({platform.processor() or platform.machine()}, 2 cores), test site latency "
+        f"{latency} ms, with:",
+        "",
+        f"    {command}",
+        "",
+        table(lines),
+        "",
+        f"S3 server (moto, its own process) alone: {capacity:.0f} PUTs/s of 50 KB from 32 "
+        "threads." if capacity else "",
+        "",
+        f"![pages/s by contender and concurrency]({png.name})",
+        END,
+    ])
+    text = path.read_text() if path.exists() else f"# Benchmark results\n\n{BEGIN}\n{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + generated + rest.split(END, 1)[1]
+    else:
+        text += "\n" + generated + "\n"
+    path.write_text(text)

@@ -1,0 +1,341 @@
+"""The benchmark: every contender on the same work, side by side, in one run.
+
+    python -m bench.run --n 2000 10000 --concurrency 100 1000 --profiles local services \
+        --repeats 3 --latency-ms 100
+
+Contenders (each its own process, crawling the project's test site, itself its own process):
+  ours             `scrapy crawl listing` with both storage pipelines
+  ours-no-storage  the same spider with no pipelines (what storage costs)
+  celery-gevent    the Celery + gevent 1000 + Redis setup we replace (bench/celery_gevent.py)
+  bare             aiohttp with a semaphore: fetch and discard (the limit)
+
+Storage profiles: ``local`` (our embedded defaults: a folder and a JSON Lines file) and
+``services`` (S3 = moto's server in its own process; Mongo = mongomock in the contender's
+process, or SCRAPER_BENCH_MONGO_URI). Within one repeat every contender runs once, in
+turn, so ratios come from the same minutes of this shared, noisy machine.
+
+Each row: pages/s from the contender's own crawl clock (first request to last page
+stored), CPU seconds of the contender's whole process tree (os.wait4: the test site
+and moto are measured apart), peak RSS, and what the stores hold (count, 20 bodies
+byte-compared). A run that stored fewer than N pages is a failure, not a fast run.
+Rows go to bench/out/rows.jsonl; bench/RESULTS.md and bench/results.png are written
+from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scrapy import Request
+from scrapy.utils.request import RequestFingerprinter
+
+from scraper.testsite import Listing, free_port, render_child
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+CONTENDERS = ("ours", "ours-no-storage", "celery-gevent", "bare")
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a running process (not its children), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+class Service:
+    """A server process of the bench (test site, moto, redis-server), stopped by its PID."""
+
+    def __init__(self, args: list[str], port: int, log: Path) -> None:
+        self.port = port
+        with log.open("ab") as f:
+            self.proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 30
+        import socket
+
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{args[:4]} exited: see {log}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{args[:4]} did not listen on {port}")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(15)
+
+
+def s3(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+
+
+@dataclass
+class Bench:
+    """The services shared by all runs of one bench invocation."""
+
+    site: Service
+    site_url: str
+    moto: Service | None
+    logs: Path
+    timeout: float
+    extra_settings: list[str]
+
+    def listing_url(self, n: int) -> str:
+        return self.site_url + Listing(n, 100).query(1)
+
+    def run(self, contender: str, profile: str, n: int, c: int, repeat: int) -> dict[str, Any]:
+        out = OUT / "runs" / f"{profile}-{n}-{c}-{contender}-{repeat}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        bucket = prefix = None
+        extra: list[Service] = []
+        cmd = [sys.executable, "-m"]
+        url = self.listing_url(n)
+        mongo = os.environ.get("SCRAPER_BENCH_MONGO_URI")
+        if profile == "services" and contender in ("ours", "celery-gevent"):
+            assert self.moto is not None
+            bucket = f"bench-{uuid.uuid4().hex[:10]}"
+            s3(self.s3_endpoint).create_bucket(Bucket=bucket)
+        if contender in ("ours", "ours-no-storage"):
+            cmd += ["bench.run_ours", "--url", url, "--concurrency", str(c), "--out", str(out)]
+            if contender == "ours-no-storage":
+                cmd.append("--no-storage")
+            elif bucket:
+                prefix = "ours/"
+                cmd += ["--body-store", f"s3://{bucket}/{prefix}",
+                        "-s", f"AWS_ENDPOINT_URL={self.s3_endpoint}"]
+                cmd += ["--meta-store", f"{mongo.rstrip('/')}/bench_{uuid.uuid4().hex[:8]}"] \
+                    if mongo else ["--meta-store", "mongodb://127.0.0.1:27017/bench", "--mongomock"]
+            for setting in self.extra_settings:
+                cmd += ["-s", setting]
+        elif contender == "celery-gevent":
+            port = free_port()
+            redis = Service(["redis-server", "--port", str(port), "--save", "", "--appendonly",
+                             "no", "--bind", "127.0.0.1"], port, self.logs / "redis.log")
+            extra.append(redis)
+            cmd += ["bench.celery_gevent", "--url", url, "--n", str(n), "--concurrency", str(c),
+                    "--profile", profile, "--out", str(out),
+                    "--redis-url", f"redis://127.0.0.1:{port}/0"]
+            if bucket:
+                prefix = "celery/"
+                cmd += ["--s3-endpoint", self.s3_endpoint, "--bucket", bucket]
+                if mongo:
+                    cmd += ["--mongo-uri", f"{mongo.rstrip('/')}/bench_{uuid.uuid4().hex[:8]}"]
+        elif contender == "bare":
+            cmd += ["bench.bare", "--url", url, "--concurrency", str(c), "--out", str(out)]
+        else:
+            raise ValueError(contender)
+
+        site_cpu, sink_cpu = self.site.cpu(), self.moto.cpu() if self.moto else 0.0
+        try:
+            status, usage, process_wall = self._wait(cmd, out)
+        finally:
+            for service in extra:
+                service.stop()
+        report = json.loads((out / "report.json").read_text()) if status == 0 and (
+            out / "report.json").exists() else {}
+        row: dict[str, Any] = {
+            "profile": profile, "n": n, "c": c, "contender": contender, "repeat": repeat,
+            "exit": status, "stored": report.get("stored", 0),
+            "wall_seconds": report.get("wall_seconds"), "process_wall_seconds": process_wall,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024,
+            "site_cpu_seconds": self.site.cpu() - site_cpu,
+            "sink_cpu_seconds": (self.moto.cpu() - sink_cpu) if self.moto else 0.0,
+            "errors": report.get("errors"),
+        }
+        row["verified"] = self.verify(contender, profile, n, out, report, bucket, prefix)
+        row["ok"] = status == 0 and row["stored"] >= n and row["verified"] is not False
+        if row["ok"]:
+            row["pages_per_second"] = n / row["wall_seconds"]
+            row["cpu_ms_per_page"] = 1000 * row["cpu_seconds"] / n
+        if bucket and self.moto is not None:
+            self._drop_bucket(bucket)
+        if row["ok"]:
+            shutil.rmtree(out, ignore_errors=True)  # keep failed runs' files to look at
+        return row
+
+    @property
+    def s3_endpoint(self) -> str:
+        assert self.moto is not None
+        return f"http://127.0.0.1:{self.moto.port}"
+
+    def _wait(self, cmd: list[str], out: Path) -> tuple[int, Any, float]:
+        env = {**os.environ, **CREDENTIALS, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
+        started = time.monotonic()
+        with (out / "output.log").open("wb") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        timer = threading.Timer(self.timeout, os.killpg, (proc.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode, usage, time.monotonic() - started
+
+    def verify(self, contender: str, profile: str, n: int, out: Path, report: dict[str, Any],
+               bucket: str | None, prefix: str | None) -> bool | None:
+        """Do the stores hold N pages, 20 sampled bodies byte-equal? None: nothing stored."""
+        if contender in ("ours-no-storage", "bare") or not report:
+            return None
+        sample = random.Random(n).sample(range(n), min(20, n))
+
+        def key(i: int) -> str:
+            url = f"{self.site_url}/page/{i}"
+            if contender == "ours":
+                return RequestFingerprinter().fingerprint(Request(url)).hex()
+            return hashlib.sha1(url.encode()).hexdigest()
+
+        if profile == "local":
+            lines = (out / "meta.jsonl").read_text().splitlines()
+            if len(lines) != n or len({json.loads(line)["url"] for line in lines}) != n:
+                return False
+            root = out / "bodies"
+            paths = {i: root / (f"{key(i)[:2]}/{key(i)}" if contender == "ours" else key(i))
+                     for i in sample}
+            return all(p.read_bytes() == render_child(i) for i, p in paths.items())
+        if report.get("meta_docs") != n:
+            return False
+        client = s3(self.s3_endpoint)
+        count = sum(page.get("KeyCount", 0) for page in client.get_paginator(
+            "list_objects_v2").paginate(Bucket=bucket, Prefix=prefix))
+        return count == n and all(
+            client.get_object(Bucket=bucket, Key=f"{prefix}{key(i)}")["Body"].read()
+            == render_child(i) for i in sample)
+
+    def _drop_bucket(self, bucket: str) -> None:
+        client = s3(self.s3_endpoint)
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            for i in range(0, len(keys), 1000):
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000]})
+        client.delete_bucket(Bucket=bucket)
+
+
+def s3_capacity(endpoint: str, seconds: float = 8, threads: int = 32, size: int = 50_000) -> float:
+    """PUTs/s the S3 server takes on its own: ``threads`` clients putting ``size`` bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          config=Config(max_pool_connections=threads),
+                          aws_access_key_id="bench", aws_secret_access_key="bench-secret")
+    bucket = f"capacity-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    body = os.urandom(size)
+    deadline = time.monotonic() + seconds
+    counts = [0] * threads
+
+    def put(t: int) -> None:
+        while time.monotonic() < deadline:
+            client.put_object(Bucket=bucket, Key=f"{t}-{counts[t]}", Body=body)
+            counts[t] += 1
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(put, range(threads)))
+    return sum(counts) / (time.monotonic() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[2000, 10000])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--profiles", nargs="+", default=["local", "services"],
+                        choices=["local", "services"])
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-ms", type=float, default=100)
+    parser.add_argument("--timeout", type=float, default=900, help="per run, seconds")
+    parser.add_argument("--rows", type=Path, default=OUT / "rows.jsonl",
+                        help="rows are appended here")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("-s", dest="settings", action="append", default=[],
+                        help="extra setting for ours (NAME=VALUE)")
+    args = parser.parse_args(argv)
+
+    from bench.report import write_results
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    logs = OUT / "logs"
+    logs.mkdir(exist_ok=True)
+    port = free_port()
+    site = Service([sys.executable, "-m", "scraper.testsite", "--port", str(port), "--pages",
+                    str(max(args.n)), "--latency-ms", str(args.latency_ms)], port,
+                   logs / "site.log")
+    moto = None
+    command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        capacity = None
+        if "services" in args.profiles:
+            moto_port = free_port()
+            moto = Service([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                            str(moto_port)], moto_port, logs / "moto.log")
+            capacity = s3_capacity(f"http://127.0.0.1:{moto_port}")
+            print(f"moto alone: {capacity:.0f} PUTs/s of 50 KB from 32 threads", flush=True)
+        bench = Bench(site, f"http://127.0.0.1:{port}", moto, logs, args.timeout, args.settings)
+        rows = []
+        for profile in args.profiles:
+            for n in args.n:
+                for c in args.concurrency:
+                    for repeat in range(args.repeats):
+                        for contender in args.contenders:
+                            row = bench.run(contender, profile, n, c, repeat)
+                            row["latency_ms"] = args.latency_ms
+                            row["s3_capacity_puts_per_second"] = capacity
+                            rows.append(row)
+                            with args.rows.open("a") as f:
+                                f.write(json.dumps(row) + "\n")
+                            print(f"{profile:8} n={n:<6} c={c:<5} #{repeat} {contender:16} "
+                                  + (f"{row['pages_per_second']:7.0f} pages/s "
+                                     f"{row['cpu_ms_per_page']:5.2f} ms CPU/page "
+                                     f"{row['peak_rss_mb']:5.0f} MB"
+                                     if row["ok"] else f"FAILED ({row['stored']}/{n} stored, "
+                                     f"exit {row['exit']}, verified {row['verified']})"),
+                                  flush=True)
+        write_results(rows, command, args.results)
+        return 0 if all(r["ok"] for r in rows) else 1
+    finally:
+        site.stop()
+        if moto is not None:
+            moto.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Contender "ours": the listing crawl through Scrapy's CrawlerProcess, as `scrapy crawl` runs it.
+
+    python -m bench.run_ours --url URL --concurrency C --out DIR [--no-storage]
+        [--body-store URI] [--meta-store URI] [--mongomock] [-s NAME=VALUE ...]
+
+Writes DIR/report.json with what the crawl stored and how long it took from spider
+open to close. With --mongomock, MongoDB is mongomock in this process (the report
+then carries the document count, since the data dies with the process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from scrapy.crawler import CrawlerProcess
+from scrapy.utils.project import get_project_settings
+
+from scraper.spiders.listing import ListingSpider
+from scraper.stores.meta import MongoMetaStore
+
+
+def use_mongomock() -> Any:
+    """Swap in mongomock (the bench's in-process Mongo) and return its shared client."""
+    import functools
+
+    import mongomock
+    import mongomock.collection
+
+    add_replace = mongomock.collection.BulkOperationBuilder.add_replace
+
+    def add_replace_without_sort(self: Any, *args: Any, sort: Any = None, **kw: Any) -> Any:
+        return add_replace(self, *args, **kw)  # pymongo >= 4.11 passes sort=None
+
+    mongomock.collection.BulkOperationBuilder.add_replace = add_replace_without_sort
+    store = mongomock.store.ServerStore()
+    MongoMetaStore.client_class = functools.partial(mongomock.MongoClient, _store=store)
+    return MongoMetaStore.client_class
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--no-storage", action="store_true")
+    parser.add_argument("--body-store")
+    parser.add_argument("--meta-store")
+    parser.add_argument("--mongomock", action="store_true")
+    parser.add_argument("-s", dest="settings", action="append", default=[])
+    args = parser.parse_args()
+
+    os.environ.setdefault("SCRAPY_SETTINGS_MODULE", "scraper.settings")
+    settings = get_project_settings()
+    overrides: dict[str, Any] = {
+        "CONCURRENT_REQUESTS": args.concurrency,
+        "BODY_STORE": args.body_store or str(args.out / "bodies"),
+        "META_STORE": args.meta_store or str(args.out / "meta.jsonl"),
+        "META_STORE_SPOOL": str(args.out / "spool.jsonl"),
+        "LOG_LEVEL": "WARNING",
+    }
+    if args.no_storage:
+        overrides["ITEM_PIPELINES"] = {}
+    for pair in args.settings:
+        name, value = pair.split("=", 1)
+        overrides[name] = json.loads(value) if value[:1] in "{[" else value
+    settings.setdict(overrides, priority="cmdline")
+    client = use_mongomock() if args.mongomock else None
+
+    process = CrawlerProcess(settings)
+    crawler = process.create_crawler(ListingSpider)
+    process.crawl(crawler, url=args.url)
+    process.start()
+
+    stats = crawler.stats.get_stats()
+    stored = stats.get("item_scraped_count", 0) if args.no_storage else stats.get(
+        "meta_store/written", 0)
+    report = {
+        "stored": stored,
+        "wall_seconds": stats.get("progress/elapsed_seconds")
+        or stats["elapsed_time_seconds"],
+        "errors": stats.get("listing/child_failed", 0) + stats.get("body_store/failed", 0),
+        "finish_reason": stats.get("finish_reason"),
+        "redis_calls": None,
+    }
+    if client is not None:
+        report["meta_docs"] = client(settings["META_STORE"]).get_default_database()[
+            settings["META_STORE_COLLECTION"]].count_documents({})
+    (args.out / "report.json").write_text(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
