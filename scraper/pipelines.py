@@ -1,10 +1,11 @@
 """The two storage pipelines: body first, then meta.
 
-Both keep every blocking call off the reactor thread: the body store runs on a
-bounded pool of upload threads, the meta store on one writer thread fed with
-batches. An item leaves BodyStorePipeline only once its body is stored, and
-MetaStorePipeline only once its batch is written, so a finished item is a
-stored item.
+Both keep every network call off the reactor thread: S3 uploads run on a bounded
+pool of threads, the meta store on one writer thread fed with batches. (A local
+body folder is written in place: a 35 KB local write costs less than the thread
+hand-off, see BODY_STORE_FS_THREADS.) An item leaves BodyStorePipeline only once
+its body is stored, and MetaStorePipeline only once its batch is written, so a
+finished item is a stored item.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import gzip
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from itemadapter import ItemAdapter
 from scrapy.exceptions import CloseSpider
@@ -33,21 +34,40 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+
+async def _call(executor: ThreadPoolExecutor | None, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in the store's threads, or right here for a store that has none."""
+    if executor is None:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
 
 async def _open_store(
-    build: Callable[[Crawler, str], Any], crawler: Crawler, executor: ThreadPoolExecutor,
-    setting: str, uri: str,
-) -> Any:
-    """Build and open a store in its thread; one that cannot work stops the crawl with one line."""
+    build: Callable[[Crawler, str], Any], crawler: Crawler, setting: str, uri: str, threads: int,
+) -> tuple[Any, ThreadPoolExecutor | None]:
+    """Build a store and its thread pool, open it there; a store that cannot work stops the
+    crawl with one line."""
     try:
         store = build(crawler, uri)
-        await asyncio.get_running_loop().run_in_executor(executor, store.open)
     except StoreError as exc:
         logger.error("%(setting)s unusable, crawl stopped: %(error)s",
                      {"setting": setting, "error": exc})
         raise CloseSpider(f"{setting.lower()}_unusable") from None
+    size = min(threads, store.max_threads)
+    executor = ThreadPoolExecutor(size, thread_name_prefix=setting.lower().replace("_", "-")) \
+        if size > 0 else None
+    try:
+        await _call(executor, store.open)
+    except StoreError as exc:
+        if executor is not None:
+            executor.shutdown(wait=False)
+        logger.error("%(setting)s unusable, crawl stopped: %(error)s",
+                     {"setting": setting, "error": exc})
+        raise CloseSpider(f"{setting.lower()}_unusable") from None
     logger.info("%(setting)s: %(uri)s", {"setting": setting, "uri": redact(uri)})
-    return store
+    return store, executor
 
 
 class BodyStorePipeline:
@@ -61,7 +81,8 @@ class BodyStorePipeline:
         self.uri = uri
         self.gzip = gzip
         self.retry_timeout = retry_timeout
-        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="body-store")
+        self.threads = threads
+        self.executor: ThreadPoolExecutor | None = None
         self.store: BodyStore | None = None
 
     @classmethod
@@ -72,13 +93,14 @@ class BodyStorePipeline:
                    retry_timeout=s.getfloat("BODY_STORE_RETRY_TIMEOUT"))
 
     async def open_spider(self) -> None:
-        self.store = await _open_store(build_body_store, self.crawler, self.executor,
-                                       "BODY_STORE", self.uri)
+        self.store, self.executor = await _open_store(
+            build_body_store, self.crawler, "BODY_STORE", self.uri, self.threads)
 
     async def close_spider(self) -> None:
         if self.store is not None:
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.store.close)
-        self.executor.shutdown(wait=True)
+            await _call(self.executor, self.store.close)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
 
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
@@ -110,12 +132,12 @@ class BodyStorePipeline:
         store = self.store
         assert store is not None
 
-        def put() -> str:  # runs in an upload thread, gzip included
+        def put() -> str:  # runs in an upload thread (if the store has any), gzip included
             if self.gzip:
                 return store.put(key + ".gz", gzip.compress(body, 6), content_type, "gzip")
             return store.put(key, body, content_type, None)
 
-        return await asyncio.get_running_loop().run_in_executor(self.executor, put)
+        return await _call(self.executor, put)
 
 
 class MetaStorePipeline:
@@ -139,8 +161,7 @@ class MetaStorePipeline:
         self.flush_interval = flush_interval
         self.retry_timeout = retry_timeout
         self.spool = Path(spool)
-        # One writer thread: batches are written in order, one at a time.
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="meta-store")
+        self.executor: ThreadPoolExecutor | None = None
         self.store: MetaStore | None = None
         self.batch: list[dict[str, Any]] = []
         self.batch_done: asyncio.Future[None] | None = None
@@ -156,16 +177,18 @@ class MetaStorePipeline:
                    spool=s.get("META_STORE_SPOOL"))
 
     async def open_spider(self) -> None:
-        self.store = await _open_store(build_meta_store, self.crawler, self.executor,
-                                       "META_STORE", self.uri)
+        # One writer thread: batches are written in order, one at a time.
+        self.store, self.executor = await _open_store(
+            build_meta_store, self.crawler, "META_STORE", self.uri, 1)
 
     async def close_spider(self) -> None:
         self._flush()
         while self.flushes:
             await asyncio.gather(*self.flushes, return_exceptions=True)
         if self.store is not None:
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.store.close)
-        self.executor.shutdown(wait=True)
+            await _call(self.executor, self.store.close)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
 
     async def process_item(self, item: Any) -> Any:
         doc = {k: v for k, v in ItemAdapter(item).items() if k != "body"}
@@ -205,17 +228,16 @@ class MetaStorePipeline:
 
     async def _write(self, docs: list[dict[str, Any]], done: asyncio.Future[None]) -> None:
         stats = self.crawler.stats
-        assert stats is not None and self.store is not None
-        store = self.store
-        loop = asyncio.get_running_loop()
+        store, executor = self.store, self.executor
+        assert stats is not None and store is not None
         try:
-            await with_backoff(lambda: loop.run_in_executor(self.executor, store.write, docs),
+            await with_backoff(lambda: _call(executor, store.write, docs),
                                what="meta_store", timeout=self.retry_timeout, stats=stats,
                                retry_on=store.transient_errors)
         except Exception as exc:
             stats.inc_value("meta_store/failed", len(docs))
             try:
-                await loop.run_in_executor(self.executor, self._spool, docs)
+                await _call(executor, self._spool, docs)
             except OSError as spool_exc:
                 logger.critical("%(n)d meta documents LOST: store failed (%(error)s) and the "
                                 "spool %(spool)s too (%(spool_error)s)",

@@ -18,6 +18,8 @@ NEWSPIDER_MODULE = "scraper.spiders"
 # Where bodies go: "s3://bucket/prefix" or a local folder (the embedded default).
 BODY_STORE = os.environ.get("SCRAPER_BODY_STORE", "data/bodies")
 BODY_STORE_THREADS = 32        # upload threads; botocore's max_pool_connections follows it
+BODY_STORE_FS_THREADS = 0      # a local folder is written on the reactor thread: cheaper than a
+                               # thread hand-off per file; >0 for a network filesystem
 BODY_STORE_GZIP = False        # gzip bodies (key gets ".gz", S3 ContentEncoding: gzip)
 BODY_STORE_RETRY_TIMEOUT = 300  # seconds an item keeps retrying a failing store before it is
                                 # recorded as failed; the crawl slows down meanwhile (back pressure)
@@ -82,7 +84,7 @@ SPIDER_MIDDLEWARES = {
     "scrapy.spidermiddlewares.urllength.UrlLengthMiddleware": None,
 }
 EXTENSIONS = {
-    "scraper.redaction.RedactSecrets": 0,  # first: secrets never reach the log
+    "scraper.logsetup.LogSetup": 0,  # first: secrets never reach the log
     "scrapy.extensions.logstats.LogStats": None,  # replaced by the progress line
     "scraper.progress.Progress": 500,
 }

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from scraper.redaction import secrets_in
+from scraper.logsetup import secrets_in
 from scraper.stores import redact
 from scraper.testsite import free_port
 from tests.conftest import S3_CREDENTIALS, Server, Site, scrapy_crawl

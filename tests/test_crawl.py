@@ -29,10 +29,14 @@ def by_url(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {doc["url"]: doc for doc in docs}
 
 
+@pytest.mark.parametrize("fs_threads", [0, 3])
 @deferred_f_from_coro_f
-async def test_every_child_of_every_list_page_is_stored_once(site: Site, tmp_path: Path) -> None:
+async def test_every_child_of_every_list_page_is_stored_once(
+    site: Site, tmp_path: Path, fs_threads: int
+) -> None:
     stores = local_stores(tmp_path)
-    crawler = await crawl(site.listing_url(450, per_page=50), CONCURRENT_REQUESTS=200, **stores)
+    crawler = await crawl(site.listing_url(450, per_page=50), CONCURRENT_REQUESTS=200,
+                          BODY_STORE_FS_THREADS=fs_threads, **stores)
 
     docs = read_jsonl(tmp_path / "meta.jsonl")
     assert len(docs) == 450

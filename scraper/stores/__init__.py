@@ -38,6 +38,9 @@ class BodyStore(Protocol):
 
     #: Errors worth retrying (the store is down or slow), as opposed to bugs and refusals.
     transient_errors: tuple[type[BaseException], ...]
+    #: The most worker threads that help (the pipeline uses min(BODY_STORE_THREADS, this));
+    #: 0 means the store is fast local I/O, called on the reactor thread.
+    max_threads: int
 
     def open(self) -> None:
         """Check that the store can be written to; raise StoreError if not."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -35,12 +35,17 @@ class FSBodyStore:
 
     transient_errors: tuple[type[BaseException], ...] = (OSError,)  # a full disk, a stale NFS
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, threads: int = 0) -> None:
         self.root = Path(root).resolve()
+        #: 0: write on the reactor thread. Writing a 35 KB file to a local disk costs less
+        #: than handing it to a thread (GIL and futex hand-offs: bench/RESULTS.md); a
+        #: network filesystem wants threads (BODY_STORE_FS_THREADS).
+        self.max_threads = threads
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, uri: str) -> Self:
-        return cls(urlsplit(uri).path if uri.startswith("file://") else uri)
+        return cls(urlsplit(uri).path if uri.startswith("file://") else uri,
+                   crawler.settings.getint("BODY_STORE_FS_THREADS"))
 
     def open(self) -> None:
         try:
@@ -59,13 +64,14 @@ class FSBodyStore:
         path = self.path(key)
         path.parent.mkdir(exist_ok=True)
         # Write then rename: a crash never leaves a half-written body under the final name.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        # The temporary name is unique per process and thread (cheaper than mkstemp's).
+        tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with tmp.open("wb") as f:
                 f.write(body)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return f"{key[:2]}/{key}"
 
@@ -83,6 +89,7 @@ class S3BodyStore:
     """
 
     transient_errors: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
+    max_threads = 1024  # uploads wait on the network: BODY_STORE_THREADS decides
 
     def __init__(
         self,

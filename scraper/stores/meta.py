@@ -40,6 +40,7 @@ class JsonLinesMetaStore:
     """
 
     transient_errors: tuple[type[BaseException], ...] = (OSError,)
+    max_threads = 1
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -100,6 +101,7 @@ class MongoMetaStore:
     """Meta documents in a MongoDB collection, ``_id`` = fingerprint, upserted in bulk."""
 
     transient_errors: tuple[type[BaseException], ...] = (PyMongoError,)
+    max_threads = 1
 
     #: The client class; tests swap in mongomock's.
     client_class: Any = MongoClient
