@@ -113,6 +113,7 @@ def plot(lines: list[dict[str, Any]], path: Path) -> None:
 def write_results(rows: list[dict[str, Any]], command: str, path: Path) -> None:
     """Write the tables into ``path`` (between the markers) and the plot beside it."""
     lines = summarize(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
     png = path.with_name("results.png")
     plot(lines, png)
     latency = rows[0].get("latency_ms") if rows else None
@@ -129,6 +130,11 @@ def write_results(rows: list[dict[str, Any]], command: str, path: Path) -> None:
         "",
         f"S3 server (moto, its own process) alone: {capacity:.0f} PUTs/s of 50 KB from 32 "
         "threads." if capacity else "",
+        "",
+        f"Local profile stores in `{rows[0]['runs_dir']}`: "
+        f"{rows[0]['runs_dir_files_per_second']:.0f} files/s of 35 KB alone (one thread); "
+        "the project's own disk: "
+        f"{rows[0]['project_disk_files_per_second']:.0f} files/s." if rows else "",
         "",
         f"![pages/s by contender and concurrency]({png.name})",
         END,

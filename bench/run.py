@@ -59,6 +59,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, from /proc."""
+    total = 0.0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += tree_rss_mb(int(child))
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pass
+    return total
+
+
 class Service:
     """A server process of the bench (test site, moto, redis-server), stopped by its PID."""
 
@@ -111,12 +126,13 @@ class Bench:
     logs: Path
     timeout: float
     extra_settings: list[str]
+    runs: Path
 
     def listing_url(self, n: int) -> str:
         return self.site_url + Listing(n, 100).query(1)
 
     def run(self, contender: str, profile: str, n: int, c: int, repeat: int) -> dict[str, Any]:
-        out = OUT / "runs" / f"{profile}-{n}-{c}-{contender}-{repeat}"
+        out = self.runs / f"{profile}-{n}-{c}-{contender}-{repeat}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         bucket = prefix = None
@@ -160,7 +176,7 @@ class Bench:
 
         site_cpu, sink_cpu = self.site.cpu(), self.moto.cpu() if self.moto else 0.0
         try:
-            status, usage, process_wall = self._wait(cmd, out)
+            status, usage, process_wall, peak_rss = self._wait(cmd, out)
         finally:
             for service in extra:
                 service.stop()
@@ -171,7 +187,7 @@ class Bench:
             "exit": status, "stored": report.get("stored", 0),
             "wall_seconds": report.get("wall_seconds"), "process_wall_seconds": process_wall,
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mb": usage.ru_maxrss / 1024,
+            "peak_rss_mb": peak_rss,
             "site_cpu_seconds": self.site.cpu() - site_cpu,
             "sink_cpu_seconds": (self.moto.cpu() - sink_cpu) if self.moto else 0.0,
             "errors": report.get("errors"),
@@ -192,7 +208,7 @@ class Bench:
         assert self.moto is not None
         return f"http://127.0.0.1:{self.moto.port}"
 
-    def _wait(self, cmd: list[str], out: Path) -> tuple[int, Any, float]:
+    def _wait(self, cmd: list[str], out: Path) -> tuple[int, Any, float, float]:
         env = {**os.environ, **CREDENTIALS, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
         started = time.monotonic()
         with (out / "output.log").open("wb") as log:
@@ -200,12 +216,25 @@ class Bench:
                                     start_new_session=True)
         timer = threading.Timer(self.timeout, os.killpg, (proc.pid, signal.SIGKILL))
         timer.start()
+        # Peak RSS is sampled from /proc: wait4's ru_maxrss would report this harness's own
+        # size, which the child inherits at fork time.
+        peak = [0.0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.1):
+                peak[0] = max(peak[0], tree_rss_mb(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         finally:
             timer.cancel()
+            done.set()
+            sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
-        return proc.returncode, usage, time.monotonic() - started
+        return proc.returncode, usage, time.monotonic() - started, peak[0]
 
     def verify(self, contender: str, profile: str, n: int, out: Path, report: dict[str, Any],
                bucket: str | None, prefix: str | None) -> bool | None:
@@ -273,6 +302,26 @@ def s3_capacity(endpoint: str, seconds: float = 8, threads: int = 32, size: int 
     return sum(counts) / (time.monotonic() - started)
 
 
+def fs_capacity(folder: Path, seconds: float = 5, size: int = 35_000) -> float:
+    """Files/s one thread creates in ``folder`` (write to a temporary name, rename)."""
+    target = folder / f"capacity-{uuid.uuid4().hex[:8]}"
+    target.mkdir(parents=True)
+    body = os.urandom(size)
+    count = 0
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            sub = target / f"{count % 256:02x}"
+            sub.mkdir(exist_ok=True)
+            tmp = sub / f".{count}.tmp"
+            tmp.write_bytes(body)
+            os.replace(tmp, sub / f"{count:040x}")
+            count += 1
+        return count / (time.monotonic() - started)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[2000, 10000])
@@ -288,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("-s", dest="settings", action="append", default=[],
                         help="extra setting for ours (NAME=VALUE)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("/dev/shm/scraper-bench")
+                        if Path("/dev/shm").is_dir() else OUT / "runs",
+                        help="where each run's stores go (default: tmpfs, so that the local "
+                        "profile measures the crawler, not this machine's disk)")
+    parser.add_argument("--sink-seconds", type=float, default=8,
+                        help="how long each sink's capacity is measured alone")
     args = parser.parse_args(argv)
 
     from bench.report import write_results
@@ -303,13 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         capacity = None
+        sinks = {"runs_dir": str(args.runs_dir),
+                 "runs_dir_files_per_second": fs_capacity(args.runs_dir, args.sink_seconds),
+                 "project_disk_files_per_second": fs_capacity(OUT, args.sink_seconds)}
+        print(f"sinks alone: {sinks}", flush=True)
         if "services" in args.profiles:
             moto_port = free_port()
             moto = Service([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                             str(moto_port)], moto_port, logs / "moto.log")
-            capacity = s3_capacity(f"http://127.0.0.1:{moto_port}")
+            capacity = s3_capacity(f"http://127.0.0.1:{moto_port}", args.sink_seconds)
             print(f"moto alone: {capacity:.0f} PUTs/s of 50 KB from 32 threads", flush=True)
-        bench = Bench(site, f"http://127.0.0.1:{port}", moto, logs, args.timeout, args.settings)
+        bench = Bench(site, f"http://127.0.0.1:{port}", moto, logs, args.timeout, args.settings,
+                      args.runs_dir)
         rows = []
         for profile in args.profiles:
             for n in args.n:
@@ -319,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                             row = bench.run(contender, profile, n, c, repeat)
                             row["latency_ms"] = args.latency_ms
                             row["s3_capacity_puts_per_second"] = capacity
+                            row.update(sinks)
                             rows.append(row)
                             with args.rows.open("a") as f:
                                 f.write(json.dumps(row) + "\n")
@@ -335,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         site.stop()
         if moto is not None:
             moto.stop()
+        if args.runs_dir.name == "scraper-bench":  # the default tmpfs folder: ours to remove
+            shutil.rmtree(args.runs_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
