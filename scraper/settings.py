@@ -43,6 +43,17 @@ ITEM_PIPELINES = {
     "scraper.pipelines.MetaStorePipeline": 200,  # after the body: meta never points at nothing
 }
 
+# --- Distributed mode (scraper/distributed/) -------------------------------------------------
+# Set REDIS_URL (redis://[:password@]host:port/db, rediss:// for TLS) to crawl with many nodes
+# from one Redis: keys <spider>:requests, :dupefilter, :start_urls as in scrapy-redis.
+REDIS_URL = os.environ.get("SCRAPER_REDIS_URL")
+REDIS_PREFETCH = 0              # requests leased ahead per node; 0: CONCURRENT_REQUESTS
+REDIS_LEASE_SECONDS = 120       # a dead node's requests go back to the queue after this
+REDIS_MAX_ATTEMPTS = 5          # leases a request may lose (node deaths) before :dead
+REDIS_IDLE_TIMEOUT = 30         # a node started before any seed waits this long for one
+REDIS_WAIT_FOR_START_URLS = False  # True: never close, wait for new start URLs (RedisSpider)
+COMMANDS_MODULE = "scraper.commands"  # scrapy seed, scrapy status
+
 # --- Concurrency ---------------------------------------------------------------------------
 # CONCURRENT_REQUESTS_PER_DOMAIN follows CONCURRENT_REQUESTS unless you set it yourself
 # (see ListingSpider.update_settings): a listing crawl is one site, and Scrapy's default of

@@ -115,6 +115,31 @@ def moto(logs: Path) -> Iterator[Server]:
     server.stop()
 
 
+def redis_server(port: int, log: Path, *extra: str) -> Server:
+    """A redis-server (Debian's package) on 127.0.0.1:port; extra args e.g. for persistence."""
+    return Server(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", *extra], port, log)
+
+
+@pytest.fixture(scope="session")
+def redis_session(logs: Path) -> Iterator[Server]:
+    server = redis_server(free_port(), logs / "redis.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session: Server) -> str:
+    """The session's redis-server, emptied for this test."""
+    import redis
+
+    client = redis.Redis(port=redis_session.port)
+    client.flushall()
+    client.close()
+    return f"redis://127.0.0.1:{redis_session.port}/0"
+
+
 def s3_client(endpoint: str) -> Any:
     import boto3
 

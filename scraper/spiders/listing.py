@@ -24,6 +24,7 @@ from scrapy.exceptions import CloseSpider
 from scrapy.http import TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError
 
+from scraper.distributed.tracking import request_done
 from scraper.items import PageItem
 from scraper.retry import describe
 
@@ -102,13 +103,28 @@ class ListingSpider(Spider):
         total_priority = settings.getpriority("CONCURRENT_REQUESTS") or 0
         if (settings.getpriority("CONCURRENT_REQUESTS_PER_DOMAIN") or 0) < total_priority:
             settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", total, priority=total_priority)
+        if settings.get("REDIS_URL"):  # distributed mode: the shared queue in Redis
+            settings.set("SCHEDULER", "scraper.distributed.scheduler.DistributedScheduler",
+                         priority="spider")
+            middlewares = settings.getdict("SPIDER_MIDDLEWARES")
+            # Closest to the engine: it must see what every other middleware let through.
+            middlewares["scraper.distributed.tracking.LeaseTracker"] = 1
+            settings.set("SPIDER_MIDDLEWARES", middlewares, priority="spider")
 
     async def start(self) -> AsyncIterator[Request]:
-        if not self.url:
+        distributed = bool(self.crawler.settings.get("REDIS_URL"))
+        if not self.url and not distributed:
             logger.error("No list page given: run `scrapy crawl listing -a url=<list page URL>`")
             raise CloseSpider("no_url")
         self._log_concurrency()
-        yield self.list_request(self.url)
+        if self.url:
+            yield self.list_request(self.url)  # distributed: into the shared queue, deduplicated
+        else:
+            logger.info("Taking list pages from Redis: `scrapy seed listing URL` adds one")
+
+    def request_for_start_url(self, url: str) -> Request:
+        """The request for a URL taken from ``listing:start_urls`` (distributed mode)."""
+        return self.list_request(url)
 
     def _log_concurrency(self) -> None:
         settings = self.crawler.settings
@@ -197,6 +213,8 @@ class ListingSpider(Spider):
         self.crawler.stats.inc_value("listing/list_failed")
         logger.error("List page %(url)s failed: %(error)s",
                      {"url": failure.request.url, "error": _describe(failure)})
+        # No item will say this request is handled: say it (distributed mode acks it).
+        self.crawler.signals.send_catch_log(request_done, request=failure.request)
 
     def parse_child(self, response: Response, listing_url: str, fingerprint: str) -> PageItem:
         """A fetched child page (2xx, or 3xx that was not followed)."""

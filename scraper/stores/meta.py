@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
 from scraper.stores import StoreError, redact
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Self
 
     from scrapy.crawler import Crawler
@@ -34,9 +37,11 @@ def dumps(doc: dict[str, Any]) -> str:
 class JsonLinesMetaStore:
     """Meta documents as lines of a JSON Lines file, one line per fingerprint.
 
-    Batches are appended. A fingerprint written again (a re-crawl, a replayed request)
-    makes the file be rewritten at close keeping the newest line per fingerprint, so
-    the file behaves like an upserting collection.
+    Batches are appended, each as one write under an exclusive lock on ``<file>.lock``,
+    so several crawler processes on one machine may share the file. At close the file is
+    rewritten (under the same lock) keeping the newest line per fingerprint if any
+    fingerprint was written twice (a re-crawl, a replayed request): it behaves like an
+    upserting collection. A writer that finds the file replaced reopens it first.
     """
 
     transient_errors: tuple[type[BaseException], ...] = (OSError,)
@@ -44,9 +49,8 @@ class JsonLinesMetaStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.fingerprints: set[str] = set()
-        self.rewrite = False
-        self.file: Any = None
+        self.fd: int | None = None
+        self.lock_fd: int | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, uri: str) -> Self:
@@ -55,42 +59,68 @@ class JsonLinesMetaStore:
     def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists():
-                with self.path.open("rb") as f:
-                    self.fingerprints = {json.loads(line)["fingerprint"]
-                                         for line in f if line.strip()}
-            self.file = self.path.open("a", encoding="utf-8")
+            self.lock_fd = os.open(self.path.with_name(self.path.name + ".lock"),
+                                   os.O_RDWR | os.O_CREAT, 0o644)
+            self._reopen()
+            with self._locked():
+                self._fingerprints()  # a file that is not ours is refused now, not at close
         except OSError as exc:
             raise StoreError(f"META_STORE file {self.path} cannot be opened: {exc.strerror}") \
                 from None
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             raise StoreError(f"META_STORE file {self.path} holds a line that is not a meta "
                              "document; move it away or name another file") from None
 
+    def _reopen(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        assert self.lock_fd is not None and self.fd is not None
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(self.fd).st_ino != os.stat(self.path).st_ino:
+                self._reopen()  # another process compacted the file
+            yield
+        finally:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+
     def write(self, docs: list[dict[str, Any]]) -> None:
-        for doc in docs:
-            if doc["fingerprint"] in self.fingerprints:
-                self.rewrite = True
-            self.fingerprints.add(doc["fingerprint"])
-        self.file.write("".join(dumps(doc) + "\n" for doc in docs))
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        data = "".join(dumps(doc) + "\n" for doc in docs).encode()
+        with self._locked():
+            assert self.fd is not None
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+            os.fsync(self.fd)
 
     def close(self) -> None:
-        if self.file is None:
+        if self.fd is None or self.lock_fd is None:
             return
-        self.file.close()
-        if self.rewrite:
-            self._compact()
+        with self._locked():
+            lines, unique = self._fingerprints()
+            if lines != len(unique):
+                self._compact(unique)
+        os.close(self.fd)
+        os.close(self.lock_fd)
+        self.fd = self.lock_fd = None
 
-    def _compact(self) -> None:
-        newest: dict[str, str] = {}
-        with self.path.open(encoding="utf-8") as f:
+    def _fingerprints(self) -> tuple[int, dict[str, bytes]]:
+        """Lines in the file, and the newest line per fingerprint."""
+        newest: dict[str, bytes] = {}
+        lines = 0
+        with self.path.open("rb") as f:
             for line in f:
                 if line.strip():
+                    lines += 1
                     newest[json.loads(line)["fingerprint"]] = line
+        return lines, newest
+
+    def _compact(self, newest: dict[str, bytes]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
+        with tmp.open("wb") as f:
             f.writelines(newest.values())
             f.flush()
             os.fsync(f.fileno())

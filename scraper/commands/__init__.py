@@ -1,0 +1,19 @@
+"""Scrapy commands of the project: `scrapy seed` and `scrapy status` for distributed crawls."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scrapy.exceptions import UsageError
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+
+def redis_url(settings: BaseSettings) -> str:
+    """REDIS_URL from -s or SCRAPER_REDIS_URL, or a usage error saying how to give it."""
+    url = settings.get("REDIS_URL")
+    if not url:
+        raise UsageError("REDIS_URL is not set: pass -s REDIS_URL=redis://host:6379/0 "
+                         "or set SCRAPER_REDIS_URL")
+    return str(url)

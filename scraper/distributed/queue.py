@@ -1,0 +1,280 @@
+"""The crawl's shared state in Redis, changed only through atomic Lua scripts.
+
+Keys (``<spider>`` is the spider name; the first three as in scrapy-redis):
+
+``<spider>:requests``    ZSET  queued requests; score = -priority * 1e12 + sequence (FIFO
+                               within a priority), member = "<sequence> <request JSON>"
+``<spider>:dupefilter``  SET   fingerprints of every request ever enqueued
+``<spider>:start_urls``  LIST  list page URLs (plain, or JSON {"url": ..., "meta": ...})
+``<spider>:leases``      ZSET  lease token -> deadline (ms, Redis's clock)
+``<spider>:leased``      HASH  lease token -> "<score> <member>" ("start <url>" for a start URL)
+``<spider>:attempts``    HASH  sequence -> times its lease expired
+``<spider>:dead``        LIST  members whose leases expired REDIS_MAX_ATTEMPTS times
+``<spider>:nodes``       HASH  node id -> "<ms> <JSON heartbeat>"
+``<spider>:seq``         STRING the sequence counter (requests and lease tokens)
+
+A request taken by a node is not popped: LEASE moves it to ``leased`` with a deadline,
+and only ACK removes it. RECLAIM, run by every node, puts back what a dead node held.
+All deadlines use Redis's own clock (TIME), never a node's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+SCORE_SCALE = 10**12
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: requests, dupefilter, seq. ARGV: triples of fingerprint, priority, request JSON;
+# an empty fingerprint means dont_filter. Returns how many were added.
+ENQUEUE = """
+local added = 0
+for i = 1, #ARGV, 3 do
+  if ARGV[i] == '' or redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+    local seq = redis.call('INCR', KEYS[3])
+    redis.call('ZADD', KEYS[1], -tonumber(ARGV[i + 1]) * 1e12 + seq, seq .. ' ' .. ARGV[i + 2])
+    added = added + 1
+  end
+end
+return added
+"""
+
+# KEYS: requests, leases, leased, seq, start_urls. ARGV: n, node, lease_ms, start_n.
+# Leases up to n requests, best first, then up to start_n start URLs if the queue was short.
+# Returns a flat list of token, kind ("r" or "s"), payload.
+LEASE = _NOW + """
+local out = {}
+local items = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+for i = 1, #items, 2 do
+  redis.call('ZREM', KEYS[1], items[i])
+  local token = ARGV[2] .. ':' .. redis.call('INCR', KEYS[4])
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), token)
+  redis.call('HSET', KEYS[3], token, items[i + 1] .. ' ' .. items[i])
+  out[#out + 1] = token; out[#out + 1] = 'r'; out[#out + 1] = items[i]
+end
+if #items == 0 and tonumber(ARGV[4]) > 0 then
+  local urls = redis.call('LRANGE', KEYS[5], 0, tonumber(ARGV[4]) - 1)
+  if #urls > 0 then redis.call('LTRIM', KEYS[5], #urls, -1) end
+  for _, url in ipairs(urls) do
+    local token = ARGV[2] .. ':' .. redis.call('INCR', KEYS[4])
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), token)
+    redis.call('HSET', KEYS[3], token, 'start ' .. url)
+    out[#out + 1] = token; out[#out + 1] = 's'; out[#out + 1] = url
+  end
+end
+return out
+"""
+
+# KEYS: leases, leased, attempts. ARGV: tokens. A token no longer leased (it expired and
+# was reclaimed) is refused: the request is someone else's now. Returns {acked, refused}.
+ACK = """
+local acked, refused = 0, 0
+for _, token in ipairs(ARGV) do
+  local data = redis.call('HGET', KEYS[2], token)
+  if data then
+    redis.call('HDEL', KEYS[2], token)
+    redis.call('ZREM', KEYS[1], token)
+    local seq = string.match(data, '^%S+ (%d+) ')
+    if seq then redis.call('HDEL', KEYS[3], seq) end
+    acked = acked + 1
+  else
+    refused = refused + 1
+  end
+end
+return {acked, refused}
+"""
+
+# KEYS: leases, leased, requests, attempts, dead, start_urls. ARGV: max_attempts, limit,
+# then (for RELEASE) tokens. Without tokens: every lease past its deadline goes back.
+# With tokens: those leases go back now (a node handing back what it will not start),
+# without counting an attempt. Returns {returned, dead}.
+RECLAIM = _NOW + """
+local tokens = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do tokens[#tokens + 1] = ARGV[i] end
+else
+  tokens = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+end
+local returned, dead = 0, 0
+for _, token in ipairs(tokens) do
+  local data = redis.call('HGET', KEYS[2], token)
+  redis.call('ZREM', KEYS[1], token)
+  if data then
+    redis.call('HDEL', KEYS[2], token)
+    local score, member = string.match(data, '^(%S+) (.*)$')
+    if score == 'start' then
+      redis.call('RPUSH', KEYS[6], member)
+      returned = returned + 1
+    else
+      local seq = string.match(member, '^(%d+) ')
+      local n = 0
+      if #ARGV == 2 and seq then n = redis.call('HINCRBY', KEYS[4], seq, 1) end
+      if n > tonumber(ARGV[1]) then
+        redis.call('RPUSH', KEYS[5], member)
+        redis.call('HDEL', KEYS[4], seq)
+        dead = dead + 1
+      else
+        redis.call('ZADD', KEYS[3], tonumber(score), member)
+        returned = returned + 1
+      end
+    end
+  end
+end
+return {returned, dead}
+"""
+
+# KEYS: leases. ARGV: lease_ms, tokens. Pushes the deadlines of leases still held.
+EXTEND = _NOW + """
+local n = 0
+for i = 2, #ARGV do
+  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i])
+end
+return n
+"""
+
+# KEYS: nodes. ARGV: node, heartbeat JSON, stale_ms. Records this node, forgets stale ones.
+HEARTBEAT = _NOW + """
+redis.call('HSET', KEYS[1], ARGV[1], now .. ' ' .. ARGV[2])
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local seen = tonumber(string.match(all[i + 1], '^(%d+)'))
+  if seen and now - seen > tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], all[i]) end
+end
+return now
+"""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The Redis keys of one spider's crawl."""
+
+    prefix: str
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return f"{self.prefix}:{name}"
+
+
+@dataclass
+class Leased:
+    """One leased entry: a request's JSON, or a start URL."""
+
+    token: str
+    kind: str  # "r": request, "s": start URL
+    payload: str
+
+
+@dataclass
+class CrawlStatus:
+    """The crawl-wide counts the completion check and `scrapy status` read."""
+
+    queued: int
+    leased: int
+    start_urls: int
+    seen: int
+    dead: int
+    nodes: dict[str, tuple[int, dict[str, Any]]]
+    now_ms: int
+
+    @property
+    def drained(self) -> bool:
+        """Nothing queued, leased or waiting to be seeded, anywhere."""
+        return self.queued == 0 and self.leased == 0 and self.start_urls == 0
+
+
+class CrawlQueue:
+    """Async access to one crawl's Redis keys; every change is one Lua script."""
+
+    def __init__(self, redis: Redis, spider_name: str) -> None:
+        self.redis = redis
+        self.keys = Keys(spider_name)
+        self._enqueue = redis.register_script(ENQUEUE)
+        self._lease = redis.register_script(LEASE)
+        self._ack = redis.register_script(ACK)
+        self._reclaim = redis.register_script(RECLAIM)
+        self._extend = redis.register_script(EXTEND)
+        self._heartbeat = redis.register_script(HEARTBEAT)
+
+    async def enqueue(self, entries: list[tuple[str, int, str]]) -> int:
+        """Add (fingerprint or "", priority, JSON) entries not seen before; return how many."""
+        k = self.keys
+        args = [x for entry in entries for x in entry]
+        return int(await self._enqueue(keys=[k.requests, k.dupefilter, k.seq], args=args))
+
+    async def lease(self, node: str, n: int, lease_ms: int, start_n: int) -> list[Leased]:
+        k = self.keys
+        flat = await self._lease(keys=[k.requests, k.leases, k.leased, k.seq, k.start_urls],
+                                 args=[n, node, lease_ms, start_n])
+        return [Leased(_text(flat[i]), _text(flat[i + 1]), _text(flat[i + 2]))
+                for i in range(0, len(flat), 3)]
+
+    async def ack(self, tokens: list[str]) -> tuple[int, int]:
+        k = self.keys
+        acked, refused = await self._ack(keys=[k.leases, k.leased, k.attempts], args=tokens)
+        return int(acked), int(refused)
+
+    async def reclaim(self, max_attempts: int, limit: int = 1000) -> tuple[int, int]:
+        """Put back every lease past its deadline; return (returned, moved to dead)."""
+        return await self._run_reclaim([max_attempts, limit])
+
+    async def release(self, tokens: list[str]) -> int:
+        """Hand leases back now (a closing node's requests it did not start)."""
+        if not tokens:
+            return 0
+        returned, _ = await self._run_reclaim([0, 0, *tokens])
+        return returned
+
+    async def _run_reclaim(self, args: list[Any]) -> tuple[int, int]:
+        k = self.keys
+        returned, dead = await self._reclaim(
+            keys=[k.leases, k.leased, k.requests, k.attempts, k.dead, k.start_urls], args=args)
+        return int(returned), int(dead)
+
+    async def extend(self, tokens: list[str], lease_ms: int) -> int:
+        if not tokens:
+            return 0
+        return int(await self._extend(keys=[self.keys.leases], args=[lease_ms, *tokens]))
+
+    async def heartbeat(self, node: str, info: dict[str, Any], stale_ms: int) -> int:
+        return int(await self._heartbeat(keys=[self.keys.nodes],
+                                         args=[node, json.dumps(info), stale_ms]))
+
+    async def status(self) -> CrawlStatus:
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zcard(k.requests).zcard(k.leases).llen(k.start_urls).scard(k.dupefilter)
+            pipe.llen(k.dead).hgetall(k.nodes).time()
+            queued, leased, start_urls, seen, dead, nodes, now = await pipe.execute()
+        parsed = {}
+        for node, value in nodes.items():
+            seen_ms, _, info = _text(value).partition(" ")
+            try:
+                parsed[_text(node)] = (int(seen_ms), json.loads(info))
+            except ValueError:
+                continue
+        return CrawlStatus(queued, leased, start_urls, seen, dead, parsed,
+                           int(now[0]) * 1000 + int(now[1]) // 1000)
+
+    async def seed(self, urls: list[str]) -> int:
+        """Append list page URLs to ``<spider>:start_urls``."""
+        return int(await self.redis.rpush(self.keys.start_urls, *urls)) if urls else 0
+
+    async def reset(self) -> None:
+        """Forget the crawl: queue, dedup set, leases, start URLs, nodes."""
+        k = self.keys
+        await self.redis.delete(k.requests, k.dupefilter, k.start_urls, k.leases, k.leased,
+                                k.attempts, k.dead, k.nodes, k.seq)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -1,0 +1,339 @@
+"""DistributedScheduler: many nodes, one crawl, fed by one Redis.
+
+Switched on by ``-s REDIS_URL=redis://host:port/db`` (see ListingSpider.update_settings).
+
+The engine talks to the scheduler synchronously and often (several calls per page);
+none of those calls touches Redis. They read and fill local buffers, and one
+background task (the pump) moves batches between the buffers and Redis, each move one
+atomic Lua script (scraper.distributed.queue):
+
+- leased requests are prefetched into ``local`` (up to REDIS_PREFETCH);
+- requests the crawl yields go to ``outbox``, enqueued with the dedup check in one call;
+- finished requests' lease tokens go to ``acks``, sent after the outbox, so a list page
+  is acknowledged only once its children are in Redis;
+- every second: crawl status and a heartbeat; every lease/3 the node's leases are
+  extended, and expired leases (of dead nodes) are put back.
+
+If Redis goes away, the pump waits and retries with backoff; the buffers keep
+everything meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from scrapy import Request, signals
+from scrapy.exceptions import CloseSpider, DontCloseSpider
+from scrapy.utils.defer import deferred_from_coro
+
+from scraper.distributed.codec import BadEntry, decode, encode, start_url
+from scraper.distributed.queue import CrawlQueue, CrawlStatus
+from scraper.distributed.tracking import request_done
+from scraper.retry import describe
+from scraper.stores import redact
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from scrapy import Spider
+    from scrapy.crawler import Crawler
+    from twisted.internet.defer import Deferred
+
+logger = logging.getLogger(__name__)
+
+OUTAGE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class DistributedScheduler:
+    """A Scrapy scheduler over Redis with leased requests and batched, off-path I/O."""
+
+    def __init__(
+        self, crawler: Crawler, redis_url: str, *, prefetch: int = 200,
+        lease_seconds: float = 120, max_attempts: int = 5, idle_timeout: float = 30,
+        wait_for_start_urls: bool = False, batch: int = 500,
+    ) -> None:
+        self.crawler = crawler
+        self.redis_url = redis_url
+        self.prefetch = max(1, prefetch)
+        self.lease_ms = int(lease_seconds * 1000)
+        self.max_attempts = max_attempts
+        self.idle_timeout = idle_timeout
+        self.wait_for_start_urls = wait_for_start_urls
+        self.batch = batch
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.local: deque[Request] = deque()
+        self.outbox: list[tuple[str, int, str]] = []
+        self.acks: list[str] = []
+        self.held: set[str] = set()
+        self.status: CrawlStatus | None = None
+        self.status_at = 0.0
+        self.flushed_at = 0.0
+        self.idle_since: float | None = None
+        self.closing = False
+        self.started = time.monotonic()
+        self.pump: asyncio.Task[None] | None = None
+        self.spider: Spider | None = None
+        self.redis: Redis | None = None
+        self.queue: CrawlQueue | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        s = crawler.settings
+        return cls(
+            crawler, s.get("REDIS_URL"),
+            prefetch=s.getint("REDIS_PREFETCH") or s.getint("CONCURRENT_REQUESTS"),
+            lease_seconds=s.getfloat("REDIS_LEASE_SECONDS"),
+            max_attempts=s.getint("REDIS_MAX_ATTEMPTS"),
+            idle_timeout=s.getfloat("REDIS_IDLE_TIMEOUT"),
+            wait_for_start_urls=s.getbool("REDIS_WAIT_FOR_START_URLS"),
+        )
+
+    @property
+    def stats(self) -> Any:
+        return self.crawler.stats
+
+    # --- Scrapy's scheduler interface (synchronous, never touches Redis) ------------------
+
+    def open(self, spider: Spider) -> Deferred[None]:
+        return deferred_from_coro(self._open(spider))
+
+    def close(self, reason: str) -> Deferred[None]:
+        return deferred_from_coro(self._close(reason))
+
+    def has_pending_requests(self) -> bool:
+        return bool(self.local)
+
+    def __len__(self) -> int:
+        return len(self.local)
+
+    def enqueue_request(self, request: Request) -> bool:
+        assert self.spider is not None
+        if "_lease" in request.meta:
+            # A retry or redirect of a request this node leased: it stays here, under the
+            # same lease, and is acknowledged when it is done.
+            self.local.appendleft(request)
+            return True
+        fingerprint = "" if request.dont_filter else \
+            self.crawler.request_fingerprinter.fingerprint(request).hex()
+        self.outbox.append((fingerprint, request.priority, encode(request, self.spider)))
+        self.stats.inc_value("distributed/enqueued")
+        return True
+
+    def next_request(self) -> Request | None:
+        if not self.local:
+            return None
+        self.stats.inc_value("distributed/dequeued")
+        self.stats.inc_value("scheduler/dequeued")
+        return self.local.popleft()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def _open(self, spider: Spider) -> None:
+        self.spider = spider
+        self.redis = Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5,
+                                    health_check_interval=15)
+        self.queue = CrawlQueue(self.redis, spider.name)
+        try:
+            await self.redis.ping()
+        except RedisError as exc:
+            logger.error("REDIS_URL unusable, crawl stopped: %(url)s: %(error)s",
+                         {"url": redact(self.redis_url), "error": describe(exc)})
+            raise CloseSpider("redis_unusable") from None
+        self.crawler.signals.connect(self.spider_idle, signal=signals.spider_idle)
+        self.crawler.signals.connect(self.request_done, signal=request_done)
+        logger.info("Distributed crawl: node %(node)s on %(url)s, keys %(prefix)s:*",
+                    {"node": self.node, "url": redact(self.redis_url), "prefix": spider.name})
+        self.pump = asyncio.ensure_future(self._pump())
+
+    async def _close(self, reason: str) -> None:
+        self.closing = True
+        if self.pump is not None:
+            await self.pump
+        assert self.queue is not None and self.redis is not None
+        # Requests leased but never started go back now; in-flight ones have finished
+        # (the engine closes the scheduler last) or their leases will expire.
+        unstarted = [r.meta["_lease"] for r in self.local if "_lease" in r.meta]
+        try:
+            await self._flush()
+            returned = await self.queue.release(unstarted)
+            self.stats.inc_value("distributed/released", returned)
+            await self.redis.hdel(self.queue.keys.nodes, self.node)
+        except OUTAGE as exc:
+            logger.error("Redis unreachable at close (%(error)s): %(n)d leases will expire and "
+                         "be crawled by another node", {"error": describe(exc),
+                                                         "n": len(self.held)})
+        await self.redis.aclose()
+
+    def request_done(self, request: Request) -> None:
+        """Signal handler: the request's outcome is stored; acknowledge its lease."""
+        token = request.meta.get("_lease")
+        if token in self.held:
+            self.held.discard(token)
+            self.acks.append(token)
+
+    def spider_idle(self) -> None:
+        """Close only when the whole crawl is done, not when this node runs dry."""
+        if self.local or self.outbox or self.acks:
+            raise DontCloseSpider
+        if self.held:
+            # The engine is idle, so nothing this node holds is in progress: a request
+            # ended without an outcome (dropped by a middleware). Let its lease go.
+            self.stats.inc_value("distributed/orphan_acks", len(self.held))
+            self.acks.extend(self.held)
+            self.held.clear()
+            raise DontCloseSpider
+        if self.wait_for_start_urls:
+            raise DontCloseSpider
+        now = time.monotonic()
+        self.idle_since = self.idle_since or now
+        status = self.status
+        if status is None or self.status_at <= self.flushed_at:
+            raise DontCloseSpider  # wait for a status taken after our last acknowledgements
+        if status.drained and (status.seen > 0 or now - self.idle_since > self.idle_timeout):
+            return
+        raise DontCloseSpider
+
+    # --- the pump ---------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        backoff, last_warning = 0.5, 0.0
+        timers = {"status": 0.0, "extend": time.monotonic(), "reclaim": 0.0}
+        while not self.closing:
+            try:
+                worked = await self._cycle(timers)
+                backoff = 0.5
+            except OUTAGE as exc:
+                self.stats.inc_value("distributed/redis_errors")
+                if time.monotonic() - last_warning > 10:
+                    last_warning = time.monotonic()
+                    logger.warning("Redis unreachable (%(error)s): retrying; the node keeps its "
+                                   "buffers, nothing is lost", {"error": describe(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+                continue
+            await asyncio.sleep(0 if worked else 0.02)
+
+    async def _cycle(self, timers: dict[str, float]) -> bool:
+        """One round: flush, refill, and the periodic chores. True if it moved anything."""
+        assert self.queue is not None
+        worked = await self._flush()
+        if len(self.local) < self.prefetch // 2 + 1:
+            worked |= await self._refill()
+        now = time.monotonic()
+        if now - timers["status"] > (0.2 if not self.local else 1.0):
+            timers["status"] = now
+            flushed = self.flushed_at
+            self.status = await self.queue.status()
+            self.status_at = now if flushed == self.flushed_at else 0.0
+            await self.queue.heartbeat(self.node, self._heartbeat_info(), 3 * self.lease_ms)
+            if self.status.drained and self.idle_since is not None:
+                self._wake_engine()
+        if now - timers["extend"] > self.lease_ms / 3000:
+            timers["extend"] = now
+            await self.queue.extend(sorted(self.held), self.lease_ms)
+        if now - timers["reclaim"] > min(5.0, self.lease_ms / 4000):
+            timers["reclaim"] = now
+            returned, dead = await self.queue.reclaim(self.max_attempts)
+            if returned or dead:
+                self.stats.inc_value("distributed/reclaimed", returned)
+                logger.info("Reclaimed %(n)d expired leases (a node died or stalled)%(dead)s",
+                            {"n": returned, "dead": f", {dead} to :dead" if dead else ""})
+            if dead:
+                self.stats.inc_value("distributed/dead", dead)
+        return worked
+
+    async def _flush(self) -> bool:
+        """Send the outbox, then the acknowledgements (children before their list page)."""
+        assert self.queue is not None
+        worked = False
+        while self.outbox:
+            batch = self.outbox[:self.batch]
+            added = await self.queue.enqueue(batch)
+            del self.outbox[:len(batch)]
+            self.stats.inc_value("distributed/filtered", len(batch) - added)
+            self.stats.inc_value("distributed/redis_calls")
+            worked = True
+        while self.acks:
+            batch = self.acks[:self.batch]
+            acked, refused = await self.queue.ack(batch)
+            del self.acks[:len(batch)]
+            self.stats.inc_value("distributed/acked", acked)
+            self.stats.inc_value("distributed/redis_calls")
+            if refused:
+                self.stats.inc_value("distributed/ack_refused", refused)
+                logger.warning("%(n)d acknowledgements refused: those leases had expired and "
+                               "were reclaimed (the pages are stored idempotently)",
+                               {"n": refused})
+            worked = True
+        if worked:
+            self.flushed_at = time.monotonic()
+        return worked
+
+    async def _refill(self) -> bool:
+        assert self.queue is not None and self.spider is not None
+        want = self.prefetch - len(self.local)
+        leased = await self.queue.lease(self.node, want, self.lease_ms, start_n=10)
+        self.stats.inc_value("distributed/redis_calls")
+        if not leased:
+            return False
+        for entry in leased:
+            if entry.kind == "s":
+                self._start(entry.token, entry.payload)
+                continue
+            try:
+                request = decode(entry.payload.partition(" ")[2], self.spider)
+            except BadEntry as exc:
+                self._reject(entry.token, "requests", exc)
+                continue
+            request.meta["_lease"] = entry.token
+            self.held.add(entry.token)
+            self.local.append(request)
+            self.stats.inc_value("scheduler/enqueued")  # work this node will dequeue
+        self.stats.inc_value("distributed/leased", len(leased))
+        self._wake_engine()
+        return True
+
+    def _start(self, token: str, payload: str) -> None:
+        """A start URL: its list request goes to the shared queue, then the URL is acked."""
+        assert self.spider is not None
+        try:
+            url, meta = start_url(payload)
+        except BadEntry as exc:
+            self._reject(token, "start_urls", exc)
+            return
+        make = getattr(self.spider, "request_for_start_url", None)
+        request = make(url) if make else Request(url)
+        request.meta.update(meta)
+        self.enqueue_request(request)
+        self.acks.append(token)
+        self.stats.inc_value("distributed/start_urls")
+
+    def _reject(self, token: str, key: str, exc: BadEntry) -> None:
+        logger.error("Skipped an entry of %(key)s that is not ours: %(error)s",
+                     {"key": f"{self.crawler.spider.name}:{key}", "error": exc})
+        self.stats.inc_value(f"distributed/rejected/{key}")
+        self.acks.append(token)
+
+    def _heartbeat_info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(),
+                "stored": self.stats.get_value("meta_store/written", 0),
+                "leased": len(self.held), "buffered": len(self.local),
+                "up_seconds": round(time.monotonic() - self.started, 1)}
+
+    def _wake_engine(self) -> None:
+        # The engine asks for requests when something happens or every 5 s; new leases
+        # are something happening. (Scrapy has no public hook for this.)
+        slot = getattr(self.crawler.engine, "_slot", None)
+        if slot is not None:
+            slot.nextcall.schedule()

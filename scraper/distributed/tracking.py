@@ -1,0 +1,85 @@
+"""When is a leased request done? When everything it produced is stored.
+
+A child page is done once its item has left the last pipeline; a list page once its
+callback's output is exhausted (its child requests handed to the scheduler, which
+enqueues them in Redis before it sends the acknowledgement). LeaseTracker watches
+callback outputs and item signals and sends ``request_done`` for each leased request;
+the scheduler acknowledges its lease. A callback or errback that yields no item can
+send ``request_done`` itself (ListingSpider.list_failed does).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request, signals
+from scrapy.http import Response
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from typing import Self
+
+    from scrapy.crawler import Crawler
+    from twisted.python.failure import Failure
+
+#: Signal: ``request`` (carrying ``meta["_lease"]``) is fully handled.
+request_done = object()
+
+
+def lease_of(response: Response | Failure | None) -> tuple[str | None, Request | None]:
+    """The lease token behind a response or a download failure, if any."""
+    request = getattr(response, "request", None)
+    if isinstance(request, Request):
+        return request.meta.get("_lease"), request
+    return None, None
+
+
+class LeaseTracker:
+    """Spider middleware: counts the items each leased response yields, and their fates."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+        self.yielded: Counter[str] = Counter()
+        self.finished: Counter[str] = Counter()
+        self.output_done: set[str] = set()
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        tracker = cls(crawler)
+        for signal in (signals.item_scraped, signals.item_dropped, signals.item_error):
+            crawler.signals.connect(tracker.item_finished, signal=signal)
+        return tracker
+
+    async def process_spider_output(
+        self, response: Response, result: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        token, request = lease_of(response)
+        try:
+            async for output in result:
+                if token is not None and not isinstance(output, Request):
+                    self.yielded[token] += 1
+                yield output
+        finally:
+            if token is not None and request is not None:
+                self.output_done.add(token)
+                self._maybe_done(token, request)
+
+    def item_finished(self, item: Any, response: Response | Failure, **kwargs: Any) -> None:
+        """item_scraped / item_dropped / item_error: one item of a request has its fate."""
+        token, request = lease_of(response)
+        if token is None or request is None:
+            return
+        if not isinstance(response, Response):
+            # An errback's output bypasses spider middlewares: its item is the whole output.
+            self.crawler.signals.send_catch_log(request_done, request=request)
+            return
+        self.finished[token] += 1
+        self._maybe_done(token, request)
+
+    def _maybe_done(self, token: str, request: Request) -> None:
+        if token in self.output_done and self.finished[token] >= self.yielded[token]:
+            self.output_done.discard(token)
+            self.yielded.pop(token, None)
+            self.finished.pop(token, None)
+            self.crawler.signals.send_catch_log(request_done, request=request)

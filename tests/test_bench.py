@@ -1,0 +1,72 @@
+"""The benchmark harness at N=50, every contender and both profiles: so it cannot rot.
+
+This is not a measurement (bench/RESULTS.md is); it checks that each contender runs,
+stores what it should, and that the harness verifies and reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+from tests.conftest import ROOT
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_harness_runs_every_contender_and_verifies_the_stores(tmp_path: Path) -> None:
+    rows_path, results = tmp_path / "rows.jsonl", tmp_path / "RESULTS.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--n", "50", "--concurrency", "10", "--repeats", "1",
+         "--latency-ms", "10", "--sink-seconds", "0.5", "--timeout", "120",
+         "--runs-dir", str(tmp_path / "runs"), "--rows", str(rows_path), "--results",
+         str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    assert {(r["profile"], r["contender"]) for r in rows} == {
+        (p, c) for p in ("local", "services")
+        for c in ("ours", "ours-no-storage", "celery-gevent", "bare")}
+    for row in rows:
+        assert row["ok"] and row["stored"] == 50, row
+        assert row["cpu_seconds"] > 0 and row["peak_rss_mb"] > 10
+        storing = row["contender"] in ("ours", "celery-gevent")
+        assert row["verified"] is (True if storing else None), row
+    text = results.read_text()
+    assert text.count("| local | 50 | 10 |") == 4 and text.count("| services | 50 | 10 |") == 4
+    assert "FAILED" not in text
+    assert (tmp_path / "results.png").stat().st_size > 10_000
+
+
+def test_verification_catches_a_wrong_body_and_a_missing_record(tmp_path: Path) -> None:
+    from scrapy import Request
+    from scrapy.utils.request import RequestFingerprinter
+
+    from bench.run import Bench
+    from scraper.testsite import render_child
+
+    site = "http://127.0.0.1:1"
+    bench = Bench(None, site, None, tmp_path, 1, [], tmp_path)  # type: ignore[arg-type]
+    n = 30
+    lines = []
+    for i in range(n):
+        fp = RequestFingerprinter().fingerprint(Request(f"{site}/page/{i}")).hex()
+        path = tmp_path / "bodies" / fp[:2] / fp
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(render_child(i))
+        lines.append(json.dumps({"url": f"{site}/page/{i}", "fingerprint": fp}))
+    (tmp_path / "meta.jsonl").write_text("\n".join(lines) + "\n")
+    report = {"stored": n}
+    assert bench.verify("ours", "local", n, tmp_path, report, None, None) is True
+
+    for fp_path in (tmp_path / "bodies").rglob("*"):
+        if fp_path.is_file():
+            fp_path.write_bytes(b"not what the site served")
+    assert bench.verify("ours", "local", n, tmp_path, report, None, None) is False
+
+    (tmp_path / "meta.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    assert bench.verify("ours", "local", n, tmp_path, report, None, None) is False

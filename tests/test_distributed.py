@@ -1,0 +1,229 @@
+"""Distributed crawling: crawler processes sharing one crawl through a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+
+from scraper.testsite import free_port, render_child
+from tests.conftest import ROOT, Server, Site, read_jsonl, redis_server
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+ENV = {**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
+
+
+@pytest.fixture(scope="module")
+def dist_site(logs: Path) -> Iterator[Site]:
+    """A test site with 50 ms latency, so that a crawl lasts long enough to be disturbed."""
+    port = free_port()
+    server = Server([sys.executable, "-m", "scraper.testsite", "--port", str(port),
+                     "--latency-ms", "50"], port, logs / "dist-site.log")
+    server.start()
+    yield Site(f"http://127.0.0.1:{port}", server)
+    server.stop()
+
+
+def scrapy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scrapy", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+class Node:
+    """One crawler process of a distributed crawl, logging to its own file."""
+
+    def __init__(self, name: str, redis_url: str, tmp_path: Path, *settings: str) -> None:
+        self.log = tmp_path / f"{name}.log"
+        args = [sys.executable, "-m", "scrapy", "crawl", "listing", "-s", f"REDIS_URL={redis_url}",
+                "-s", f"BODY_STORE={tmp_path / 'bodies'}", "-s",
+                f"META_STORE={tmp_path / 'meta.jsonl'}", "-s", "REDIS_LEASE_SECONDS=3",
+                "-s", "CONCURRENT_REQUESTS=100", "-s", f"LOG_FILE={self.log}",
+                "-s", "PROGRESS_INTERVAL=1"]
+        for setting in settings:
+            args += ["-s", setting]
+        self.proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    def wait(self, timeout: float = 240) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
+
+    def stats(self) -> dict[str, Any]:
+        text = self.log.read_text()
+        return {key: int(value) if value.isdigit() else value.strip("'") for key, value in
+                re.findall(r"'([\w/]+)': ('[\w]+'|\d+)", text.rsplit("Dumping Scrapy stats", 1)[1])}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    started: list[Node] = []
+    yield started
+    for node in started:
+        node.stop()
+
+
+def seed(site: Site, redis_url: str, tmp_path: Path, n: int) -> None:
+    result = scrapy("seed", "listing", site.listing_url(n), "-s", f"REDIS_URL={redis_url}",
+                    cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "listing:start_urls += 1 URL(s)" in result.stdout
+
+
+def assert_stored_once(site: Site, tmp_path: Path, n: int) -> None:
+    docs = read_jsonl(tmp_path / "meta.jsonl")
+    assert len({d["fingerprint"] for d in docs}) == n
+    assert len(docs) == n  # one line per page: replays were compacted away
+    assert {d["url"] for d in docs} == {f"{site.base}/page/{i}" for i in range(n)}
+    for doc in docs:
+        body = (tmp_path / "bodies" / doc["body_key"]).read_bytes()
+        assert body == render_child(doc["url"].rsplit("/", 1)[1])
+
+
+def wait_for_lines(path: Path, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {count} lines")
+
+
+def test_three_nodes_share_one_crawl_and_close_by_themselves(
+    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    seed(dist_site, redis_url, tmp_path, 3000)
+    nodes += [Node(f"node{i}", redis_url, tmp_path) for i in range(3)]
+    assert [node.wait() for node in nodes] == [0, 0, 0]
+
+    assert_stored_once(dist_site, tmp_path, 3000)
+    stats = [node.stats() for node in nodes]
+    assert all(s["finish_reason"] == "finished" for s in stats)
+    assert all(s["meta_store/written"] > 0 for s in stats)  # the work was shared
+    assert sum(s["meta_store/written"] for s in stats) == 3000
+    assert sum(s.get("distributed/reclaimed", 0) for s in stats) == 0
+    status = scrapy("status", "listing", "-s", f"REDIS_URL={redis_url}", cwd=tmp_path)
+    assert "queued 0  leased 0  start_urls 0  seen (dedup) 3030" in status.stdout
+
+
+def test_a_node_killed_mid_crawl_loses_nothing(
+    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    seed(dist_site, redis_url, tmp_path, 3000)
+    nodes += [Node(f"node{i}", redis_url, tmp_path) for i in range(3)]
+    wait_for_lines(tmp_path / "meta.jsonl", 300)
+    os.kill(nodes[0].proc.pid, signal.SIGKILL)
+    assert nodes[0].wait() == -signal.SIGKILL
+    assert [node.wait() for node in nodes[1:]] == [0, 0]
+
+    assert_stored_once(dist_site, tmp_path, 3000)
+    survivors = [node.stats() for node in nodes[1:]]
+    assert sum(s.get("distributed/reclaimed", 0) for s in survivors) > 0
+    assert all(s["finish_reason"] == "finished" for s in survivors)
+
+
+def test_redis_restart_mid_crawl(
+    dist_site: Site, tmp_path: Path, nodes: list[Node], logs: Path
+) -> None:
+    port = free_port()
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    server = redis_server(port, logs / "redis-restart.log", "--appendonly", "yes",
+                          "--appendfsync", "always", "--dir", str(data))
+    server.start()
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        seed(dist_site, url, tmp_path, 3000)
+        nodes += [Node(f"node{i}", url, tmp_path) for i in range(2)]
+        wait_for_lines(tmp_path / "meta.jsonl", 500)
+        server.stop()
+        time.sleep(2)
+        server.start()
+        assert [node.wait() for node in nodes] == [0, 0]
+    finally:
+        server.stop()
+    assert_stored_once(dist_site, tmp_path, 3000)
+    stats = [node.stats() for node in nodes]
+    assert sum(s.get("distributed/redis_errors", 0) for s in stats) > 0  # the outage was seen
+    assert "Redis unreachable" in nodes[0].log.read_text()
+
+
+def test_garbage_in_redis_is_logged_and_skipped(
+    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    import pickle
+
+    client = redis.Redis.from_url(redis_url)
+
+    class Boom:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    payload = pickle.dumps({"url": "http://x", "callback": Boom()})
+    client.rpush("listing:start_urls", "not a url", payload, "{broken json",
+                 json.dumps({"url": 5}), "x" * 2_000_000)
+    client.zadd("listing:requests", {b"1 " + payload: -5, "2 {not json": -4,
+                                     "3 " + json.dumps({"url": "http://x", "callback": "nope"}): 1,
+                                     "4 " + "y" * 2_000_000: -3})
+    client.close()
+    seed(dist_site, redis_url, tmp_path, 200)
+    nodes.append(Node("node0", redis_url, tmp_path))
+    assert nodes[0].wait() == 0
+
+    assert not (tmp_path / "pwned").exists()
+    assert_stored_once(dist_site, tmp_path, 200)
+    stats = nodes[0].stats()
+    assert stats["distributed/rejected/start_urls"] == 5
+    assert stats["distributed/rejected/requests"] == 4
+    assert nodes[0].log.read_text().count("that is not ours") == 9
+
+
+def test_redis_round_trips_per_page(
+    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    """Batched and off the hot path: well under 3 Redis round trips per page."""
+    client = redis.Redis.from_url(redis_url)
+    seed(dist_site, redis_url, tmp_path, 2000)
+    client.config_resetstat()
+    nodes.append(Node("node0", redis_url, tmp_path, "CONCURRENT_REQUESTS=500"))
+    assert nodes[0].wait() == 0
+    stats = client.info("commandstats")
+    client.close()
+    # Each script call, pipeline (MULTI) and single command from a client is one round trip;
+    # the commands a script runs inside Redis are not.
+    trips = sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0)
+                for c in ("evalsha", "eval", "multi", "ping", "hello", "client|setinfo"))
+    assert_stored_once(dist_site, tmp_path, 2000)
+    assert trips / 2000 < 3, trips
+
+
+def test_seed_and_status_commands_explain_what_they_need(tmp_path: Path) -> None:
+    env_without = {k: v for k, v in ENV.items() if k != "SCRAPER_REDIS_URL"}
+    result = subprocess.run([sys.executable, "-m", "scrapy", "status", "listing"], cwd=ROOT,
+                            env=env_without, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 2
+    assert "REDIS_URL is not set" in result.stderr
+    result = scrapy("seed", "listing", "ftp://x/", "-s", "REDIS_URL=redis://127.0.0.1:1/0",
+                    cwd=tmp_path)
+    assert result.returncode == 2
+    assert "start URL is not an http(s) URL" in result.stderr
