@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 ORDER = ("ours", "ours-no-storage", "celery-gevent", "bare")
 
 
@@ -119,7 +118,6 @@ def write_results(rows: list[dict[str, Any]], command: str, path: Path) -> None:
     latency = rows[0].get("latency_ms") if rows else None
     capacity = next((x["s3_capacity"] for x in lines if x["s3_capacity"]), None)
     generated = "\n".join([
-        BEGIN,
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
         f"({platform.processor() or platform.machine()}, 2 cores), test site latency "
         f"{latency} ms, with:",
@@ -137,12 +135,18 @@ def write_results(rows: list[dict[str, Any]], command: str, path: Path) -> None:
         f"{rows[0]['project_disk_files_per_second']:.0f} files/s." if rows else "",
         "",
         f"![pages/s by contender and concurrency]({png.name})",
-        END,
     ])
-    text = path.read_text() if path.exists() else f"# Benchmark results\n\n{BEGIN}\n{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + generated + rest.split(END, 1)[1]
+    write_section(path, "results", generated)
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Put ``text`` between the ``name`` marker lines of ``path`` (added at the end if new)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{text}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1]
     else:
-        text += "\n" + generated + "\n"
-    path.write_text(text)
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(new)

@@ -209,32 +209,7 @@ class Bench:
         return f"http://127.0.0.1:{self.moto.port}"
 
     def _wait(self, cmd: list[str], out: Path) -> tuple[int, Any, float, float]:
-        env = {**os.environ, **CREDENTIALS, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
-        started = time.monotonic()
-        with (out / "output.log").open("wb") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        timer = threading.Timer(self.timeout, os.killpg, (proc.pid, signal.SIGKILL))
-        timer.start()
-        # Peak RSS is sampled from /proc: wait4's ru_maxrss would report this harness's own
-        # size, which the child inherits at fork time.
-        peak = [0.0]
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.wait(0.1):
-                peak[0] = max(peak[0], tree_rss_mb(proc.pid))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-            done.set()
-            sampler.join()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        return proc.returncode, usage, time.monotonic() - started, peak[0]
+        return measure([cmd], out / "output.log", self.timeout)[0]
 
     def verify(self, contender: str, profile: str, n: int, out: Path, report: dict[str, Any],
                bucket: str | None, prefix: str | None) -> bool | None:
@@ -273,6 +248,45 @@ class Bench:
             for i in range(0, len(keys), 1000):
                 client.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000]})
         client.delete_bucket(Bucket=bucket)
+
+
+def measure(cmds: list[list[str]], log: Path, timeout: float,
+            ) -> list[tuple[int, Any, float, float]]:
+    """Run ``cmds`` at once; for each: exit code, os.wait4 rusage, wall seconds, peak RSS MB.
+
+    Peak RSS is sampled from /proc over each process tree: wait4's ru_maxrss would report
+    this harness's own size, which a child inherits at fork time.
+    """
+    env = {**os.environ, **CREDENTIALS, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
+    started = time.monotonic()
+    with log.open("ab") as f:
+        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                  start_new_session=True) for cmd in cmds]
+    timers = [threading.Timer(timeout, os.killpg, (p.pid, signal.SIGKILL)) for p in procs]
+    peaks = [0.0] * len(procs)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            for i, p in enumerate(procs):
+                peaks[i] = max(peaks[i], tree_rss_mb(p.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    for timer in timers:
+        timer.start()
+    sampler.start()
+    results = []
+    try:
+        for p in procs:
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+            results.append((p.returncode, usage, time.monotonic() - started))
+    finally:
+        for timer in timers:
+            timer.cancel()
+        done.set()
+        sampler.join()
+    return [(code, usage, wall, peaks[i]) for i, (code, usage, wall) in enumerate(results)]
 
 
 def s3_capacity(endpoint: str, seconds: float = 8, threads: int = 32, size: int = 50_000) -> float:

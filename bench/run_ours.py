@@ -80,6 +80,9 @@ def main() -> None:
         "meta_store/written", 0)
     report = {
         "stored": stored,
+        "started_at": stats["start_time"].timestamp(),
+        "finished_at": stats["finish_time"].timestamp(),
+        "redis": {k: v for k, v in stats.items() if k.startswith("distributed/")},
         "wall_seconds": stats.get("progress/elapsed_seconds")
         or stats["elapsed_time_seconds"],
         "errors": stats.get("listing/child_failed", 0) + stats.get("body_store/failed", 0),
