@@ -108,6 +108,21 @@ def wait_for_lines(path: Path, count: int, timeout: float = 120) -> None:
     raise AssertionError(f"{path} never reached {count} lines")
 
 
+def wait_for_leases_of(node: Node, redis_url: str, timeout: float = 60) -> None:
+    """Until the node holds leases (lease tokens are "<host>:<pid>:<id>:<n>")."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if any(f":{node.proc.pid}:".encode() in token
+                   for token in client.hkeys("listing:leased")):
+                return
+            time.sleep(0.02)
+    finally:
+        client.close()
+    raise AssertionError(f"node {node.proc.pid} never held a lease")
+
+
 def test_three_nodes_share_one_crawl_and_close_by_themselves(
     dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
@@ -131,6 +146,7 @@ def test_a_node_killed_mid_crawl_loses_nothing(
     seed(dist_site, redis_url, tmp_path, 3000)
     nodes += [Node(f"node{i}", redis_url, tmp_path) for i in range(3)]
     wait_for_lines(tmp_path / "meta.jsonl", 300)
+    wait_for_leases_of(nodes[0], redis_url)
     os.kill(nodes[0].proc.pid, signal.SIGKILL)
     assert nodes[0].wait() == -signal.SIGKILL
     assert [node.wait() for node in nodes[1:]] == [0, 0]
