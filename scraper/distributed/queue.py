@@ -48,6 +48,25 @@ end
 return added
 """
 
+# KEYS: dupefilter, seq, leases, leased. ARGV: lease_ms, then quadruples of fingerprint,
+# priority, request JSON, token. Like ENQUEUE, but each new request is leased at once to
+# the node that found it (under the token it chose) instead of queued: that node crawls
+# it now. Returns the tokens of the requests that were already seen (not leased).
+ENQUEUE_LEASED = _NOW + """
+local seen = {}
+for i = 2, #ARGV, 4 do
+  if ARGV[i] == '' or redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[1]), ARGV[i + 3])
+    redis.call('HSET', KEYS[4], ARGV[i + 3],
+               (-tonumber(ARGV[i + 1]) * 1e12 + seq) .. ' ' .. seq .. ' ' .. ARGV[i + 2])
+  else
+    seen[#seen + 1] = ARGV[i + 3]
+  end
+end
+return seen
+"""
+
 # KEYS: requests, leases, leased, seq, start_urls. ARGV: n, node, lease_ms, start_n.
 # Leases up to n requests, best first, then up to start_n start URLs if the queue was short.
 # Returns a flat list of token, kind ("r" or "s"), payload.
@@ -199,6 +218,7 @@ class CrawlQueue:
         self.redis = redis
         self.keys = Keys(spider_name)
         self._enqueue = redis.register_script(ENQUEUE)
+        self._enqueue_leased = redis.register_script(ENQUEUE_LEASED)
         self._lease = redis.register_script(LEASE)
         self._ack = redis.register_script(ACK)
         self._reclaim = redis.register_script(RECLAIM)
@@ -210,6 +230,16 @@ class CrawlQueue:
         k = self.keys
         args = [x for entry in entries for x in entry]
         return int(await self._enqueue(keys=[k.requests, k.dupefilter, k.seq], args=args))
+
+    async def enqueue_leased(self, entries: list[tuple[str, int, str, str]],
+                             lease_ms: int) -> list[str]:
+        """Add (fingerprint, priority, JSON, token) entries leased to their finder; return
+        the tokens of those already seen (their requests are duplicates)."""
+        k = self.keys
+        args: list[Any] = [lease_ms, *(x for entry in entries for x in entry)]
+        seen = await self._enqueue_leased(keys=[k.dupefilter, k.seq, k.leases, k.leased],
+                                          args=args)
+        return [_text(token) for token in seen]
 
     async def lease(self, node: str, n: int, lease_ms: int, start_n: int) -> list[Leased]:
         k = self.keys

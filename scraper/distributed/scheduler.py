@@ -21,6 +21,8 @@ everything meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -74,6 +76,8 @@ class DistributedScheduler:
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.local: deque[Request] = deque()
         self.outbox: list[tuple[str, int, str]] = []
+        self.outbox_leased: list[tuple[str, int, str, str]] = []
+        self.found = itertools.count()
         self.acks: list[str] = []
         self.held: set[str] = set()
         self.status: CrawlStatus | None = None
@@ -81,6 +85,7 @@ class DistributedScheduler:
         self.flushed_at = 0.0
         self.idle_since: float | None = None
         self.closing = False
+        self.wake = asyncio.Event()
         self.started = time.monotonic()
         self.pump: asyncio.Task[None] | None = None
         self.spider: Spider | None = None
@@ -126,8 +131,24 @@ class DistributedScheduler:
             return True
         fingerprint = "" if request.dont_filter else \
             self.crawler.request_fingerprinter.fingerprint(request).hex()
+        if request.priority > 0 and self.held:
+            # A list page found while crawling: it feeds the whole crawl, so this node
+            # crawls it now, leased to itself in Redis by the next flush (before the page
+            # that found it is acknowledged). A round trip through the queue would stall
+            # the list-page chain behind the reactor's backlog (measured: ~100 ms a page).
+            token = f"{self.node}:f{next(self.found)}"
+            request.meta["_lease"] = token
+            self.held.add(token)
+            self.local.appendleft(request)
+            self.outbox_leased.append((fingerprint, request.priority,
+                                       encode(request, self.spider), token))
+            self.stats.inc_value("distributed/enqueued")
+            self.stats.inc_value("scheduler/enqueued")
+            self.wake.set()
+            return True
         self.outbox.append((fingerprint, request.priority, encode(request, self.spider)))
         self.stats.inc_value("distributed/enqueued")
+        self.wake.set()
         return True
 
     def next_request(self) -> Request | None:
@@ -181,10 +202,12 @@ class DistributedScheduler:
         if token in self.held:
             self.held.discard(token)
             self.acks.append(token)
+            if len(self.acks) >= self.batch:
+                self.wake.set()
 
     def spider_idle(self) -> None:
         """Close only when the whole crawl is done, not when this node runs dry."""
-        if self.local or self.outbox or self.acks:
+        if self.local or self.outbox or self.outbox_leased or self.acks:
             raise DontCloseSpider
         if self.held:
             # The engine is idle, so nothing this node holds is in progress: a request
@@ -222,7 +245,12 @@ class DistributedScheduler:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10)
                 continue
-            await asyncio.sleep(0 if worked else 0.02)
+            if worked:
+                await asyncio.sleep(0)
+                continue
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), 0.02)
 
     async def _cycle(self, timers: dict[str, float]) -> bool:
         """One round: flush, refill, and the periodic chores. True if it moved anything."""
@@ -254,9 +282,46 @@ class DistributedScheduler:
         return worked
 
     async def _flush(self) -> bool:
-        """Send the outbox, then the acknowledgements (children before their list page)."""
+        """Send the outboxes, then the acknowledgements (children before their list page).
+
+        The acknowledgements sent are those queued when the flush began: whatever they
+        depend on (a list page's children, a found page's lease) was queued before them,
+        so it goes out first, in this flush. Later ones wait for the next.
+        """
+        assert self.queue is not None
+        acks, self.acks = self.acks, []
+        try:
+            worked = await self._send_outboxes()
+            while acks:
+                batch = acks[:self.batch]
+                acked, refused = await self.queue.ack(batch)
+                del acks[:len(batch)]
+                self.stats.inc_value("distributed/acked", acked)
+                self.stats.inc_value("distributed/redis_calls")
+                if refused:
+                    self.stats.inc_value("distributed/ack_refused", refused)
+                    logger.warning("%(n)d acknowledgements refused: those leases had expired "
+                                   "and were reclaimed (the pages are stored idempotently)",
+                                   {"n": refused})
+                worked = True
+        finally:
+            self.acks[:0] = acks  # not sent (Redis went away): first in line next time
+        if worked:
+            self.flushed_at = time.monotonic()
+        return worked
+
+    async def _send_outboxes(self) -> bool:
         assert self.queue is not None
         worked = False
+        while self.outbox_leased:
+            leased = self.outbox_leased[:self.batch]
+            seen = await self.queue.enqueue_leased(leased, self.lease_ms)
+            del self.outbox_leased[:len(leased)]
+            self.stats.inc_value("distributed/redis_calls")
+            if seen:  # found by another node first: it is crawled there
+                self.held.difference_update(seen)
+                self.stats.inc_value("distributed/filtered", len(seen))
+            worked = True
         while self.outbox:
             batch = self.outbox[:self.batch]
             added = await self.queue.enqueue(batch)
@@ -264,20 +329,6 @@ class DistributedScheduler:
             self.stats.inc_value("distributed/filtered", len(batch) - added)
             self.stats.inc_value("distributed/redis_calls")
             worked = True
-        while self.acks:
-            batch = self.acks[:self.batch]
-            acked, refused = await self.queue.ack(batch)
-            del self.acks[:len(batch)]
-            self.stats.inc_value("distributed/acked", acked)
-            self.stats.inc_value("distributed/redis_calls")
-            if refused:
-                self.stats.inc_value("distributed/ack_refused", refused)
-                logger.warning("%(n)d acknowledgements refused: those leases had expired and "
-                               "were reclaimed (the pages are stored idempotently)",
-                               {"n": refused})
-            worked = True
-        if worked:
-            self.flushed_at = time.monotonic()
         return worked
 
     async def _refill(self) -> bool:
@@ -298,7 +349,10 @@ class DistributedScheduler:
                 continue
             request.meta["_lease"] = entry.token
             self.held.add(entry.token)
-            self.local.append(request)
+            if request.priority > 0 and self.local and request.priority > self.local[0].priority:
+                self.local.appendleft(request)
+            else:
+                self.local.append(request)
             self.stats.inc_value("scheduler/enqueued")  # work this node will dequeue
         self.stats.inc_value("distributed/leased", len(leased))
         self._wake_engine()
