@@ -128,8 +128,8 @@ class Bench:
     extra_settings: list[str]
     runs: Path
 
-    def listing_url(self, n: int) -> str:
-        return self.site_url + Listing(n, 100).query(1)
+    def listing_url(self, n: int, per_page: int = 100) -> str:
+        return self.site_url + Listing(n, per_page).query(1)
 
     def run(self, contender: str, profile: str, n: int, c: int, repeat: int) -> dict[str, Any]:
         out = self.runs / f"{profile}-{n}-{c}-{contender}-{repeat}"
