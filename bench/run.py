@@ -43,7 +43,7 @@ from typing import Any
 from scrapy import Request
 from scrapy.utils.request import RequestFingerprinter
 
-from scraper.testsite import Listing, free_port, render_child
+from scraper.testsite import Listing, free_port, render_child, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -81,19 +81,11 @@ class Service:
         self.port = port
         with log.open("ab") as f:
             self.proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 30
-        import socket
-
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{args[:4]} exited: see {log}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{args[:4]} did not listen on {port}")
+        try:
+            wait_for_port(port, self.proc)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)

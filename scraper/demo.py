@@ -22,7 +22,7 @@ from pathlib import Path
 
 from scrapy.utils.project import get_project_settings
 
-from scraper.testsite import Listing, free_port, render_child
+from scraper.testsite import Listing, free_port, render_child, wait_for_port
 
 
 @dataclass
@@ -75,20 +75,6 @@ def check_stores(meta_path: Path, body_root: Path, site: str, listing: Listing) 
     return check
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    """Return once something listens on 127.0.0.1:port; fail if ``proc`` dies first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the test site exited with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"the test site did not listen on port {port} within {timeout} s")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -123,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         stdout=subprocess.DEVNULL,
     )
     try:
-        wait_for_port(port, server)
+        try:
+            wait_for_port(port, server, timeout=15)
+        except RuntimeError as exc:
+            print(f"The test site did not start: {exc}", file=sys.stderr)
+            return 1
         print(f"Crawling {url} at CONCURRENT_REQUESTS={args.concurrency} ...", flush=True)
         started = time.monotonic()
         crawl = subprocess.run(

@@ -25,6 +25,8 @@ import html
 import random
 import signal
 import socket
+import subprocess
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -272,6 +274,21 @@ class TestSite:
                     request.transport.abort()
                 return web.Response()
         raise web.HTTPNotFound(text="no such fault")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Return once something listens on 127.0.0.1:port; RuntimeError if ``proc`` exits
+    first or nothing listens within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{proc.args} did not listen on port {port} within {timeout} s")
 
 
 def free_port() -> int:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,26 +20,13 @@ from scrapy.settings import Settings
 
 from scraper.spiders.listing import ListingSpider
 from scraper.stores.meta import MongoMetaStore
-from scraper.testsite import Listing, free_port
+from scraper.testsite import Listing, free_port, wait_for_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret-key"}
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{proc.args} did not listen on {port} within {timeout} s")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -93,15 +79,24 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("server-logs")
 
 
+@contextmanager
+def running_site(log: Path, *args: str) -> Iterator[Site]:
+    """The project's test site in its own process, with these command-line options."""
+    port = free_port()
+    server = Server([sys.executable, "-m", "scraper.testsite", "--port", str(port), *args],
+                    port, log)
+    server.start()
+    try:
+        yield Site(f"http://127.0.0.1:{port}", server)
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def site(logs: Path) -> Iterator[Site]:
     """The project's test site: no latency, /fault/slow 1.5 s, /fault/huge 3 MiB."""
-    port = free_port()
-    server = Server([sys.executable, "-m", "scraper.testsite", "--port", str(port),
-                     "--slow-ms", "1500", "--huge-mb", "3"], port, logs / "site.log")
-    server.start()
-    yield Site(f"http://127.0.0.1:{port}", server)
-    server.stop()
+    with running_site(logs / "site.log", "--slow-ms", "1500", "--huge-mb", "3") as site:
+        yield site
 
 
 @pytest.fixture(scope="session")

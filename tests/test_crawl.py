@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from scraper.testsite import free_port, render_child
-from tests.conftest import ROOT, Server, Site, crawl, read_jsonl, wait_for_port
+from scraper.testsite import free_port, render_child, wait_for_port
+from tests.conftest import ROOT, Site, crawl, read_jsonl, running_site
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -128,12 +128,8 @@ async def test_without_url_the_spider_says_how_to_run_it(caplog: pytest.LogCaptu
 @pytest.fixture(scope="module")
 def slow_site(logs: Path) -> Iterator[Site]:
     """A test site whose every answer takes 3 s: requests pile up in flight."""
-    port = free_port()
-    server = Server([sys.executable, "-m", "scraper.testsite", "--port", str(port),
-                     "--latency-ms", "3000"], port, logs / "slow-site.log")
-    server.start()
-    yield Site(f"http://127.0.0.1:{port}", server)
-    server.stop()
+    with running_site(logs / "slow-site.log", "--latency-ms", "3000") as site:
+        yield site
 
 
 @deferred_f_from_coro_f

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from scraper.testsite import free_port, render_child
-from tests.conftest import ROOT, Server, Site, read_jsonl, redis_server
+from tests.conftest import ROOT, Site, read_jsonl, redis_server, running_site
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -27,12 +27,8 @@ ENV = {**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
 @pytest.fixture(scope="module")
 def dist_site(logs: Path) -> Iterator[Site]:
     """A test site with 50 ms latency, so that a crawl lasts long enough to be disturbed."""
-    port = free_port()
-    server = Server([sys.executable, "-m", "scraper.testsite", "--port", str(port),
-                     "--latency-ms", "50"], port, logs / "dist-site.log")
-    server.start()
-    yield Site(f"http://127.0.0.1:{port}", server)
-    server.stop()
+    with running_site(logs / "dist-site.log", "--latency-ms", "50") as site:
+        yield site
 
 
 def scrapy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -84,13 +84,20 @@ async def test_unique_index_on_fingerprint_is_ensured_at_open(
         pages.insert_one({"_id": "other", "fingerprint": fingerprint})
 
 
+async def open_pipeline(mongo_uri: str, **kwargs: Any) -> MetaStorePipeline:
+    """A MetaStorePipeline outside a crawl (no engine): only size and time flush it."""
+    crawler = get_crawler(settings_dict={"META_STORE_COLLECTION": "pages"})
+    crawler.stats.open_spider()
+    pipeline = MetaStorePipeline(crawler, mongo_uri, **kwargs)
+    await pipeline.open_spider()
+    return pipeline
+
+
 @deferred_f_from_coro_f
 async def test_an_item_returns_only_once_its_batch_is_written(mongo_uri: str) -> None:
     """A lone item is flushed by time, and process_item() returns after the write."""
-    crawler = get_crawler(settings_dict={"META_STORE_COLLECTION": "pages"})
-    crawler.stats.open_spider()
-    pipeline = MetaStorePipeline(crawler, mongo_uri, batch_size=100, flush_interval=0.3)
-    await pipeline.open_spider()
+    pipeline = await open_pipeline(mongo_uri, batch_size=100, flush_interval=0.3)
+    crawler = pipeline.crawler
     item = PageItem(fingerprint="f" * 40, url="http://x/1", listing_url="http://x/",
                     fetched_at=datetime.now(UTC), status=200, body=b"body")
     started = time.monotonic()
@@ -105,10 +112,7 @@ async def test_an_item_returns_only_once_its_batch_is_written(mongo_uri: str) ->
 
 @deferred_f_from_coro_f
 async def test_a_full_batch_is_written_without_waiting_for_the_timer(mongo_uri: str) -> None:
-    crawler = get_crawler(settings_dict={"META_STORE_COLLECTION": "pages"})
-    crawler.stats.open_spider()
-    pipeline = MetaStorePipeline(crawler, mongo_uri, batch_size=5, flush_interval=60)
-    await pipeline.open_spider()
+    pipeline = await open_pipeline(mongo_uri, batch_size=5, flush_interval=60)
     items = [PageItem(fingerprint=f"{i:040x}", url=f"http://x/{i}", listing_url="http://x/",
                       fetched_at=datetime.now(UTC)) for i in range(5)]
     await asyncio.wait_for(asyncio.gather(*(pipeline.process_item(i) for i in items)), 10)
