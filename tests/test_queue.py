@@ -1,0 +1,85 @@
+"""The crawl's Redis scripts on a real redis-server: order, leases, acks, reclaim."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis
+from redis.asyncio import Redis
+from scrapy.utils.defer import deferred_f_from_coro_f
+
+from scraper.distributed.queue import CrawlQueue
+
+
+async def fresh(redis_url: str) -> tuple[Redis, CrawlQueue]:
+    client = Redis.from_url(redis_url)
+    return client, CrawlQueue(client, "listing")
+
+
+@deferred_f_from_coro_f
+async def test_priority_first_then_first_in_first_out(redis_url: str) -> None:
+    client, queue = await fresh(redis_url)
+    try:
+        entries = [(f"fp{i}", priority, f"r{i}") for i, priority in
+                   enumerate([0, 0, 1, 0, 5, 1, 0])]
+        assert await queue.enqueue(entries) == 7
+        assert await queue.enqueue([("fp3", 0, "again"), ("", 0, "unfiltered")]) == 1
+        leased = await queue.lease("node-a", 100, 60_000, start_n=0)
+        assert [e.payload.split(" ", 1)[1] for e in leased] == [
+            "r4", "r2", "r5", "r0", "r1", "r3", "r6", "unfiltered"]
+    finally:
+        await client.aclose()
+
+
+@deferred_f_from_coro_f
+async def test_ack_once_and_refuse_after_reclaim(redis_url: str) -> None:
+    client, queue = await fresh(redis_url)
+    try:
+        await queue.enqueue([(f"fp{i}", 0, f"r{i}") for i in range(3)])
+        leased = await queue.lease("node-a", 3, 300, start_n=0)
+        assert len(leased) == 3
+        assert await queue.ack([leased[0].token]) == (1, 0)
+        assert await queue.ack([leased[0].token]) == (0, 1)  # twice: refused
+        assert await queue.extend([leased[1].token], 60_000) == 1
+        await asyncio.sleep(0.4)
+        assert await queue.reclaim(max_attempts=5) == (1, 0)  # only the unextended one
+        assert await queue.ack([leased[2].token]) == (0, 1)  # a late ack: refused
+        status = await queue.status()
+        assert (status.queued, status.leased) == (1, 1)
+        again = await queue.lease("node-b", 10, 60_000, start_n=0)
+        assert [e.payload for e in again] == [leased[2].payload]  # same entry, same place
+    finally:
+        await client.aclose()
+
+
+@deferred_f_from_coro_f
+async def test_a_request_that_keeps_losing_its_lease_goes_to_dead(redis_url: str) -> None:
+    client, queue = await fresh(redis_url)
+    try:
+        await queue.enqueue([("fp", 0, "poison")])
+        for _ in range(3):
+            assert len(await queue.lease("node", 1, 1, start_n=0)) == 1
+            await asyncio.sleep(0.01)
+            await queue.reclaim(max_attempts=2)
+        status = await queue.status()
+        assert (status.queued, status.leased, status.dead) == (0, 0, 1)
+    finally:
+        await client.aclose()
+
+
+@deferred_f_from_coro_f
+async def test_start_urls_are_leased_when_the_queue_is_empty(redis_url: str) -> None:
+    client, queue = await fresh(redis_url)
+    try:
+        await queue.seed(["http://x/list", "http://y/list"])
+        await queue.enqueue([("fp", 0, "r")])
+        first = await queue.lease("node", 10, 60_000, start_n=10)
+        assert [e.kind for e in first] == ["r"]  # requests first
+        starts = await queue.lease("node", 10, 60_000, start_n=1)
+        assert [(e.kind, e.payload) for e in starts] == [("s", "http://x/list")]
+        assert await queue.release([starts[0].token]) == 1  # handed back to start_urls
+        sync = redis.Redis.from_url(redis_url)
+        assert sync.lrange("listing:start_urls", 0, -1) == [b"http://y/list", b"http://x/list"]
+        sync.close()
+    finally:
+        await client.aclose()
