@@ -52,6 +52,9 @@ REDIS_LEASE_SECONDS = 120       # a dead node's requests go back to the queue af
 REDIS_MAX_ATTEMPTS = 5          # leases a request may lose (node deaths) before :dead
 REDIS_IDLE_TIMEOUT = 30         # a node started before any seed waits this long for one
 REDIS_WAIT_FOR_START_URLS = False  # True: never close, wait for new start URLs (RedisSpider)
+REDIS_DUPEFILTER = "set"        # "bloom": bounded memory, REDIS_BLOOM_ERROR_RATE false "seen"s
+REDIS_BLOOM_CAPACITY = 100_000_000
+REDIS_BLOOM_ERROR_RATE = 0.001  # 1e8 requests at 1e-3: a 180 MB bitmap, 10 bits per request
 COMMANDS_MODULE = "scraper.commands"  # scrapy seed, scrapy status
 
 # --- Concurrency ---------------------------------------------------------------------------

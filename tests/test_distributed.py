@@ -209,6 +209,20 @@ def test_garbage_in_redis_is_logged_and_skipped(
     assert nodes[0].log.read_text().count("that is not ours") == 9
 
 
+def test_bloom_filter_dedup_crawl(
+    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    seed(dist_site, redis_url, tmp_path, 500)
+    nodes.append(Node("node0", redis_url, tmp_path, "REDIS_DUPEFILTER=bloom",
+                      "REDIS_BLOOM_CAPACITY=100000"))
+    assert nodes[0].wait() == 0
+    assert_stored_once(dist_site, tmp_path, 500)
+    client = redis.Redis.from_url(redis_url)
+    assert client.exists("listing:bloom") and not client.exists("listing:dupefilter")
+    assert int(client.get("listing:bloom_count")) == 505  # 500 children + 5 list pages
+    client.close()
+
+
 def test_redis_round_trips_per_page(
     dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
+import pytest
 import redis
 from redis.asyncio import Redis
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from scraper.distributed.queue import CrawlQueue
+from scraper.distributed.queue import BloomFilter, CrawlQueue
 
 
 async def fresh(redis_url: str) -> tuple[Redis, CrawlQueue]:
@@ -81,5 +83,34 @@ async def test_start_urls_are_leased_when_the_queue_is_empty(redis_url: str) -> 
         sync = redis.Redis.from_url(redis_url)
         assert sync.lrange("listing:start_urls", 0, -1) == [b"http://y/list", b"http://x/list"]
         sync.close()
+    finally:
+        await client.aclose()
+
+
+def test_bloom_filter_is_sized_from_capacity_and_error_rate() -> None:
+    bloom = BloomFilter(100_000_000, 0.001)
+    assert (bloom.bits // 8 // 2**20, bloom.hashes) == (171, 10)  # 180 MB, 10 bits per request
+    key = bloom.key("0123456789abcdef" * 2 + "01234567")
+    assert key.startswith("#") and len(key[1:].split(",")) == 10
+    assert all(0 <= int(p) < bloom.bits for p in key[1:].split(","))
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        BloomFilter(10**10, 1e-9)
+
+
+@deferred_f_from_coro_f
+async def test_bloom_dedup_in_redis(redis_url: str) -> None:
+    """Repeats are always caught; new requests pass but for the set error rate."""
+    client = Redis.from_url(redis_url)
+    queue = CrawlQueue(client, "listing", BloomFilter(5000, 0.01))
+    try:
+        fps = [hashlib.sha1(str(i).encode()).hexdigest() for i in range(10000)]
+        first = await queue.enqueue([(fp, 0, "r") for fp in fps[:5000]])
+        assert first >= 5000 * 0.98
+        assert await queue.enqueue([(fp, 0, "r") for fp in fps[:5000]]) == 0  # all repeats
+        fresh_ones = await queue.enqueue([(fp, 0, "r") for fp in fps[5000:]])
+        assert fresh_ones >= 5000 * 0.9  # the filter is now over capacity, still mostly right
+        status = await queue.status()
+        assert status.seen == first + fresh_ones
+        assert await client.exists("listing:dupefilter") == 0  # no set of fingerprints
     finally:
         await client.aclose()

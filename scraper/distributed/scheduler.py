@@ -40,7 +40,7 @@ from scrapy.exceptions import CloseSpider, DontCloseSpider
 from scrapy.utils.defer import deferred_from_coro
 
 from scraper.distributed.codec import BadEntry, decode, encode, start_url
-from scraper.distributed.queue import CrawlQueue, CrawlStatus
+from scraper.distributed.queue import BloomFilter, CrawlQueue, CrawlStatus
 from scraper.distributed.tracking import request_done
 from scraper.retry import describe
 from scraper.stores import redact
@@ -57,13 +57,24 @@ logger = logging.getLogger(__name__)
 OUTAGE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
+def _bloom(settings: Any) -> BloomFilter | None:
+    """The Bloom filter REDIS_DUPEFILTER asks for, or None for the exact set."""
+    kind = settings.get("REDIS_DUPEFILTER", "set")
+    if kind == "set":
+        return None
+    if kind != "bloom":
+        raise ValueError(f"REDIS_DUPEFILTER must be 'set' or 'bloom', not {kind!r}")
+    return BloomFilter(settings.getint("REDIS_BLOOM_CAPACITY"),
+                       settings.getfloat("REDIS_BLOOM_ERROR_RATE"))
+
+
 class DistributedScheduler:
     """A Scrapy scheduler over Redis with leased requests and batched, off-path I/O."""
 
     def __init__(
         self, crawler: Crawler, redis_url: str, *, prefetch: int = 200,
         lease_seconds: float = 120, max_attempts: int = 5, idle_timeout: float = 30,
-        wait_for_start_urls: bool = False, batch: int = 500,
+        wait_for_start_urls: bool = False, batch: int = 500, bloom: BloomFilter | None = None,
     ) -> None:
         self.crawler = crawler
         self.redis_url = redis_url
@@ -73,6 +84,7 @@ class DistributedScheduler:
         self.idle_timeout = idle_timeout
         self.wait_for_start_urls = wait_for_start_urls
         self.batch = batch
+        self.bloom = bloom
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.local: deque[Request] = deque()
         self.outbox: list[tuple[str, int, str]] = []
@@ -102,6 +114,7 @@ class DistributedScheduler:
             max_attempts=s.getint("REDIS_MAX_ATTEMPTS"),
             idle_timeout=s.getfloat("REDIS_IDLE_TIMEOUT"),
             wait_for_start_urls=s.getbool("REDIS_WAIT_FOR_START_URLS"),
+            bloom=_bloom(s),
         )
 
     @property
@@ -164,7 +177,7 @@ class DistributedScheduler:
         self.spider = spider
         self.redis = Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5,
                                     health_check_interval=15)
-        self.queue = CrawlQueue(self.redis, spider.name)
+        self.queue = CrawlQueue(self.redis, spider.name, self.bloom)
         try:
             await self.redis.ping()
         except RedisError as exc:
