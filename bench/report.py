@@ -109,18 +109,20 @@ def plot(lines: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(rows: list[dict[str, Any]], command: str, path: Path) -> None:
+def write_results(rows: list[dict[str, Any]], command: str, path: Path,
+                  section: str = "results") -> None:
     """Write the tables into ``path`` (between the markers) and the plot beside it."""
     lines = summarize(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    png = path.with_name("results.png")
+    png = path.with_name(f"{section}.png")
     plot(lines, png)
     latency = rows[0].get("latency_ms") if rows else None
     capacity = next((x["s3_capacity"] for x in lines if x["s3_capacity"]), None)
     generated = "\n".join([
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
         f"({platform.processor() or platform.machine()}, 2 cores), test site latency "
-        f"{latency} ms, with:",
+        f"{latency} ms, {rows[0].get('per_page', 100) if rows else 100} links per list page, "
+        "with:",
         "",
         f"    {command}",
         "",
@@ -136,7 +138,7 @@ def write_results(rows: list[dict[str, Any]], command: str, path: Path) -> None:
         "",
         f"![pages/s by contender and concurrency]({png.name})",
     ])
-    write_section(path, "results", generated)
+    write_section(path, section, generated)
 
 
 def write_section(path: Path, name: str, text: str) -> None:

@@ -119,6 +119,7 @@ class Bench:
     timeout: float
     extra_settings: list[str]
     runs: Path
+    per_page: int = 100
 
     def listing_url(self, n: int, per_page: int = 100) -> str:
         return self.site_url + Listing(n, per_page).query(1)
@@ -130,7 +131,7 @@ class Bench:
         bucket = prefix = None
         extra: list[Service] = []
         cmd = [sys.executable, "-m"]
-        url = self.listing_url(n)
+        url = self.listing_url(n, self.per_page)
         mongo = os.environ.get("SCRAPER_BENCH_MONGO_URI")
         if profile == "services" and contender in ("ours", "celery-gevent"):
             assert self.moto is not None
@@ -347,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
                         if Path("/dev/shm").is_dir() else OUT / "runs",
                         help="where each run's stores go (default: tmpfs, so that the local "
                         "profile measures the crawler, not this machine's disk)")
+    parser.add_argument("--per-page", type=int, default=100,
+                        help="child links per list page (the list pages form a chain, one "
+                        "per latency: 100 links per 100 ms caps every contender near "
+                        "1,000 pages/s)")
+    parser.add_argument("--section", default="results",
+                        help="the marked section of RESULTS.md (and the PNG's name) to write")
     parser.add_argument("--sink-seconds", type=float, default=8,
                         help="how long each sink's capacity is measured alone")
     args = parser.parse_args(argv)
@@ -375,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             capacity = s3_capacity(f"http://127.0.0.1:{moto_port}", args.sink_seconds)
             print(f"moto alone: {capacity:.0f} PUTs/s of 50 KB from 32 threads", flush=True)
         bench = Bench(site, f"http://127.0.0.1:{port}", moto, logs, args.timeout, args.settings,
-                      args.runs_dir)
+                      args.runs_dir, args.per_page)
         rows = []
         for profile in args.profiles:
             for n in args.n:
@@ -384,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                         for contender in args.contenders:
                             row = bench.run(contender, profile, n, c, repeat)
                             row["latency_ms"] = args.latency_ms
+                            row["per_page"] = args.per_page
                             row["s3_capacity_puts_per_second"] = capacity
                             row.update(sinks)
                             rows.append(row)
@@ -396,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                                      if row["ok"] else f"FAILED ({row['stored']}/{n} stored, "
                                      f"exit {row['exit']}, verified {row['verified']})"),
                                   flush=True)
-        write_results(rows, command, args.results)
+        write_results(rows, command, args.results, args.section)
         return 0 if all(r["ok"] for r in rows) else 1
     finally:
         site.stop()
