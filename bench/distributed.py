@@ -8,6 +8,9 @@ redis-server per run (its CPU reported apart):
   distributed-1   ours with REDIS_URL: DistributedScheduler, one process
   distributed-2   the same, two processes sharing the crawl
   scrapy-redis-1  one process with scrapy-redis 0.9.1's stock Scheduler + RFPDupeFilter
+  in-memory-2     two independent in-memory processes, N/2 pages each (no Redis): what
+                  two processes can do at all on this machine, the ceiling for
+                  distributed-2
 
 pages/s = N / (last process's spider close - first process's spider open). Redis
 round trips per page come from INFO commandstats: every command a client sent, with
@@ -31,7 +34,7 @@ from bench.report import write_section
 from bench.run import OUT, ROOT, Bench, Service, measure
 from scraper.testsite import free_port
 
-CONTENDERS = ("in-memory", "distributed-1", "distributed-2", "scrapy-redis-1")
+CONTENDERS = ("in-memory", "distributed-1", "distributed-2", "scrapy-redis-1", "in-memory-2")
 # Commands our Lua scripts and status pipeline run inside Redis, and scrapy-redis's
 # MULTI contents: not round trips of their own.
 INSIDE = {"zadd", "zrem", "hset", "hget", "hdel", "incr", "sadd", "zrange", "lrange", "ltrim",
@@ -59,15 +62,18 @@ def run_one(bench: Bench, contender: str, n: int, c: int, repeat: int, logs: Pat
     server = Service(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
                       "--bind", "127.0.0.1"], port, logs / "redis.log")
     url = f"redis://127.0.0.1:{port}/0"
-    procs = 2 if contender == "distributed-2" else 1
+    procs = 2 if contender.endswith("-2") else 1
+    split = contender == "in-memory-2"  # two separate crawls of N/2, each its own stores
     cmds = []
     for i in range(procs):
         node = out / f"node{i}"
         node.mkdir()
-        cmd = [sys.executable, "-m", "bench.run_ours", "--url", bench.listing_url(n, per_page),
-               "--concurrency", str(c), "--out", str(node), "--body-store", str(out / "bodies"),
-               "--meta-store", str(out / "meta.jsonl")]
-        if contender != "in-memory":
+        stores = node if split else out
+        cmd = [sys.executable, "-m", "bench.run_ours", "--url",
+               bench.listing_url(n // procs if split else n, per_page), "--concurrency", str(c),
+               "--out", str(node), "--body-store", str(stores / "bodies"),
+               "--meta-store", str(stores / "meta.jsonl")]
+        if not contender.startswith("in-memory"):
             cmd += ["-s", f"REDIS_URL={url}"]
         if contender == "scrapy-redis-1":
             cmd += ["-s", "SCHEDULER=scrapy_redis.scheduler.Scheduler",
@@ -94,16 +100,19 @@ def run_one(bench: Bench, contender: str, n: int, c: int, repeat: int, logs: Pat
         "stored": sum(r.get("stored", 0) for r in reports),
         "cpu_seconds": sum(u.ru_utime + u.ru_stime for _, u, _, _ in results),
         "peak_rss_mb": max(peak for *_, peak in results),
-        "redis_cpu_seconds": redis_cpu if contender != "in-memory" else 0.0,
-        "round_trips_per_page": round_trips(commandstats, contender) / n
-        if contender != "in-memory" else 0.0,
-        "redis_commands_per_page": sum(v["calls"] for v in commandstats.values()) / n
-        if contender != "in-memory" else 0.0,
+        "redis_cpu_seconds": 0.0 if split or contender == "in-memory" else redis_cpu,
+        "round_trips_per_page": 0.0 if split or contender == "in-memory"
+        else round_trips(commandstats, contender) / n,
+        "redis_commands_per_page": 0.0 if split or contender == "in-memory"
+        else sum(v["calls"] for v in commandstats.values()) / n,
     }
     if ok:
         row["wall_seconds"] = (max(r["finished_at"] for r in reports)
                                - min(r["started_at"] for r in reports))
-        row["verified"] = bench.verify("ours", "local", n, out, {"stored": n}, None, None)
+        row["verified"] = all(
+            bench.verify("ours", "local", n // procs, out / f"node{i}", {"stored": 1}, None, None)
+            for i in range(procs)) if split else bench.verify("ours", "local", n, out,
+                                                               {"stored": n}, None, None)
     row["ok"] = ok and row["stored"] >= n and row.get("verified") is True
     if row["ok"]:
         row["pages_per_second"] = n / row["wall_seconds"]
