@@ -67,7 +67,8 @@ def main() -> int:
                    OUT / "profile-site.log")
     raw = OUT / "profile.txt"
     try:
-        cmd = [shutil.which("py-spy") or "py-spy", "record", "--gil", "-r", str(args.rate),
+        spy = Path(sys.executable).with_name("py-spy")
+        cmd = [str(spy) if spy.exists() else "py-spy", "record", "--gil", "-r", str(args.rate),
                "-f", "raw", "-o", str(raw), "--", sys.executable, "-m", "bench.run_ours",
                "--url", f"http://127.0.0.1:{port}" + Listing(args.n, 100).query(1),
                "--concurrency", str(args.concurrency), "--out", str(out)]
