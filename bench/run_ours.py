@@ -87,7 +87,6 @@ def main() -> None:
         or stats["elapsed_time_seconds"],
         "errors": stats.get("listing/child_failed", 0) + stats.get("body_store/failed", 0),
         "finish_reason": stats.get("finish_reason"),
-        "redis_calls": None,
     }
     if client is not None:
         report["meta_docs"] = client(settings["META_STORE"]).get_default_database()[

@@ -49,16 +49,13 @@ async def _open_store(
 ) -> tuple[Any, ThreadPoolExecutor | None]:
     """Build a store and its thread pool, open it there; a store that cannot work stops the
     crawl with one line."""
+    executor = None
     try:
         store = build(crawler, uri)
-    except StoreError as exc:
-        logger.error("%(setting)s unusable, crawl stopped: %(error)s",
-                     {"setting": setting, "error": exc})
-        raise CloseSpider(f"{setting.lower()}_unusable") from None
-    size = min(threads, store.max_threads)
-    executor = ThreadPoolExecutor(size, thread_name_prefix=setting.lower().replace("_", "-")) \
-        if size > 0 else None
-    try:
+        size = min(threads, store.max_threads)
+        if size > 0:
+            executor = ThreadPoolExecutor(size,
+                                          thread_name_prefix=setting.lower().replace("_", "-"))
         await _call(executor, store.open)
     except StoreError as exc:
         if executor is not None:

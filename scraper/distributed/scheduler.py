@@ -274,9 +274,9 @@ class DistributedScheduler:
         now = time.monotonic()
         if now - timers["status"] > (0.2 if not self.local else 1.0):
             timers["status"] = now
-            flushed = self.flushed_at
+            # Taken after this cycle's flush (the pump is the only one that flushes).
             self.status = await self.queue.status()
-            self.status_at = now if flushed == self.flushed_at else 0.0
+            self.status_at = now
             await self.queue.heartbeat(self.node, self._heartbeat_info(), 3 * self.lease_ms)
             if self.status.drained and self.idle_since is not None:
                 self._wake_engine()
