@@ -55,6 +55,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=100)
+    parser.add_argument("--per-page", type=int, default=100, help="links per list page")
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("-s", dest="settings", action="append", default=[])
     args = parser.parse_args()
@@ -65,12 +66,12 @@ def main() -> int:
     site = Service([sys.executable, "-m", "scraper.testsite", "--port", str(port), "--pages",
                     str(args.n), "--latency-ms", str(args.latency_ms)], port,
                    OUT / "profile-site.log")
-    raw = OUT / "profile.txt"
+    raw = OUT / "profile.txt"  # kept: the raw stacks, for a closer look
     try:
         spy = Path(sys.executable).with_name("py-spy")
         cmd = [str(spy) if spy.exists() else "py-spy", "record", "--gil", "-r", str(args.rate),
                "-f", "raw", "-o", str(raw), "--", sys.executable, "-m", "bench.run_ours",
-               "--url", f"http://127.0.0.1:{port}" + Listing(args.n, 100).query(1),
+               "--url", f"http://127.0.0.1:{port}" + Listing(args.n, args.per_page).query(1),
                "--concurrency", str(args.concurrency), "--out", str(out)]
         for setting in args.settings:
             cmd += ["-s", setting]

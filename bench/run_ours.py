@@ -83,6 +83,7 @@ def main() -> None:
         "started_at": stats["start_time"].timestamp(),
         "finished_at": stats["finish_time"].timestamp(),
         "redis": {k: v for k, v in stats.items() if k.startswith("distributed/")},
+        "gc": {k: v for k, v in stats.items() if k.startswith("gc/")},
         "wall_seconds": stats.get("progress/elapsed_seconds")
         or stats["elapsed_time_seconds"],
         "errors": stats.get("listing/child_failed", 0) + stats.get("body_store/failed", 0),
