@@ -47,7 +47,7 @@ ITEM_PIPELINES = {
 # Set REDIS_URL (redis://[:password@]host:port/db, rediss:// for TLS) to crawl with many nodes
 # from one Redis: keys <spider>:requests, :dupefilter, :start_urls as in scrapy-redis.
 REDIS_URL = os.environ.get("SCRAPER_REDIS_URL")
-REDIS_PREFETCH = 0              # requests leased ahead per node; 0: CONCURRENT_REQUESTS
+REDIS_PREFETCH = 100            # requests leased ahead per node (min with CONCURRENT_REQUESTS)
 REDIS_LEASE_SECONDS = 120       # a dead node's requests go back to the queue after this
 REDIS_MAX_ATTEMPTS = 5          # leases a request may lose (node deaths) before :dead
 REDIS_IDLE_TIMEOUT = 30         # a node started before any seed waits this long for one

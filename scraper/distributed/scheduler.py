@@ -7,7 +7,9 @@ none of those calls touches Redis. They read and fill local buffers, and one
 background task (the pump) moves batches between the buffers and Redis, each move one
 atomic Lua script (scraper.distributed.queue):
 
-- leased requests are prefetched into ``local`` (up to REDIS_PREFETCH);
+- leased requests are prefetched into ``local`` (up to REDIS_PREFETCH, 100: the engine
+  starts all it is given, and a thousand requests started together come back together,
+  a burst of responses that costs more memory and GC than a steady flow);
 - requests the crawl yields go to ``outbox``, enqueued with the dedup check in one call;
 - finished requests' lease tokens go to ``acks``, sent after the outbox, so a list page
   is acknowledged only once its children are in Redis;
@@ -109,7 +111,8 @@ class DistributedScheduler:
         s = crawler.settings
         return cls(
             crawler, s.get("REDIS_URL"),
-            prefetch=s.getint("REDIS_PREFETCH") or s.getint("CONCURRENT_REQUESTS"),
+            prefetch=min(s.getint("REDIS_PREFETCH") or s.getint("CONCURRENT_REQUESTS"),
+                         s.getint("CONCURRENT_REQUESTS")),
             lease_seconds=s.getfloat("REDIS_LEASE_SECONDS"),
             max_attempts=s.getint("REDIS_MAX_ATTEMPTS"),
             idle_timeout=s.getfloat("REDIS_IDLE_TIMEOUT"),
@@ -278,7 +281,9 @@ class DistributedScheduler:
             self.status = await self.queue.status()
             self.status_at = now
             await self.queue.heartbeat(self.node, self._heartbeat_info(), 3 * self.lease_ms)
-            if self.status.drained and self.idle_since is not None:
+            if self.status.drained:
+                # The engine asks spider_idle again only on its next event or its 5 s
+                # heartbeat; the crawl may be complete now, so let it ask now.
                 self._wake_engine()
         if now - timers["extend"] > self.lease_ms / 3000:
             timers["extend"] = now
@@ -324,24 +329,29 @@ class DistributedScheduler:
         return worked
 
     async def _send_outboxes(self) -> bool:
+        """Send what the outboxes held when called, not what arrives meanwhile: a list
+        page's callback keeps adding while its children go out, and a pump that chased
+        it would not refill until the whole page was parsed (measured: ~1 s idle per
+        1,000-link page)."""
         assert self.queue is not None
-        worked = False
-        while self.outbox_leased:
-            leased = self.outbox_leased[:self.batch]
+        leased_n, queued_n = len(self.outbox_leased), len(self.outbox)
+        worked = leased_n + queued_n > 0
+        while leased_n > 0:
+            leased = self.outbox_leased[:min(self.batch, leased_n)]
             seen = await self.queue.enqueue_leased(leased, self.lease_ms)
             del self.outbox_leased[:len(leased)]
+            leased_n -= len(leased)
             self.stats.inc_value("distributed/redis_calls")
             if seen:  # found by another node first: it is crawled there
                 self.held.difference_update(seen)
                 self.stats.inc_value("distributed/filtered", len(seen))
-            worked = True
-        while self.outbox:
-            batch = self.outbox[:self.batch]
+        while queued_n > 0:
+            batch = self.outbox[:min(self.batch, queued_n)]
             added = await self.queue.enqueue(batch)
             del self.outbox[:len(batch)]
+            queued_n -= len(batch)
             self.stats.inc_value("distributed/filtered", len(batch) - added)
             self.stats.inc_value("distributed/redis_calls")
-            worked = True
         return worked
 
     async def _refill(self) -> bool:
