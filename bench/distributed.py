@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--rows", type=Path, default=OUT / "distributed-rows.jsonl")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--section", default="distributed",
+                        help="the marked block of --results to write the table into")
     parser.add_argument("--runs-dir", type=Path, default=Path("/dev/shm/scraper-bench-dist")
                         if Path("/dev/shm").is_dir() else OUT / "dist-runs")
     args = parser.parse_args(argv)
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         site.stop()
         if args.runs_dir.name == "scraper-bench-dist":
             shutil.rmtree(args.runs_dir, ignore_errors=True)
-    write_section(args.results, "distributed", f"Measured with:\n\n    {command}\n\n"
+    write_section(args.results, args.section, f"Measured with:\n\n    {command}\n\n"
                   f"Test site latency {args.latency_ms} ms, {args.per_page} links per list "
                   "page; local stores on tmpfs.\n\n"
                   + table(rows))
