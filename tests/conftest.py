@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ from scrapy.settings import Settings
 
 from scraper.spiders.listing import ListingSpider
 from scraper.stores.meta import MongoMetaStore
-from scraper.testsite import Listing, free_port, wait_for_port
+from scraper.testsite import Listing, free_port, render_child, wait_for_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -43,14 +45,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 class Server:
     """A subprocess listening on a fixed 127.0.0.1 port; can be stopped and started again."""
 
-    def __init__(self, args: list[str], port: int, log: Path) -> None:
-        self.args, self.port, self.log = args, port, log
+    def __init__(self, args: list[str], port: int, log: Path, cwd: Path = ROOT) -> None:
+        self.args, self.port, self.log, self.cwd = args, port, log, cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=ROOT)
+                                         cwd=self.cwd)
         wait_for_port(self.port, self.proc)
 
     def stop(self) -> None:
@@ -221,3 +223,29 @@ def scrapy_crawl(args: list[str], cwd: Path, env: dict[str, str] | None = None,
         cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
         env={**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings", **(env or {})},
     )
+
+
+def log_stats(text: str) -> dict[str, Any]:
+    """The integer and word stats of the last "Dumping Scrapy stats" block of a crawl log."""
+    block = text.rsplit("Dumping Scrapy stats", 1)[1]
+    return {key: int(value) if value.isdigit() else value.strip("'")
+            for key, value in re.findall(r"'([\w/]+)': ('[\w]+'|\d+)", block)}
+
+
+def assert_stored_once(site: Site, tmp_path: Path, n: int) -> None:
+    docs = read_jsonl(tmp_path / "meta.jsonl")
+    assert len({d["fingerprint"] for d in docs}) == n
+    assert len(docs) == n  # one line per page: replays were compacted away
+    assert {d["url"] for d in docs} == {f"{site.base}/page/{i}" for i in range(n)}
+    for doc in docs:
+        body = (tmp_path / "bodies" / doc["body_key"]).read_bytes()
+        assert body == render_child(doc["url"].rsplit("/", 1)[1])
+
+
+def wait_for_lines(path: Path, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {count} lines")

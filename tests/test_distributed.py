@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,8 +13,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from scraper.testsite import free_port, render_child
-from tests.conftest import ROOT, Site, read_jsonl, redis_server, running_site
+from scraper.testsite import free_port
+from tests.conftest import (
+    ROOT,
+    Site,
+    assert_stored_once,
+    log_stats,
+    redis_server,
+    running_site,
+    wait_for_lines,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -60,9 +67,7 @@ class Node:
             raise
 
     def stats(self) -> dict[str, Any]:
-        text = self.log.read_text()
-        return {key: int(value) if value.isdigit() else value.strip("'") for key, value in
-                re.findall(r"'([\w/]+)': ('[\w]+'|\d+)", text.rsplit("Dumping Scrapy stats", 1)[1])}
+        return log_stats(self.log.read_text())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -83,25 +88,6 @@ def seed(site: Site, redis_url: str, tmp_path: Path, n: int) -> None:
                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "listing:start_urls += 1 URL(s)" in result.stdout
-
-
-def assert_stored_once(site: Site, tmp_path: Path, n: int) -> None:
-    docs = read_jsonl(tmp_path / "meta.jsonl")
-    assert len({d["fingerprint"] for d in docs}) == n
-    assert len(docs) == n  # one line per page: replays were compacted away
-    assert {d["url"] for d in docs} == {f"{site.base}/page/{i}" for i in range(n)}
-    for doc in docs:
-        body = (tmp_path / "bodies" / doc["body_key"]).read_bytes()
-        assert body == render_child(doc["url"].rsplit("/", 1)[1])
-
-
-def wait_for_lines(path: Path, count: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_bytes().count(b"\n") >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{path} never reached {count} lines")
 
 
 def wait_for_leases_of(node: Node, redis_url: str, timeout: float = 60) -> None:
