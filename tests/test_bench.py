@@ -70,3 +70,24 @@ def test_verification_catches_a_wrong_body_and_a_missing_record(tmp_path: Path) 
 
     (tmp_path / "meta.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     assert bench.verify("ours", "local", n, tmp_path, report, None, None) is False
+
+
+def test_soak_samples_memory_checks_the_bound_and_the_stores(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    args = ["--n", "300", "--concurrency", "5", "--latency-ms", "20", "--per-page", "50",
+            "--timeout", "120", "--results", str(results)]
+
+    def soak(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bench.soak", *args, *extra], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    ok = soak("--bound", "10")
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
+    text = results.read_text()
+    assert "<!-- soak:begin -->" in text and "within the bound" in text
+    assert "300 records, every child once, 50 bodies byte-equal" in text
+    assert text.count("| 300 | 100% |") == 1
+
+    over = soak("--bound", "-1")  # no run can shrink by 100%: the check must say so
+    assert over.returncode == 1
+    assert "OVER THE BOUND" in results.read_text()
