@@ -14,6 +14,11 @@ Parameters left out take the server's defaults (``--pages``, ``--per-page``).
 With ``faults=1`` the first list page also links to every fault page (see
 ``FAULTS``) and to links that a crawler must skip (fragment, ``javascript:``,
 ``mailto:``, off-site, duplicate), and the last list page is malformed HTML.
+With ``endless=1`` every list page has a next page: pagination never ends (the ``n``
+children are on the first pages, the rest have none).
+
+Two endpoints serve the SSRF guard's tests: ``/links?href=A&href=B`` is a list page
+linking to each ``href``, ``/redirect?to=URL`` answers 302 to any URL.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class Listing:
     n: int
     per_page: int
     faults: bool = False
+    endless: bool = False
 
     @property
     def last_page(self) -> int:
@@ -97,7 +103,8 @@ class Listing:
 
     def query(self, page: int) -> str:
         faults = "&faults=1" if self.faults else ""
-        return f"/list?n={self.n}&per_page={self.per_page}{faults}&page={page}"
+        endless = "&endless=1" if self.endless else ""
+        return f"/list?n={self.n}&per_page={self.per_page}{faults}{endless}&page={page}"
 
 
 def render_child(name: int | str) -> bytes:
@@ -133,7 +140,7 @@ def render_list(listing: Listing, page: int) -> bytes:
     nav = []
     if page > 1:
         nav.append(f'<a rel="prev" href="{html.escape(listing.query(page - 1))}">Previous</a>')
-    if page < listing.last_page:
+    if page < listing.last_page or listing.endless:
         nav.append(f'<a rel="next" href="{html.escape(listing.query(page + 1))}">Next</a>')
     body = "\n".join(items)
     if listing.faults and page == listing.last_page and page > 1:
@@ -177,6 +184,8 @@ class TestSite:
         app.router.add_get("/list", self.listing)
         app.router.add_get("/page/{i}", self.child)
         app.router.add_get("/fault/{name}", self.fault)
+        app.router.add_get("/links", self.links)
+        app.router.add_get("/redirect", self.redirect)
         app.router.add_get("/robots.txt", self.robots)
         app.router.add_get("/_stats", self.stats)
         return app
@@ -221,13 +230,29 @@ class TestSite:
                 int(q.get("n", self.default.n)),
                 max(1, int(q.get("per_page", self.default.per_page))),
                 q.get("faults") == "1",
+                q.get("endless") == "1",
             )
             page = int(q.get("page", "1"))
         except ValueError:
             raise web.HTTPBadRequest(text="n, per_page and page must be integers") from None
-        if not 1 <= page <= listing.last_page:
+        if page < 1 or (page > listing.last_page and not listing.endless):
             raise web.HTTPNotFound(text="no such list page")
         return web.Response(body=render_list(listing, page), content_type="text/html")
+
+    async def links(self, request: web.Request) -> web.Response:
+        """A list page linking to each ``href`` of the query, without pagination."""
+        items = "\n".join(f'<li><a class="child" href="{html.escape(href)}">link</a></li>'
+                          for href in request.query.getall("href", []))
+        return web.Response(
+            text=f"<!DOCTYPE html>\n<html><head><title>Links</title></head>\n"
+                 f"<body><ul>\n{items}\n</ul></body></html>\n", content_type="text/html")
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        """302 to the URL in ``to``, whatever it is (private addresses included)."""
+        to = request.query.get("to")
+        if not to:
+            raise web.HTTPBadRequest(text="to=URL is required")
+        raise web.HTTPFound(to)
 
     async def child(self, request: web.Request) -> web.Response:
         return web.Response(body=render_child(request.match_info["i"]), content_type="text/html",
