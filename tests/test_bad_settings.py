@@ -26,6 +26,7 @@ def run(site: Site, tmp_path: Path, *settings: str) -> tuple[str, str]:
     result = scrapy_crawl(args, cwd=tmp_path, timeout=120)
     output = result.stdout + result.stderr
     assert "Traceback" not in output
+    assert result.returncode == 1  # a crawl that could not start says so to its scheduler
     return output, output.split("'finish_reason': '", 1)[1].split("'", 1)[0]
 
 
@@ -81,3 +82,18 @@ def test_secrets_are_found_in_settings() -> None:
     settings = {"AWS_SECRET_ACCESS_KEY": "aws-secret", "META_STORE": "mongodb://u:p%40ss@h/db",
                 "REDIS_URL": "redis://:redis-pw@h:6379/0", "BODY_STORE": "data/bodies"}
     assert secrets_in(settings) == {"aws-secret", "p%40ss", "p@ss", "redis-pw"}
+
+
+def test_crawl_without_a_list_page_or_with_redis_down_exits_1(tmp_path: Path) -> None:
+    no_url = scrapy_crawl([], cwd=tmp_path, timeout=120)
+    assert no_url.returncode == 1
+    assert "No list page given: run `scrapy crawl listing -a url=<list page URL>`" in (
+        no_url.stdout + no_url.stderr)
+
+    port = free_port()  # nothing listens there
+    redis_down = scrapy_crawl(["-s", f"REDIS_URL=redis://:pw-not-shown@127.0.0.1:{port}/0"],
+                              cwd=tmp_path, timeout=120)
+    output = redis_down.stdout + redis_down.stderr
+    assert redis_down.returncode == 1
+    assert "'finish_reason': 'redis_unusable'" in output
+    assert "REDIS_URL unusable, crawl stopped" in output and "pw-not-shown" not in output

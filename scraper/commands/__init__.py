@@ -1,4 +1,5 @@
-"""Scrapy commands of the project: `scrapy seed` and `scrapy status` for distributed crawls."""
+"""Scrapy commands of the project: `scrapy seed` and `scrapy status` for distributed crawls,
+and `scrapy crawl` with an exit code that says when the crawl could not start."""
 
 from __future__ import annotations
 
