@@ -1,0 +1,180 @@
+"""Stopping a crawl: SIGTERM once drains and exits 0; a second one stops at once.
+
+Every crawl here is a `scrapy crawl` subprocess (as a user or scrapyd runs it) against a
+test site with 500 ms latency, so that requests are in flight when the signal arrives.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+import redis
+
+from scraper.testsite import render_child
+from tests.conftest import (
+    Site,
+    assert_stored_once,
+    log_stats,
+    read_jsonl,
+    running_site,
+    wait_for_lines,
+)
+from tests.test_distributed import ENV, Node, seed, wait_for_leases_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+LATENCY_MS = 500
+
+
+@pytest.fixture(scope="module")
+def slow_site(logs: Path) -> Iterator[Site]:
+    with running_site(logs / "shutdown-site.log", "--latency-ms", str(LATENCY_MS)) as site:
+        yield site
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    started: list[Node] = []
+    yield started
+    for node in started:
+        node.stop()
+
+
+def wait_until(condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes],
+               timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what} (crawl exit code {proc.poll()})")
+
+
+def body_files(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "bodies"
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def stop_within(proc: subprocess.Popen[bytes], seconds: float) -> tuple[int, float]:
+    """Wait for ``proc`` to end by itself; its exit code and how long it took."""
+    started = time.monotonic()
+    try:
+        code = proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        raise AssertionError(f"the crawl did not stop within {seconds} s") from None
+    return code, time.monotonic() - started
+
+
+def leases_in_redis(redis_url: str) -> tuple[int, int]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return client.zcard("listing:leases"), client.hlen("listing:leased")
+    finally:
+        client.close()
+
+
+def test_sigterm_drains_a_single_node_crawl_and_exits_0(slow_site: Site, tmp_path: Path) -> None:
+    log = tmp_path / "crawl.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scrapy", "crawl", "listing", "-a",
+         f"url={slow_site.listing_url(2000)}", "-s", f"BODY_STORE={tmp_path / 'bodies'}",
+         "-s", f"META_STORE={tmp_path / 'meta.jsonl'}",
+         "-s", f"META_STORE_SPOOL={tmp_path / 'spool.jsonl'}",
+         "-s", "CONCURRENT_REQUESTS=40", "-s", "META_STORE_FLUSH_INTERVAL=2",
+         "-s", f"LOG_FILE={log}"],
+        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(body_files(tmp_path)) >= 150, "150 bodies stored", proc)
+        proc.send_signal(signal.SIGTERM)
+        code, seconds = stop_within(proc, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    assert code == 0
+    text = log.read_text()
+    assert "Received SIGTERM, shutting down gracefully" in text
+    stats = log_stats(text)
+    assert stats["finish_reason"] == "shutdown"
+    docs = read_jsonl(tmp_path / "meta.jsonl")
+    stored = stats["meta_store/written"]
+    assert 150 <= stored < 2000  # stopped mid-crawl...
+    # ...and everything it counted as stored is there: the last batch was flushed at close.
+    assert len(docs) == stored == stats["body_store/stored"] == len(body_files(tmp_path))
+    assert len({d["fingerprint"] for d in docs}) == stored
+    for doc in docs:
+        body = (tmp_path / "bodies" / doc["body_key"]).read_bytes()
+        assert body == render_child(doc["url"].rsplit("/", 1)[1])
+    # No temporary or spooled leftovers.
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+    assert not (tmp_path / "spool.jsonl").exists()
+    assert seconds < 30
+
+
+def test_sigterm_hands_a_nodes_leases_back_at_once(
+    slow_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    seed(slow_site, redis_url, tmp_path, 800)
+    # Leases long enough that none expires on a busy machine: any reclaim below would be
+    # one that this node failed to hand back.
+    nodes.append(Node("node0", redis_url, tmp_path, "CONCURRENT_REQUESTS=40",
+                      "REDIS_LEASE_SECONDS=60"))
+    wait_for_lines(tmp_path / "meta.jsonl", 100)
+    wait_for_leases_of(nodes[0], redis_url)
+    nodes[0].proc.send_signal(signal.SIGTERM)
+    code, seconds = stop_within(nodes[0].proc, 30)
+
+    assert code == 0 and seconds < 30
+    assert leases_in_redis(redis_url) == (0, 0)  # acknowledged or handed back, none left
+    first = nodes[0].stats()
+    assert first["finish_reason"] == "shutdown"
+    assert first["distributed/released"] > 0  # leased, not started, handed back
+    assert first["meta_store/written"] < 800
+
+    nodes.append(Node("node1", redis_url, tmp_path, "CONCURRENT_REQUESTS=100",
+                      "REDIS_LEASE_SECONDS=60"))
+    assert nodes[1].wait() == 0
+    second = nodes[1].stats()
+    assert second["finish_reason"] == "finished"
+    assert second.get("distributed/reclaimed", 0) == 0  # nothing waited for a lease to expire
+    assert_stored_once(slow_site, tmp_path, 800)
+    # Nothing stored by the first node was crawled again.
+    assert first["meta_store/written"] + second["meta_store/written"] == 800
+
+
+def test_a_second_sigterm_stops_at_once_and_leases_expire(
+    slow_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    seed(slow_site, redis_url, tmp_path, 800)
+    nodes.append(Node("node0", redis_url, tmp_path, "CONCURRENT_REQUESTS=40"))
+    wait_for_lines(tmp_path / "meta.jsonl", 100)
+    wait_for_leases_of(nodes[0], redis_url)
+    nodes[0].proc.send_signal(signal.SIGTERM)
+    time.sleep(LATENCY_MS / 1000 / 2)  # the first one is being handled: requests in flight
+    nodes[0].proc.send_signal(signal.SIGTERM)
+    stop_within(nodes[0].proc, 10)
+
+    assert "Received SIGTERM twice, forcing unclean shutdown" in nodes[0].log.read_text()
+    leases, leased = leases_in_redis(redis_url)
+    assert leases > 0 and leased == leases  # not handed back: they must expire
+
+    nodes.append(Node("node1", redis_url, tmp_path, "CONCURRENT_REQUESTS=100",
+                      "REDIS_LEASE_SECONDS=60"))  # its own leases never expire: what it
+                                                   # reclaims is the first node's
+    assert nodes[1].wait() == 0
+    second = nodes[1].stats()
+    assert second["finish_reason"] == "finished"
+    assert second["distributed/reclaimed"] > 0
+    assert_stored_once(slow_site, tmp_path, 800)
+    assert leases_in_redis(redis_url) == (0, 0)
+
