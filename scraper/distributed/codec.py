@@ -3,20 +3,23 @@
 scrapy-redis pickles requests, so whoever can write to Redis can run code on every
 node. Here a request is Scrapy's ``request_to_dict`` as JSON (callbacks by name,
 bytes as base64); anything else found in Redis is rejected with a clear reason.
+
+Data still chooses what runs, so it is checked for that too: a callback must be one of
+the spider's own methods (not ``start``, ``close`` or anything private), and a request
+class (``_class``) must be a Request subclass already imported: ``request_from_dict``
+would otherwise import whatever module an entry names.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from typing import TYPE_CHECKING, Any
+import sys
+from typing import Any
 from urllib.parse import urlsplit
 
-from scrapy import Request
+from scrapy import Request, Spider
 from scrapy.utils.request import request_from_dict
-
-if TYPE_CHECKING:
-    from scrapy import Spider
 
 MAX_ENTRY_BYTES = 1 << 20  # a request is a URL and a little meta; more is not ours
 LOCAL_META = ("_lease", "download_slot", "download_latency", "depth")  # per node, not shared
@@ -64,39 +67,75 @@ def encode(request: Request, spider: Spider) -> str:
 
 def decode(text: str, spider: Spider) -> Request:
     """A request from its JSON; BadEntry with the reason for anything else."""
-    if len(text) > MAX_ENTRY_BYTES:
-        raise BadEntry(f"entry of {len(text)} bytes is over {MAX_ENTRY_BYTES}")
-    try:
-        d = json.loads(text)
-    except ValueError:
-        raise BadEntry(f"not JSON: {text[:60]!r}") from None
+    d = _load(text)
     if not isinstance(d, dict) or not isinstance(d.get("url"), str):
         raise BadEntry(f"not a request: {text[:60]!r}")
+    for attr in ("callback", "errback"):
+        name = d.get(attr)
+        if name is not None and not _is_callback(spider, name):
+            raise BadEntry(f"{attr} {str(name)[:60]!r} is not a callback of the spider")
+    if "_class" in d and _request_class(d["_class"]) is None:
+        raise BadEntry(f"_class {str(d['_class'])[:100]!r} is not a request class of this crawl")
     try:
         d["body"] = base64.b64decode(d.get("body") or "", validate=True)
         d["headers"] = {_unb64(k): [_unb64(v) for v in vs]
                         for k, vs in (d.get("headers") or {}).items()}
         return request_from_dict(d, spider=spider)
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise BadEntry(f"unusable request for {d['url'][:200]!r}: {exc}") from None
+    except Exception as exc:  # whatever the data makes Request() raise: not a request of ours
+        raise BadEntry(f"unusable request for {d['url'][:200]!r}: "
+                       f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _load(text: str) -> Any:
+    """Parsed JSON of a Redis entry, within the size and nesting a request needs."""
+    if len(text) > MAX_ENTRY_BYTES:
+        raise BadEntry(f"entry of {len(text)} bytes is over {MAX_ENTRY_BYTES}")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise BadEntry(f"JSON too deeply nested: {text[:60]!r}") from None
+    except ValueError:
+        raise BadEntry(f"not JSON: {text[:60]!r}") from None
+
+
+def _is_callback(spider: Spider, name: Any) -> bool:
+    """A public method of the spider's own class (Spider's own methods but ``parse`` are not
+    callbacks: ``start``, ``close``, ``from_crawler``...)."""
+    if not isinstance(name, str) or name.startswith("_"):
+        return False
+    if name != "parse" and hasattr(Spider, name):
+        return False
+    return callable(getattr(type(spider), name, None))
+
+
+def _request_class(path: Any) -> type[Request] | None:
+    """The Request subclass ``path`` names, if its module is already imported (never
+    import what Redis names: importing runs the module's code)."""
+    if not isinstance(path, str):
+        return None
+    module, _, name = path.rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, Request) else None
 
 
 def start_url(text: str) -> tuple[str, dict[str, Any]]:
     """A ``<spider>:start_urls`` entry: a URL, or JSON ``{"url": ..., "meta": {...}}``."""
     text = text.strip()
     if text.startswith("{"):
-        try:
-            d = json.loads(text)
-        except ValueError:
-            raise BadEntry(f"start URL entry is not JSON: {text[:60]!r}") from None
+        d = _load(text)
         if not isinstance(d, dict):
             raise BadEntry(f"start URL entry is not a JSON object: {text[:60]!r}")
         url, meta = d.get("url"), d.get("meta", {})
         if not isinstance(url, str) or not isinstance(meta, dict):
             raise BadEntry(f"start URL entry needs a string url: {text[:60]!r}")
     else:
+        if len(text) > MAX_ENTRY_BYTES:
+            raise BadEntry(f"entry of {len(text)} bytes is over {MAX_ENTRY_BYTES}")
         url, meta = text, {}
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise BadEntry(f"start URL is not an http(s) URL: {url[:100]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise BadEntry(f"start URL is not an http(s) URL: {url[:100]!r}")
     return url, meta

@@ -22,12 +22,17 @@ All deadlines use Redis's own clock (TIME), never a node's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from scraper.distributed.codec import MAX_ENTRY_BYTES
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from redis.asyncio import Redis
 
 SCORE_SCALE = 10**12
@@ -136,7 +141,9 @@ return {acked, refused}
 # KEYS: leases, leased, requests, attempts, dead, start_urls. ARGV: max_attempts, limit,
 # then (for RELEASE) tokens. Without tokens: every lease past its deadline goes back.
 # With tokens: those leases go back now (a node handing back what it will not start),
-# without counting an attempt. Returns {returned, dead}.
+# without counting an attempt. Lease data that is not "<score> <member>" or "start <url>"
+# was not written by these scripts: it goes to dead as it is, and its token is returned.
+# Returns {returned, dead, tokens of unreadable lease data}.
 RECLAIM = _NOW + """
 local tokens = {}
 if #ARGV > 2 then
@@ -144,32 +151,63 @@ if #ARGV > 2 then
 else
   tokens = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 end
-local returned, dead = 0, 0
+local returned, dead, bad = 0, 0, {}
 for _, token in ipairs(tokens) do
   local data = redis.call('HGET', KEYS[2], token)
   redis.call('ZREM', KEYS[1], token)
   if data then
     redis.call('HDEL', KEYS[2], token)
     local score, member = string.match(data, '^(%S+) (.*)$')
+    local number = tonumber(score)
     if score == 'start' then
       redis.call('RPUSH', KEYS[6], member)
       returned = returned + 1
+    elseif not number or number ~= number then
+      redis.call('RPUSH', KEYS[5], data)
+      bad[#bad + 1] = token
     else
       local seq = string.match(member, '^(%d+) ')
       local n = 0
-      if #ARGV == 2 and seq then n = redis.call('HINCRBY', KEYS[4], seq, 1) end
+      if #ARGV == 2 and seq then
+        if not tonumber(redis.call('HGET', KEYS[4], seq) or '0') then
+          redis.call('HDEL', KEYS[4], seq)
+        end
+        n = redis.call('HINCRBY', KEYS[4], seq, 1)
+      end
       if n > tonumber(ARGV[1]) then
         redis.call('RPUSH', KEYS[5], member)
         redis.call('HDEL', KEYS[4], seq)
         dead = dead + 1
       else
-        redis.call('ZADD', KEYS[3], tonumber(score), member)
+        redis.call('ZADD', KEYS[3], number, member)
         returned = returned + 1
       end
     end
   end
 end
-return {returned, dead}
+return {returned, dead, bad}
+"""
+
+# KEYS: leases, leased, dead. Every script writes a lease's deadline and its data together,
+# so a deadline without data, or data without a deadline, was put there by someone else:
+# the first would hold the crawl open forever, the second is never read. Deadlines without
+# data are dropped, data without a deadline goes to dead. Returns {dropped, sent to dead}.
+SWEEP = """
+local dropped, kept = {}, {}
+for _, token in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('HEXISTS', KEYS[2], token) == 0 then
+    redis.call('ZREM', KEYS[1], token)
+    dropped[#dropped + 1] = token
+  end
+end
+for _, token in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if not redis.call('ZSCORE', KEYS[1], token) then
+    redis.call('RPUSH', KEYS[3], redis.call('HGET', KEYS[2], token))
+    redis.call('HDEL', KEYS[2], token)
+    kept[#kept + 1] = token
+  end
+end
+return {dropped, kept}
 """
 
 # KEYS: leases. ARGV: lease_ms, tokens. Pushes the deadlines of leases still held.
@@ -238,6 +276,7 @@ class Leased:
     token: str
     kind: str  # "r": request, "s": start URL
     payload: str
+    error: str | None = None  # why the entry cannot be read (then payload is "")
 
 
 @dataclass
@@ -251,6 +290,8 @@ class CrawlStatus:
     dead: int
     nodes: dict[str, tuple[int, dict[str, Any]]]
     now_ms: int
+    #: Entries of ``<spider>:nodes`` that are not heartbeats: (field, why).
+    bad_nodes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def drained(self) -> bool:
@@ -272,6 +313,7 @@ class CrawlQueue:
         self._reclaim = redis.register_script(RECLAIM)
         self._extend = redis.register_script(EXTEND)
         self._heartbeat = redis.register_script(HEARTBEAT)
+        self._sweep = redis.register_script(SWEEP)
 
     async def enqueue(self, entries: list[tuple[str, int, str]]) -> int:
         """Add (fingerprint or "", priority, JSON) entries not seen before; return how many."""
@@ -298,7 +340,7 @@ class CrawlQueue:
         k = self.keys
         flat = await self._lease(keys=[k.requests, k.leases, k.leased, k.seq, k.start_urls],
                                  args=[n, node, lease_ms, start_n])
-        return [Leased(_text(flat[i]), _text(flat[i + 1]), _text(flat[i + 2]))
+        return [_leased(_text(flat[i]), _text(flat[i + 1]), flat[i + 2])
                 for i in range(0, len(flat), 3)]
 
     async def ack(self, tokens: list[str]) -> tuple[int, int]:
@@ -306,22 +348,43 @@ class CrawlQueue:
         acked, refused = await self._ack(keys=[k.leases, k.leased, k.attempts], args=tokens)
         return int(acked), int(refused)
 
-    async def reclaim(self, max_attempts: int, limit: int = 1000) -> tuple[int, int]:
-        """Put back every lease past its deadline; return (returned, moved to dead)."""
-        return await self._run_reclaim([max_attempts, limit])
+    async def reclaim(self, max_attempts: int, limit: int = 1000,
+                      on_unreadable: Callable[[str], None] | None = None) -> tuple[int, int]:
+        """Put back every lease past its deadline; return (returned, moved to dead).
+
+        Lease data these scripts did not write goes to dead too; ``on_unreadable`` is
+        called with each such token.
+        """
+        returned, dead, bad = await self._run_reclaim([max_attempts, limit])
+        for token in bad:
+            if on_unreadable is not None:
+                on_unreadable(_text(token))
+        return returned, dead
 
     async def release(self, tokens: list[str]) -> int:
         """Hand leases back now (a closing node's requests it did not start)."""
         if not tokens:
             return 0
-        returned, _ = await self._run_reclaim([0, 0, *tokens])
+        returned, _, _ = await self._run_reclaim([0, 0, *tokens])
         return returned
 
-    async def _run_reclaim(self, args: list[Any]) -> tuple[int, int]:
+    async def _run_reclaim(self, args: list[Any]) -> tuple[int, int, list[bytes]]:
         k = self.keys
-        returned, dead = await self._reclaim(
+        returned, dead, bad = await self._reclaim(
             keys=[k.leases, k.leased, k.requests, k.attempts, k.dead, k.start_urls], args=args)
-        return int(returned), int(dead)
+        return int(returned), int(dead), list(bad)
+
+    async def sweep(self) -> tuple[list[str], list[str]]:
+        """Drop lease deadlines without data and send lease data without a deadline to dead
+        (neither was written by this crawl); return the tokens of each."""
+        k = self.keys
+        dropped, kept = await self._sweep(keys=[k.leases, k.leased, k.dead])
+        return [_text(t) for t in dropped], [_text(t) for t in kept]
+
+    async def forget_nodes(self, names: list[str]) -> None:
+        """Remove entries of ``<spider>:nodes``."""
+        if names:
+            await self.redis.hdel(self.keys.nodes, *names)
 
     async def extend(self, tokens: list[str], lease_ms: int) -> int:
         if not tokens:
@@ -338,16 +401,17 @@ class CrawlQueue:
             pipe.zcard(k.requests).zcard(k.leases).llen(k.start_urls).scard(k.dupefilter)
             pipe.llen(k.dead).hgetall(k.nodes).time().get(k.bloom_count)
             queued, leased, start_urls, seen, dead, nodes, now, bloomed = await pipe.execute()
-        seen += int(bloomed or 0)
-        parsed = {}
+        with contextlib.suppress(ValueError):  # a count this crawl did not write: ignored
+            seen += int(bloomed or 0)
+        parsed, bad = {}, []
         for node, value in nodes.items():
-            seen_ms, _, info = _text(value).partition(" ")
+            name = _text(node)
             try:
-                parsed[_text(node)] = (int(seen_ms), json.loads(info))
-            except ValueError:
-                continue
+                parsed[name] = _heartbeat_of(value)
+            except ValueError as exc:
+                bad.append((name, str(exc)))
         return CrawlStatus(queued, leased, start_urls, seen, dead, parsed,
-                           int(now[0]) * 1000 + int(now[1]) // 1000)
+                           int(now[0]) * 1000 + int(now[1]) // 1000, bad)
 
     async def seed(self, urls: list[str]) -> int:
         """Append list page URLs to ``<spider>:start_urls``."""
@@ -362,3 +426,29 @@ class CrawlQueue:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _leased(token: str, kind: str, payload: bytes | str) -> Leased:
+    """A leased entry; one that is not UTF-8 text carries the error instead (replacing its
+    bytes would make a different URL of it)."""
+    if isinstance(payload, bytes):
+        try:
+            payload = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return Leased(token, kind, "", error=f"not UTF-8 text: {payload[:60]!r}")
+    return Leased(token, kind, payload)
+
+
+def _heartbeat_of(value: bytes | str) -> tuple[int, dict[str, Any]]:
+    """A ``<spider>:nodes`` value: "<ms> <JSON object>"; ValueError saying why not."""
+    if len(value) > MAX_ENTRY_BYTES:
+        raise ValueError(f"not a heartbeat: {len(value)} bytes is over {MAX_ENTRY_BYTES}")
+    try:
+        text = value.decode("utf-8") if isinstance(value, bytes) else value
+        seen_ms, _, info = text.partition(" ")
+        parsed = int(seen_ms), json.loads(info)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        raise ValueError(f"not a heartbeat: {value[:60]!r}") from None
+    if not isinstance(parsed[1], dict):
+        raise ValueError(f"not a heartbeat: {value[:60]!r}")
+    return parsed

@@ -16,6 +16,11 @@ atomic Lua script (scraper.distributed.queue):
 - every second: crawl status and a heartbeat; every lease/3 the node's leases are
   extended, and expired leases (of dead nodes) are put back.
 
+Anything found in Redis that this crawl did not write (a pickle, broken or oversized
+JSON, bytes that are not UTF-8, a lease without data, a heartbeat that is not one) is
+skipped, logged ("... that is not ours") and counted (``distributed/rejected/<key>``);
+nothing read from Redis is ever run as code (see scraper.distributed.codec).
+
 If Redis goes away, the pump waits and retries with backoff; the buffers keep
 everything meanwhile.
 """
@@ -102,6 +107,7 @@ class DistributedScheduler:
         self.wake = asyncio.Event()
         self.started = time.monotonic()
         self.pump: asyncio.Task[None] | None = None
+        self.stopping: asyncio.Future[None] | None = None
         self.spider: Spider | None = None
         self.redis: Redis | None = None
         self.queue: CrawlQueue | None = None
@@ -206,7 +212,7 @@ class DistributedScheduler:
             returned = await self.queue.release(unstarted)
             self.stats.inc_value("distributed/released", returned)
             await self.redis.hdel(self.queue.keys.nodes, self.node)
-        except OUTAGE as exc:
+        except (*OUTAGE, RedisError) as exc:
             logger.error("Redis unreachable at close (%(error)s): %(n)d leases will expire and "
                          "be crawled by another node", {"error": describe(exc),
                                                          "n": len(self.held)})
@@ -247,20 +253,30 @@ class DistributedScheduler:
 
     async def _pump(self) -> None:
         backoff, last_warning = 0.5, 0.0
-        timers = {"status": 0.0, "extend": time.monotonic(), "reclaim": 0.0}
+        timers = {"status": 0.0, "extend": time.monotonic(), "reclaim": 0.0, "sweep": 0.0}
         while not self.closing:
             try:
                 worked = await self._cycle(timers)
                 backoff = 0.5
-            except OUTAGE as exc:
+            except (*OUTAGE, RedisError) as exc:
+                # An outage, or a call Redis refused (a key of the wrong type, say): both may
+                # be fixed while the node waits with its buffers, so it retries.
                 self.stats.inc_value("distributed/redis_errors")
                 if time.monotonic() - last_warning > 10:
                     last_warning = time.monotonic()
-                    logger.warning("Redis unreachable (%(error)s): retrying; the node keeps its "
-                                   "buffers, nothing is lost", {"error": describe(exc)})
+                    what = "unreachable" if isinstance(exc, OUTAGE) else "refused a call"
+                    logger.warning("Redis %(what)s (%(error)s): retrying; the node keeps its "
+                                   "buffers, nothing is lost",
+                                   {"what": what, "error": describe(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10)
                 continue
+            except Exception:
+                # A bug: stop the node with the traceback rather than wait forever without
+                # the pump (its leases expire and another node takes them).
+                logger.exception("Distributed scheduler failed; closing the spider")
+                self._stop("distributed_error")
+                return
             if worked:
                 await asyncio.sleep(0)
                 continue
@@ -280,6 +296,8 @@ class DistributedScheduler:
             # Taken after this cycle's flush (the pump is the only one that flushes).
             self.status = await self.queue.status()
             self.status_at = now
+            if self.status.bad_nodes:
+                await self._reject_nodes(self.status.bad_nodes)
             await self.queue.heartbeat(self.node, self._heartbeat_info(), 3 * self.lease_ms)
             if self.status.drained:
                 # The engine asks spider_idle again only on its next event or its 5 s
@@ -290,14 +308,42 @@ class DistributedScheduler:
             await self.queue.extend(sorted(self.held), self.lease_ms)
         if now - timers["reclaim"] > min(5.0, self.lease_ms / 4000):
             timers["reclaim"] = now
-            returned, dead = await self.queue.reclaim(self.max_attempts)
+            returned, dead = await self.queue.reclaim(
+                self.max_attempts, on_unreadable=self._reject_lease_data)
             if returned or dead:
                 self.stats.inc_value("distributed/reclaimed", returned)
                 logger.info("Reclaimed %(n)d expired leases (a node died or stalled)%(dead)s",
                             {"n": returned, "dead": f", {dead} to :dead" if dead else ""})
             if dead:
                 self.stats.inc_value("distributed/dead", dead)
+        status = self.status
+        if (status is not None and not self.local and not self.held and status.leased
+                and not status.queued and not status.start_urls
+                and now - timers["sweep"] > min(5.0, self.lease_ms / 4000)):
+            # Idle, waiting only for other nodes' leases: check that they are leases.
+            timers["sweep"] = now
+            await self._sweep()
         return worked
+
+    async def _sweep(self) -> None:
+        assert self.queue is not None
+        dropped, kept = await self.queue.sweep()
+        for token in dropped:
+            self._log_rejected("leases", f"{token!r} has no lease data; dropped")
+        for token in kept:
+            self._log_rejected("leased", f"{token!r} has no lease deadline; moved to "
+                                         f"{self.queue.keys.dead}")
+
+    def _reject_lease_data(self, token: str) -> None:
+        assert self.queue is not None
+        self._log_rejected("leased", f"{token!r} holds unreadable lease data; moved to "
+                                     f"{self.queue.keys.dead}")
+
+    async def _reject_nodes(self, bad: list[tuple[str, str]]) -> None:
+        assert self.queue is not None
+        await self.queue.forget_nodes([name for name, _ in bad])
+        for name, why in bad:
+            self._log_rejected("nodes", f"{name!r}: {why}; removed")
 
     async def _flush(self) -> bool:
         """Send the outboxes, then the acknowledgements (children before their list page).
@@ -362,6 +408,10 @@ class DistributedScheduler:
         if not leased:
             return False
         for entry in leased:
+            if entry.error is not None:
+                self._reject(entry.token, "start_urls" if entry.kind == "s" else "requests",
+                             BadEntry(entry.error))
+                continue
             if entry.kind == "s":
                 self._start(entry.token, entry.payload)
                 continue
@@ -397,10 +447,18 @@ class DistributedScheduler:
         self.stats.inc_value("distributed/start_urls")
 
     def _reject(self, token: str, key: str, exc: BadEntry) -> None:
-        logger.error("Skipped an entry of %(key)s that is not ours: %(error)s",
-                     {"key": f"{self.crawler.spider.name}:{key}", "error": exc})
-        self.stats.inc_value(f"distributed/rejected/{key}")
+        self._log_rejected(key, str(exc))
         self.acks.append(token)
+
+    def _log_rejected(self, key: str, why: str) -> None:
+        logger.error("Skipped an entry of %(key)s that is not ours: %(error)s",
+                     {"key": f"{self.crawler.spider.name}:{key}", "error": why})
+        self.stats.inc_value(f"distributed/rejected/{key}")
+
+    def _stop(self, reason: str) -> None:
+        engine = self.crawler.engine
+        if engine is not None and engine.spider is not None:
+            self.stopping = asyncio.ensure_future(engine.close_spider_async(reason=reason))
 
     def _heartbeat_info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname(),
