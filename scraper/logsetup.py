@@ -4,7 +4,8 @@ Secrets: Scrapy logs its overridden settings at start, so ``-s
 META_STORE=mongodb://u:pw@h`` or ``-s AWS_SECRET_ACCESS_KEY=...`` would otherwise put
 the secret in the log. The extension collects the secret values from the settings
 and replaces them with ``***`` in every log record made after it is built (which is
-before that line).
+before that line): in the message, and in the traceback and stack a record carries
+(an exception's text may quote a URI, password included).
 
 Cost: Scrapy filters by LOG_LEVEL in its handler, so its loggers still build a
 record for every "Crawled (200)" and "Scraped from" DEBUG line, item repr included,
@@ -23,8 +24,10 @@ if TYPE_CHECKING:
 
     from scrapy.crawler import Crawler
 
-#: Settings whose whole value is a secret.
-SECRET_SETTINGS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "REDIS_PASSWORD")
+#: Settings whose whole value is a secret. (An access key id is not one by itself, but it
+#: names the account the secret key unlocks: it stays out of logs too.)
+SECRET_SETTINGS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                   "REDIS_PASSWORD")
 #: Settings holding URIs whose password part is a secret.
 URI_SETTINGS = ("BODY_STORE", "META_STORE", "REDIS_URL")
 
@@ -62,6 +65,13 @@ class LogSetup:
 
 
 _installed: set[str] = set()
+_formatter = logging.Formatter()
+
+
+def _redact(text: str) -> str:
+    for secret in sorted(_installed, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def install(secrets: list[str]) -> None:
@@ -79,9 +89,13 @@ def install(secrets: list[str]) -> None:
         except Exception:  # a broken format string: leave it to logging to report
             return record
         if any(secret in message for secret in _installed):
-            for secret in sorted(_installed, key=len, reverse=True):
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
+            record.msg, record.args = _redact(message), None
+        if record.exc_info and record.exc_info[0] is not None:
+            # Formatters print exc_text when it is set instead of formatting exc_info
+            # again: set it now, redacted. (Records with a traceback are rare: no cost.)
+            record.exc_text = _redact(_formatter.formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = _redact(record.stack_info)
         return record
 
     logging.setLogRecordFactory(redacting_factory)
