@@ -32,5 +32,8 @@ class PageItem:
     elapsed: float | None = None  # download latency, seconds
     error: str | None = None
     body_key: str | None = None  # set by BodyStorePipeline once the body is stored
+    # True while the body waits in BODY_STORE_SPOOL (the store refused it past every retry;
+    # body_key is None until `scrapy replay` stores it and clears this).
+    body_pending: bool = False
     body: bytes | None = field(default=None, repr=False)
 

@@ -5,7 +5,8 @@ pool of threads, the meta store on one writer thread fed with batches. (A local
 body folder is written in place: a 35 KB local write costs less than the thread
 hand-off, see BODY_STORE_FS_THREADS.) An item leaves BodyStorePipeline only once
 its body is stored, and MetaStorePipeline only once its batch is written, so a
-finished item is a stored item.
+finished item is a stored item. What a store still refuses after its retries is
+spooled to local disk (scraper/spool.py) for `scrapy replay`: nothing is dropped.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,8 +23,8 @@ from itemadapter import ItemAdapter
 from scrapy.exceptions import CloseSpider
 
 from scraper.retry import describe, with_backoff
+from scraper.spool import BodySpool, append_lines
 from scraper.stores import StoreError, build_body_store, build_meta_store, redact
-from scraper.stores.meta import dumps
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -68,17 +70,24 @@ async def _open_store(
 
 
 class BodyStorePipeline:
-    """Stores each 2xx body under its fingerprint and sets ``body_key``."""
+    """Stores each 2xx body under its fingerprint and sets ``body_key``.
+
+    A body the store still refuses after ``BODY_STORE_RETRY_TIMEOUT`` seconds (and
+    botocore's own retries) is spooled to ``BODY_STORE_SPOOL`` and its record marked
+    ``body_pending``; `scrapy replay` stores it later.
+    """
 
     def __init__(
         self, crawler: Crawler, uri: str, *, threads: int = 32, gzip: bool = False,
-        retry_timeout: float = 300,
+        retry_timeout: float = 300, spool: str = "data/body-spool",
     ) -> None:
         self.crawler = crawler
         self.uri = uri
         self.gzip = gzip
         self.retry_timeout = retry_timeout
         self.threads = threads
+        self.spool = BodySpool(spool)
+        self.spool_logged = 0.0
         self.executor: ThreadPoolExecutor | None = None
         self.store: BodyStore | None = None
 
@@ -87,17 +96,29 @@ class BodyStorePipeline:
         s = crawler.settings
         return cls(crawler, s.get("BODY_STORE"), threads=s.getint("BODY_STORE_THREADS"),
                    gzip=s.getbool("BODY_STORE_GZIP"),
-                   retry_timeout=s.getfloat("BODY_STORE_RETRY_TIMEOUT"))
+                   retry_timeout=s.getfloat("BODY_STORE_RETRY_TIMEOUT"),
+                   spool=s.get("BODY_STORE_SPOOL"))
 
     async def open_spider(self) -> None:
         self.store, self.executor = await _open_store(
             build_body_store, self.crawler, "BODY_STORE", self.uri, self.threads)
 
     async def close_spider(self) -> None:
+        stats = self.crawler.stats
+        assert stats is not None
         if self.store is not None:
+            # Retries made inside botocore (its "standard" mode), which our own stats miss.
+            sdk_retries = getattr(self.store, "sdk_retries", 0)
+            if sdk_retries:
+                stats.set_value("body_store/sdk_retries", sdk_retries)
             await _call(self.executor, self.store.close)
         if self.executor is not None:
             self.executor.shutdown(wait=True)
+        spooled = stats.get_value("body_store/spooled", 0)
+        if spooled:
+            logger.error("%(n)d bodies were spooled to %(spool)s (their records say "
+                         "body_pending): run `scrapy replay` with this crawl's settings once "
+                         "BODY_STORE is back", {"n": spooled, "spool": self.spool.root})
 
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
@@ -115,26 +136,60 @@ class BodyStorePipeline:
                 retry_on=self.store.transient_errors,
             )
         except Exception as exc:
-            # The record still goes to the meta store, saying the body is missing and why.
-            stats.inc_value("body_store/failed")
-            adapter["error"] = f"body not stored: {describe(exc)}"
-            logger.error("Body of %(url)s not stored: %(error)s",
-                         {"url": adapter.get("url"), "error": describe(exc)})
+            await self._spool(adapter, key, body, exc)
             return item
         stats.inc_value("body_store/stored")
         stats.inc_value("body_store/bytes", len(body))
         return item
+
+    def _stored_form(self, key: str, body: bytes) -> tuple[str, bytes, str | None]:
+        """The key, bytes and content encoding a body is stored with."""
+        if self.gzip:
+            return key + ".gz", gzip.compress(body, 6), "gzip"
+        return key, body, None
 
     async def _put(self, key: str, body: bytes, content_type: str | None) -> str:
         store = self.store
         assert store is not None
 
         def put() -> str:  # runs in an upload thread (if the store has any), gzip included
-            if self.gzip:
-                return store.put(key + ".gz", gzip.compress(body, 6), content_type, "gzip")
-            return store.put(key, body, content_type, None)
+            stored_key, data, encoding = self._stored_form(key, body)
+            return store.put(stored_key, data, content_type, encoding)
 
         return await _call(self.executor, put)
+
+    async def _spool(self, adapter: ItemAdapter, key: str, body: bytes,
+                     exc: Exception) -> None:
+        """Keep a body the store refused in the spool, with its record marked pending; if
+        even that fails, the record says the body is missing and why."""
+        stats = self.crawler.stats
+        assert stats is not None
+        adapter["body_pending"] = True
+        doc = {k: v for k, v in adapter.items() if k != "body"}
+        content_type = adapter.get("content_type")
+
+        def spool() -> None:
+            spool_key, data, encoding = self._stored_form(key, body)
+            self.spool.put(spool_key, data, content_type, encoding, doc)
+
+        try:
+            await _call(self.executor, spool)
+        except (OSError, ValueError) as spool_exc:
+            adapter["body_pending"] = False
+            stats.inc_value("body_store/failed")
+            adapter["error"] = f"body not stored: {describe(exc)}"
+            logger.error("Body of %(url)s not stored: %(error)s; not spooled either: "
+                         "%(spool_error)s", {"url": adapter.get("url"), "error": describe(exc),
+                                             "spool_error": describe(spool_exc)})
+            return
+        stats.inc_value("body_store/spooled")
+        now = time.monotonic()
+        if now - self.spool_logged > 5:  # one line every few seconds during an outage
+            self.spool_logged = now
+            logger.error("BODY_STORE still failing after %(timeout)ds of retries (%(error)s): "
+                         "bodies go to %(spool)s, %(n)d so far; `scrapy replay` stores them",
+                         {"timeout": self.retry_timeout, "error": describe(exc),
+                          "spool": self.spool.root, "n": stats.get_value("body_store/spooled")})
 
 
 class MetaStorePipeline:
@@ -186,6 +241,12 @@ class MetaStorePipeline:
             await _call(self.executor, self.store.close)
         if self.executor is not None:
             self.executor.shutdown(wait=True)
+        stats = self.crawler.stats
+        spooled = stats.get_value("meta_store/spooled", 0) if stats is not None else 0
+        if spooled:
+            logger.error("%(n)d meta documents were spooled to %(spool)s: run `scrapy replay` "
+                         "with this crawl's settings once META_STORE is back",
+                         {"n": spooled, "spool": self.spool})
 
     async def process_item(self, item: Any) -> Any:
         doc = {k: v for k, v in ItemAdapter(item).items() if k != "body"}
@@ -251,6 +312,4 @@ class MetaStorePipeline:
         done.set_result(None)
 
     def _spool(self, docs: list[dict[str, Any]]) -> None:
-        self.spool.parent.mkdir(parents=True, exist_ok=True)
-        with self.spool.open("a", encoding="utf-8") as f:
-            f.write("".join(dumps(doc) + "\n" for doc in docs))
+        append_lines(self.spool, docs)

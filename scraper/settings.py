@@ -21,8 +21,11 @@ BODY_STORE_THREADS = 32        # upload threads; botocore's max_pool_connections
 BODY_STORE_FS_THREADS = 0      # a local folder is written on the reactor thread: cheaper than a
                                # thread hand-off per file; >0 for a network filesystem
 BODY_STORE_GZIP = False        # gzip bodies (key gets ".gz", S3 ContentEncoding: gzip)
-BODY_STORE_RETRY_TIMEOUT = 300  # seconds an item keeps retrying a failing store before it is
-                                # recorded as failed; the crawl slows down meanwhile (back pressure)
+BODY_STORE_RETRY_TIMEOUT = 300  # seconds an item keeps retrying a failing store before its
+                                # body is spooled; the crawl slows down meanwhile (back pressure)
+BODY_STORE_S3_MAX_ATTEMPTS = 5  # botocore's tries per upload, the first included ("standard" mode)
+BODY_STORE_SPOOL = "data/body-spool"  # bodies the store still refused after the retries: their
+                                      # records say body_pending; `scrapy replay` stores them
 BODY_STORES: dict[str, str] = {}  # extra schemes: {"gs": "mypkg.GCSBodyStore"}
 
 # Where meta documents go: "mongodb://host:27017/db" or a local JSON Lines file (the default).
@@ -55,7 +58,7 @@ REDIS_WAIT_FOR_START_URLS = False  # True: never close, wait for new start URLs 
 REDIS_DUPEFILTER = "set"        # "bloom": bounded memory, REDIS_BLOOM_ERROR_RATE false "seen"s
 REDIS_BLOOM_CAPACITY = 100_000_000
 REDIS_BLOOM_ERROR_RATE = 0.001  # 1e8 requests at 1e-3: a 180 MB bitmap, 10 bits per request
-COMMANDS_MODULE = "scraper.commands"  # scrapy seed, scrapy status
+COMMANDS_MODULE = "scraper.commands"  # scrapy seed, scrapy status, scrapy replay
 
 # --- Concurrency ---------------------------------------------------------------------------
 # CONCURRENT_REQUESTS_PER_DOMAIN follows CONCURRENT_REQUESTS unless you set it yourself

@@ -84,8 +84,10 @@ class S3BodyStore:
 
     Endpoint, region and credentials come from Scrapy's ``AWS_*`` settings when set,
     else from boto3's own chain (``AWS_ACCESS_KEY_ID``... environment variables,
-    ``~/.aws``, instance roles). botocore retries throttling and 5xx itself; what still
-    fails after that is retried by the pipeline, with a longer backoff.
+    ``~/.aws``, instance roles). botocore retries throttling, 5xx and dropped
+    connections itself (``standard`` mode, ``BODY_STORE_S3_MAX_ATTEMPTS`` tries, counted
+    in ``sdk_retries``); what still fails after that is retried by the pipeline, with a
+    longer backoff, then spooled.
     """
 
     transient_errors: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
@@ -116,6 +118,9 @@ class S3BodyStore:
         self.max_attempts = max_attempts
         self.timeout = timeout
         self.client: Any = None
+        self.attempts = 0  # HTTP requests sent for put(), retries included
+        self.puts = 0
+        self.lock = threading.Lock()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, uri: str) -> Self:
@@ -131,6 +136,7 @@ class S3BodyStore:
             endpoint_url=s.get("AWS_ENDPOINT_URL") or None,
             region_name=s.get("AWS_REGION_NAME") or None,
             credentials=credentials,
+            max_attempts=s.getint("BODY_STORE_S3_MAX_ATTEMPTS", 5),
         )
 
     def open(self) -> None:
@@ -139,7 +145,8 @@ class S3BodyStore:
 
         config = Config(
             max_pool_connections=self.threads,  # one connection per upload thread
-            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            # total_max_attempts counts the first try; botocore's max_attempts would not.
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
             connect_timeout=self.timeout,
             read_timeout=self.timeout,
         )
@@ -147,6 +154,7 @@ class S3BodyStore:
             "s3", endpoint_url=self.endpoint_url, region_name=self.region_name,
             config=config, **self.credentials,
         )
+        self.client.meta.events.register("before-send.s3.PutObject", self._count_attempt)
         where = f"s3://{self.bucket}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
         try:
             self.client.head_bucket(Bucket=self.bucket)
@@ -161,8 +169,20 @@ class S3BodyStore:
         except BotoCoreError as exc:
             raise StoreError(f"S3 bucket {where} unreachable: {type(exc).__name__}") from None
 
+    def _count_attempt(self, **_: Any) -> None:  # returns None: botocore sends the request
+        with self.lock:
+            self.attempts += 1
+
+    @property
+    def sdk_retries(self) -> int:
+        """Upload requests botocore sent again (throttled, 5xx, connection lost)."""
+        with self.lock:
+            return max(0, self.attempts - self.puts)
+
     def put(self, key: str, body: bytes, content_type: str | None, encoding: str | None) -> str:
         object_key = self.prefix + check_key(key)
+        with self.lock:
+            self.puts += 1
         extra = {"ContentType": content_type or "application/octet-stream"}
         if encoding:
             extra["ContentEncoding"] = encoding
