@@ -12,6 +12,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 
 from scraper.commands.replay import replay
 from scraper.spiders.listing import ListingSpider
-from scraper.spool import BodySpool, count_lines
+from scraper.spool import BodySpool, append_lines, count_lines, read_lines, take_lines
 from scraper.stores.meta import MongoMetaStore
 from scraper.testsite import render_child
 from tests.conftest import (
@@ -250,14 +251,18 @@ class FlakyCollection:
     def __init__(self, collection: Any, failures: int) -> None:
         self.collection = collection
         self.failures = failures  # calls that fail from now on; -1: every call ("down")
+        self.first_batch_only = False  # True: only the first batch written meets the failures
+        self.first_batch: str | None = None
         self.calls: list[tuple[str, float, bool]] = []  # (batch's first id, when, failed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.collection, name)
 
     def bulk_write(self, ops: list[Any], **kwargs: Any) -> Any:
-        failing = self.failures != 0
-        self.calls.append((ops[0]._filter["_id"], time.monotonic(), failing))
+        batch = ops[0]._filter["_id"]
+        self.first_batch = self.first_batch or batch
+        failing = self.failures != 0 and (not self.first_batch_only or batch == self.first_batch)
+        self.calls.append((batch, time.monotonic(), failing))
         if failing:
             self.failures -= 1 if self.failures > 0 else 0
             raise self.ERRORS[len(self.calls) % len(self.ERRORS)]()
@@ -296,7 +301,8 @@ async def test_mongo_write_errors_are_retried_with_backoff_and_nothing_is_lost(
 
     def open_then_fail_four_writes(self: MongoMetaStore) -> None:
         original_open(self)
-        self.collection.failures = 4
+        self.collection.failures = 4  # of the first batch, so its gaps show the backoff
+        self.collection.first_batch_only = True
 
     monkeypatch.setattr(MongoMetaStore, "open", open_then_fail_four_writes)
     crawler = await crawl(site.listing_url(n), **mongo_args(mongo_uri, tmp_path))
@@ -309,15 +315,12 @@ async def test_mongo_write_errors_are_retried_with_backoff_and_nothing_is_lost(
     assert not (tmp_path / "meta-spool.jsonl").exists()
     (collection,) = flaky
     assert sum(failed for _, _, failed in collection.calls) == 4
-    # Backoff: a batch's attempts are at least 0.5 s, 1 s, 2 s... apart.
-    attempts: dict[str, list[float]] = {}
-    for batch, when, _ in collection.calls:
-        attempts.setdefault(batch, []).append(when)
-    gaps = [[b - a for a, b in itertools.pairwise(times)] for times in attempts.values()]
-    assert any(gaps)
-    for batch_gaps in gaps:
-        for i, gap in enumerate(batch_gaps):
-            assert gap >= 0.5 * 2**i * 0.9, gaps
+    # Backoff: the first batch's 5 attempts are at least 0.5 s, 1 s, 2 s, 4 s apart.
+    times = [when for batch, when, _ in collection.calls if batch == collection.first_batch]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) == 4
+    for i, gap in enumerate(gaps):
+        assert 0.5 * 2**i * 0.9 <= gap < 0.5 * 2**i + 5, gaps
 
 
 @deferred_f_from_coro_f
@@ -375,6 +378,30 @@ async def test_mongo_down_until_close_spools_the_batches_and_replay_writes_them(
     assert said == [f"Nothing to replay: META_STORE_SPOOL {spool} and BODY_STORE_SPOOL "
                     f"{tmp_path / 'body-spool'} are empty."]
     assert pages.count_documents({}) == n
+
+
+def test_meta_spool_taken_while_crawls_append_loses_no_line(tmp_path: Path) -> None:
+    """Replay takes the meta spool away while several writers append: every line written
+    ends in exactly one taken file."""
+    spool = tmp_path / "meta-spool.jsonl"
+    written = 4 * 200
+
+    def writer(w: int) -> None:
+        for i in range(200):
+            append_lines(spool, [{"fingerprint": f"{w:02x}{i:038x}", "n": i}])
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    taken: list[str] = []
+    while any(t.is_alive() for t in threads) or spool.exists():
+        path = take_lines(spool)
+        if path is not None:
+            docs, bad = read_lines(path)
+            assert bad == 0
+            taken += [d["fingerprint"] for d in docs]
+            path.unlink()
+    assert len(taken) == len(set(taken)) == written
 
 
 def test_replay_needs_no_arguments() -> None:
