@@ -182,10 +182,11 @@ def take_lines(path: Path) -> Path | None:
     return taken
 
 
-def read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The meta documents of a taken spool file, and how many of its lines are unreadable
-    (a line cut by a crash, or not a document: kept, and reported)."""
-    docs, bad = [], 0
+def read_lines(path: Path) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The meta documents of a taken spool file, and its lines that are not one (a line cut
+    by a crash, say)."""
+    docs: list[dict[str, Any]] = []
+    bad: list[bytes] = []
     with path.open("rb") as f:
         for line in f:
             if not line.strip():
@@ -193,13 +194,18 @@ def read_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
             try:
                 doc = json.loads(line)
             except ValueError:
-                bad += 1
+                bad.append(line)
                 continue
             if isinstance(doc, dict) and isinstance(doc.get("fingerprint"), str):
                 docs.append(revive(doc))
             else:
-                bad += 1
+                bad.append(line)
     return docs, bad
+
+
+def rejected_path(path: Path) -> Path:
+    """Where replay keeps the lines of the meta spool ``path`` that are not documents."""
+    return path.with_name(path.name + ".rejected")
 
 
 def count_lines(path: Path) -> int:

@@ -398,10 +398,40 @@ def test_meta_spool_taken_while_crawls_append_loses_no_line(tmp_path: Path) -> N
         path = take_lines(spool)
         if path is not None:
             docs, bad = read_lines(path)
-            assert bad == 0
+            assert not bad
             taken += [d["fingerprint"] for d in docs]
             path.unlink()
     assert len(taken) == len(set(taken)) == written
+
+
+@deferred_f_from_coro_f
+async def test_a_cut_line_in_the_meta_spool_is_set_aside_and_the_rest_replayed(
+    tmp_path: Path,
+) -> None:
+    """A crash mid-append leaves half a line: replay writes the documents, moves the line to
+    `<spool>.rejected`, says so and fails once; the next replay has nothing left to do."""
+    spool = tmp_path / "meta-spool.jsonl"
+    docs = [{"fingerprint": f"{i:040x}", "url": f"http://x/{i}",
+             "fetched_at": "2026-11-27T12:00:00+00:00"} for i in range(3)]
+    append_lines(spool, docs)
+    with spool.open("ab") as f:
+        f.write(b'{"fingerprint": "cut')
+    settings = project_settings(META_STORE=str(tmp_path / "meta.jsonl"),
+                                META_STORE_SPOOL=str(spool),
+                                BODY_STORE=str(tmp_path / "bodies"),
+                                BODY_STORE_SPOOL=str(tmp_path / "body-spool"))
+    said: list[str] = []
+    report = await replay(settings, say=said.append)
+    assert not report.ok and report.meta_written == 3 and report.meta_left == 0
+    assert [d["fingerprint"] for d in read_jsonl(tmp_path / "meta.jsonl")] == [
+        d["fingerprint"] for d in docs]
+    assert (tmp_path / "meta-spool.jsonl.rejected").read_bytes() == b'{"fingerprint": "cut\n'
+    assert any("1 line(s) are not meta documents" in line for line in said), said
+    assert not spool.exists()
+
+    said.clear()
+    report = await replay(settings, say=said.append)
+    assert report.ok and said[0].startswith("Nothing to replay")
 
 
 def test_replay_needs_no_arguments() -> None:

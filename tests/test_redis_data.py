@@ -60,6 +60,8 @@ def plant(client: redis.Redis, site: Site, tmp_path: Path) -> None:
         "8 " + json.dumps(["url", page0]): -5,
         "9 " + deep: -5,
         "10 " + json.dumps({"url": page0, "encoding": "no-such-codec"}): -5,
+        "11 " + json.dumps({"url": page0}): -5,  # Scrapy would call parse: none here
+        "12 " + json.dumps({"url": page0, "callback": "parse"}): -5,
         "nospace": -5,
     })
     # Expired leases: what they hold goes back to requests / start_urls, or to :dead.
@@ -116,10 +118,10 @@ def test_planted_entries_are_rejected_logged_and_run_no_code(
     assert_stored_once(site, tmp_path, 300)
     rejected = {key.rsplit("/", 1)[1]: n for key, n in stats.items()
                 if key.startswith("distributed/rejected/")}
-    assert rejected == {"start_urls": 8, "requests": 12, "leased": 4, "leases": 1, "nodes": 5}
+    assert rejected == {"start_urls": 8, "requests": 14, "leased": 4, "leases": 1, "nodes": 5}
     assert text.count("that is not ours") == sum(rejected.values())
     for reason in ("not JSON", "not UTF-8", "is over", "not a request", "not a callback",
-                   "not an http(s) URL", "too deeply nested", "no lease data",
+                   "not an http(s) URL", "too deeply nested", "no lease data", "no callback",
                    "not a heartbeat"):
         assert reason in text, reason
     # Nothing planted is left where a node would read it again.

@@ -32,7 +32,14 @@ from scrapy.utils.log import configure_logging
 
 from scraper.logsetup import install, secrets_in
 from scraper.retry import describe, with_backoff
-from scraper.spool import BodySpool, SpooledBody, count_lines, read_lines, take_lines
+from scraper.spool import (
+    BodySpool,
+    SpooledBody,
+    count_lines,
+    read_lines,
+    rejected_path,
+    take_lines,
+)
 from scraper.stores import StoreError, build_body_store, build_meta_store, redact
 
 if TYPE_CHECKING:
@@ -45,6 +52,8 @@ if TYPE_CHECKING:
 #: Rounds of "take the meta spool, write it": a crawl appending all the time cannot keep a
 #: replay going forever.
 MAX_META_ROUNDS = 10
+#: Bodies that failed, one line each, before the summary's count says the rest.
+MAX_ERRORS_SHOWN = 10
 
 
 @dataclass
@@ -158,19 +167,22 @@ async def _replay_meta(stores: _Stores, spool: Path, timeout: float, report: Rep
         docs, bad = read_lines(taken)
         try:
             for start in range(0, len(docs), batch_size):
-                await _write_meta(stores, docs[start:start + batch_size], timeout)
+                batch = docs[start:start + batch_size]
+                await _write_meta(stores, batch, timeout)
+                report.meta_written += len(batch)
         except Exception as exc:
             report.errors.append(f"META_STORE: {_describe(exc)}")
             say(f"META_STORE {redact(stores.crawler.settings['META_STORE'])} did not take the "
                 f"spooled documents: {_describe(exc)}; they stay in {taken}")
             return False
-        report.meta_written += len(docs)
         if bad:
-            # Written what could be read; the file stays for a person to look at.
-            report.errors.append(f"{taken}: {bad} unreadable line(s)")
-            say(f"{taken}: {bad} line(s) are not meta documents; the file is kept, look at it "
-                "and remove it")
-            return True
+            # Kept aside for a person to look at; the next replay goes on without them.
+            rejected = rejected_path(spool)
+            with rejected.open("ab") as f:
+                f.writelines(line if line.endswith(b"\n") else line + b"\n" for line in bad)
+            report.errors.append(f"{spool}: {len(bad)} unreadable line(s)")
+            say(f"{spool}: {len(bad)} line(s) are not meta documents (a line cut by a crash?); "
+                f"moved to {rejected}")
         taken.unlink()
     return True
 
@@ -210,7 +222,8 @@ async def _replay_bodies(stores: _Stores, spool: BodySpool, threads: int, timeou
         for entry, result in zip(entries, results, strict=True):
             if isinstance(result, BaseException):
                 report.errors.append(f"BODY_STORE: {_describe(result)}")
-                say(f"Body {entry.key} not stored: {_describe(result)}")
+                if len(report.errors) <= MAX_ERRORS_SHOWN:  # the count is in the summary
+                    say(f"Body {entry.key} not stored: {_describe(result)}")
                 continue
             entry.doc.update(body_key=result, body_pending=False)
             stored.append(entry)

@@ -74,6 +74,9 @@ def decode(text: str, spider: Spider) -> Request:
         name = d.get(attr)
         if name is not None and not _is_callback(spider, name):
             raise BadEntry(f"{attr} {str(name)[:60]!r} is not a callback of the spider")
+    if d.get("callback") is None and not _is_callback(spider, "parse"):
+        # Scrapy would call spider.parse, which this spider does not define.
+        raise BadEntry(f"request with no callback, and the spider has no parse: {text[:60]!r}")
     if "_class" in d and _request_class(d["_class"]) is None:
         raise BadEntry(f"_class {str(d['_class'])[:100]!r} is not a request class of this crawl")
     try:
@@ -99,13 +102,14 @@ def _load(text: str) -> Any:
 
 
 def _is_callback(spider: Spider, name: Any) -> bool:
-    """A public method of the spider's own class (Spider's own methods but ``parse`` are not
-    callbacks: ``start``, ``close``, ``from_crawler``...)."""
+    """A public method of the spider's own class: not one of Spider's (``start``, ``close``,
+    ``from_crawler``...), but ``parse`` where the spider defines it."""
     if not isinstance(name, str) or name.startswith("_"):
         return False
-    if name != "parse" and hasattr(Spider, name):
+    method = getattr(type(spider), name, None)
+    if not callable(method) or method is getattr(Spider, name, None):
         return False
-    return callable(getattr(type(spider), name, None))
+    return name == "parse" or not hasattr(Spider, name)
 
 
 def _request_class(path: Any) -> type[Request] | None:
