@@ -109,7 +109,9 @@ class FaultProxy:
     async def _start(self) -> None:
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_route("*", "/{path:.*}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # auto_decompress=False: a gzip body (BODY_STORE_GZIP) is forwarded as sent, not inflated.
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                    auto_decompress=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0, backlog=1024)
         await site.start()

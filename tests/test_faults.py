@@ -7,6 +7,7 @@ meta batches are spooled on disk) and `scrapy replay` stores them later.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import os
@@ -209,6 +210,42 @@ async def test_s3_down_past_every_retry_spools_bodies_and_replay_stores_them(
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Nothing to replay" in again.stdout
     assert read_jsonl(tmp_path / "meta.jsonl") == docs
+
+
+@deferred_f_from_coro_f
+async def test_gzip_bodies_are_spooled_and_replayed_as_they_would_have_been_stored(
+    site: Site, moto: Server, bucket: str, tmp_path: Path
+) -> None:
+    n = 12
+    moto_url = f"http://127.0.0.1:{moto.port}"
+    with FaultProxy(moto_url) as proxy:
+        settings = s3_args(proxy.url, bucket, tmp_path, BODY_STORE_GZIP=True,
+                           BODY_STORE_S3_MAX_ATTEMPTS=1, BODY_STORE_RETRY_TIMEOUT=0.5)
+
+        def s3_goes_down() -> None:
+            proxy.down = True
+
+        crawler = Crawler(ListingSpider, project_settings(**settings))
+        crawler.signals.connect(s3_goes_down, signal=signals.spider_opened)
+        await crawler.crawl_async(url=site.listing_url(n))
+        assert crawler.stats.get_value("body_store/spooled") == n
+        assert sorted(p.name for p in BodySpool(tmp_path / "body-spool").paths()) == sorted(
+            d["fingerprint"] + ".gz" for d in read_jsonl(tmp_path / "meta.jsonl"))
+
+        proxy.down = False
+        said: list[str] = []
+        report = await replay(project_settings(**settings), say=said.append)
+        assert report.ok and report.bodies_stored == n, said
+
+    client = s3_client(moto_url)
+    docs = read_jsonl(tmp_path / "meta.jsonl")
+    assert len(docs) == n
+    for doc in docs:
+        assert doc["body_key"] == f"pages/{doc['fingerprint']}.gz" and not doc["body_pending"]
+        obj = client.get_object(Bucket=bucket, Key=doc["body_key"])
+        assert obj["ContentEncoding"] == "gzip"
+        assert obj["ContentType"] == "text/html; charset=utf-8"
+        assert gzip.decompress(obj["Body"].read()) == render_child(page_name(doc))
 
 
 @deferred_f_from_coro_f
