@@ -61,6 +61,8 @@ def main() -> None:
         "META_STORE": args.meta_store or str(args.out / "meta.jsonl"),
         "META_STORE_SPOOL": str(args.out / "spool.jsonl"),
         "LOG_LEVEL": "WARNING",
+        # The test site is on 127.0.0.1, which the SSRF guard refuses unless allowed.
+        "ALLOWED_NETWORKS": ["127.0.0.1/32"],
     }
     if args.no_storage:
         overrides["ITEM_PIPELINES"] = {}

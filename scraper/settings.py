@@ -93,6 +93,7 @@ DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.redirect.MetaRefreshMiddleware": None,
     "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
     "scraper.middlewares.ListingRedirectMiddleware": 600,
+    "scraper.ssrf.SsrfGuard": 50,  # first: nothing else works on a request it refuses
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,
     "scrapy.downloadermiddlewares.httpproxy.HttpProxyMiddleware": None,
 }
@@ -110,6 +111,14 @@ EXTENSIONS = {
 # ~1 s of GC per 10,000 pages, 200,000 costs 0.03 s (stats gc/*); [] keeps Python's.
 GC_THRESHOLDS = [200000, 10, 10]
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines; 0 turns them off
+
+# --- Safety (scraper/ssrf.py) --------------------------------------------------------------
+# Requests and redirects to loopback, private, link-local (169.254.169.254: cloud metadata),
+# multicast or reserved addresses are refused, checked after DNS resolution, unless their
+# network is listed here (CIDRs). Env SCRAPER_ALLOWED_NETWORKS: comma-separated; the tests,
+# the demo and the benchmarks crawl the local test site with 127.0.0.1/32.
+ALLOWED_NETWORKS = [network.strip() for network in
+                    os.environ.get("SCRAPER_ALLOWED_NETWORKS", "").split(",") if network.strip()]
 
 # --- Politeness ----------------------------------------------------------------------------
 # The crawl is meant for sites you own or may load hard; for anyone else's site lower

@@ -27,6 +27,12 @@ from scraper.testsite import Listing, free_port, render_child, wait_for_port
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+# The SSRF guard (scraper/ssrf.py) refuses loopback addresses unless allowed: every test crawls
+# the test site on 127.0.0.1. scraper.settings reads this when first imported (not yet: see
+# project_settings()), and `scrapy crawl` subprocesses inherit it. Tests of the guard override
+# ALLOWED_NETWORKS themselves.
+os.environ["SCRAPER_ALLOWED_NETWORKS"] = "127.0.0.1/32"
+
 ROOT = Path(__file__).resolve().parent.parent
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret-key"}
 
