@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scrapy import Request
 from scrapy.http import HtmlResponse
@@ -166,9 +166,6 @@ def test_classify_link_never_raises_and_keeps_only_same_site_http(href: str,
         assert "#" not in url
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "classify_link reads the host with urlsplit, which stops the host at '@'; Scrapy's "
-    "Request (w3lib, WHATWG rules) ends it at the backslash: the request goes off-site"))
 @pytest.mark.parametrize("href", ["http://other.test\\@site.test/",
                                   "http://other.test\\x@site.test:80/p"])
 def test_a_backslash_in_the_authority_does_not_take_a_link_off_site(href: str) -> None:
@@ -177,28 +174,12 @@ def test_a_backslash_in_the_authority_does_not_take_a_link_off_site(href: str) -
     assert all(urlsplit(r.url).hostname == "site.test" for r in out), [r.url for r in out]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "parse_list reads every attribute of each <a>/<link> (parsel's .attrib); lxml raises "
-    "ValueError on an attribute name it cannot encode, and all the page's links are lost"))
 @pytest.mark.parametrize("body", [b'<a rel="next" href=0\r{></a><a href="/p/1">1</a>',
                                   b'<a href="/p/1" \x1f>1</a>'])
 def test_an_anchor_with_a_broken_attribute_name_does_not_lose_the_page(body: bytes) -> None:
     spider = make_spider()
     out = parse(spider, "http://site.test/list", (body, "text/html"))
     assert [r.url for r in out if r.callback == spider.parse_child] == ["http://site.test/p/1"]
-
-
-def trips_known_bugs(page: tuple[bytes, str]) -> bool:
-    """Whether ``page`` has an <a>/<link> whose attributes lxml cannot read: the case of
-    test_an_anchor_with_a_broken_attribute_name_does_not_lose_the_page, left out of the
-    properties below until it is fixed."""
-    response = HtmlResponse("http://site.test/", body=page[0], headers={"Content-Type": page[1]})
-    for anchor in response.xpath("//a[@href] | //link[@href]"):
-        try:
-            anchor.attrib  # noqa: B018 - raises ValueError on such a name
-        except ValueError:
-            return True
-    return False
 
 
 @settings(max_examples=200, deadline=None, database=None,
@@ -208,7 +189,6 @@ def trips_known_bugs(page: tuple[bytes, str]) -> bool:
 def test_link_extraction_never_raises_and_yields_each_same_site_url_once(
     page: tuple[bytes, str]
 ) -> None:
-    assume(not trips_known_bugs(page))
     spider = make_spider()
     list_url = "http://site.test/shop/list?page=1"
     out = parse(spider, list_url, page)
@@ -290,7 +270,6 @@ async def test_every_discovered_link_of_a_generated_list_page_ends_as_one_record
     pages: PageServer, data: st.DataObject
 ) -> None:
     page = data.draw(list_pages(urlsplit(pages.base).netloc))  # 127.0.0.1:port
-    assume(not trips_known_bugs(page))
     path = f"/list-{data.draw(st.integers(0, 10**9))}"
     pages.pages[path] = (page[1], page[0])
     list_url = pages.base + path
@@ -298,8 +277,6 @@ async def test_every_discovered_link_of_a_generated_list_page_ends_as_one_record
     spider = make_spider()
     expected = {r.cb_kwargs["fingerprint"]: r.url
                 for r in parse(spider, list_url, page) if r.callback == spider.parse_child}
-    # A link to the list page itself is left out: test_a_list_page_linking_to_itself_...
-    expected.pop(spider.crawler.request_fingerprinter.fingerprint(Request(list_url)).hex(), None)
 
     with tempfile.TemporaryDirectory() as folder:
         stores = local_stores(Path(folder))
@@ -313,9 +290,6 @@ async def test_every_discovered_link_of_a_generated_list_page_ends_as_one_record
     assert {d["fingerprint"]: d["url"] for d in docs} == expected
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a link from a list page to itself is counted as a child (listing/children) but the "
-    "dupefilter drops its request (same fingerprint as the list page): it gets no record"))
 @deferred_f_from_coro_f
 async def test_a_list_page_linking_to_itself_counts_only_children_it_stores(
     pages: PageServer, tmp_path: Path
@@ -417,9 +391,6 @@ async def test_a_child_over_download_maxsize_without_content_length_ends_as_one_
     assert crawler.stats.get_value("listing/child_failed") == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Scrapy cancels the download without a message when the body outgrows DOWNLOAD_MAXSIZE "
-    "as it arrives: the record says only 'DownloadCancelledError'"))
 @deferred_f_from_coro_f
 async def test_a_streamed_child_over_download_maxsize_says_why(
     pages: PageServer, tmp_path: Path

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 from scrapy import Request, Spider
-from scrapy.exceptions import CloseSpider
+from scrapy.exceptions import CloseSpider, DownloadCancelledError
 from scrapy.http import TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError
+from w3lib.url import safe_url_string
 
 from scraper.distributed.tracking import request_done
 from scraper.items import PageItem
@@ -53,7 +54,9 @@ def classify_link(href: str | None, page_url: str) -> tuple[str | None, str]:
     if href.startswith("#"):
         return None, "fragment"
     try:
-        url = urldefrag(urljoin(page_url, href)).url
+        # As the Request will read it (w3lib, WHATWG rules: "a\\@b" is host a, path /@b):
+        # the host checked below is the host that will be fetched.
+        url = safe_url_string(urldefrag(urljoin(page_url, href)).url)
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
@@ -160,30 +163,40 @@ class ListingSpider(Spider):
                          {"url": response.url, "type": response.headers.get("Content-Type")})
             stats.inc_value("listing/list_not_html")
             return
-        pager: set[str] = set()
+        fingerprint = self.crawler.request_fingerprinter.fingerprint
+        # Links are told apart as the dupefilter tells requests apart, by fingerprint: a
+        # child that only the dupefilter saw as a repeat (of the list page itself, of a
+        # pager link, of another child) would be counted and never get a record.
+        list_pages = {fingerprint(Request(response.url))}
+        if response.request is not None:
+            list_pages.add(fingerprint(response.request))
         for a in response.xpath("//a[@href] | //link[@href]"):
-            if _PAGER_RELS & set((a.attrib.get("rel") or "").lower().split()):
-                url, _ = classify_link(a.attrib["href"], response.url)
+            # The element's own get(), not parsel's .attrib: that reads every attribute,
+            # and lxml raises on a name it cannot encode, which would lose the whole page.
+            rels = set((a.root.get("rel") or "").lower().split())
+            if _PAGER_RELS & rels:
+                url, _ = classify_link(a.root.get("href"), response.url)
                 if url:
-                    pager.add(url)
-                    if "next" in (a.attrib.get("rel") or "").lower().split():
+                    list_pages.add(fingerprint(Request(url)))
+                    if "next" in rels:
                         yield from self._next_page(url)
-        seen: set[str] = set()
+        seen: set[bytes] = set()
         for href in self._child_hrefs(response):
             url, reason = classify_link(href, response.url)
-            if url is not None and url in pager:
-                continue
-            if url is not None and url in seen:
-                reason = "duplicate"
-            if url is None or reason != "ok":
+            if url is None:
                 stats.inc_value(f"listing/links_skipped/{reason}")
                 continue
-            seen.add(url)
-            stats.inc_value("listing/children")
             request = Request(url, callback=self.parse_child, errback=self.child_failed,
                               cb_kwargs={"listing_url": response.url})
-            request.cb_kwargs["fingerprint"] = self.crawler.request_fingerprinter.fingerprint(
-                request).hex()
+            key = fingerprint(request)
+            if key in list_pages:
+                continue  # this list page, or its pagination: not a child
+            if key in seen:
+                stats.inc_value("listing/links_skipped/duplicate")
+                continue
+            seen.add(key)
+            stats.inc_value("listing/children")
+            request.cb_kwargs["fingerprint"] = key.hex()
             yield request
 
     def _next_page(self, url: str) -> Iterator[Request]:
@@ -244,7 +257,8 @@ class ListingSpider(Spider):
             url=_original_url(request),
             listing_url=request.cb_kwargs["listing_url"],
             fetched_at=datetime.now(UTC),
-            error=_describe(failure),
+            error=_describe(failure, request.meta.get(
+                "download_maxsize", self.crawler.settings.getint("DOWNLOAD_MAXSIZE"))),
         )
         if failure.check(HttpError):
             response = failure.value.response
@@ -272,7 +286,12 @@ def _original_url(request: Request) -> str:
     return str(redirects[0]) if redirects else request.url
 
 
-def _describe(failure: Failure) -> str:
+def _describe(failure: Failure, maxsize: int = 0) -> str:
     if failure.check(HttpError):
         return f"HTTP {failure.value.response.status}"
+    if failure.check(DownloadCancelledError) and not str(failure.value) and maxsize:
+        # Scrapy cancels a body that outgrows DOWNLOAD_MAXSIZE as it arrives (no
+        # Content-Length to refuse it up front) without a message; only a warning says why.
+        return (f"DownloadCancelledError: response larger than download max size ({maxsize}) "
+                "as it arrived")
     return describe(failure.value)
