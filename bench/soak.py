@@ -19,6 +19,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -117,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.soak " + " ".join(argv if argv is not None else sys.argv[1:])
 
     shm = Path("/dev/shm")
-    out = (shm if shm.is_dir() else OUT) / "scraper-soak"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    # A folder of this run's own: a soak beside another (or its smoke test) must not
+    # write into, or delete, the other's stores.
+    out = Path(tempfile.mkdtemp(prefix="scraper-soak-", dir=shm if shm.is_dir() else OUT))
     port = free_port()
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
     site = Service([sys.executable, "-m", "scraper.testsite", "--port", str(port), "--pages",
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         site.stop()
     text, ok = report(args, samples, verdict, command)
-    (OUT / "soak-samples.json").write_text(json.dumps(samples))
+    (OUT / f"soak-samples-{args.n}.json").write_text(json.dumps(samples))
     shutil.rmtree(out, ignore_errors=True)
     write_section(args.results, "soak", text)
     print(text)

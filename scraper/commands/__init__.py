@@ -1,5 +1,6 @@
 """Scrapy commands of the project: `scrapy seed` and `scrapy status` for distributed crawls,
-and `scrapy crawl` with an exit code that says when the crawl could not start."""
+`scrapy replay` for what the stores refused, and `scrapy crawl` with an exit code that says
+when the crawl could not start."""
 
 from __future__ import annotations
 
