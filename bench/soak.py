@@ -1,6 +1,7 @@
 """Soak: one long crawl at high concurrency, its memory sampled from start to end.
 
     python -m bench.soak --n 100000 --concurrency 1000 [--latency-ms 100] [--bound 0.15]
+        [--redis --section soak-distributed]
 
 Runs ours (bench/run_ours.py, the embedded local stores on tmpfs) over the test site,
 samples the RSS of the crawl's process tree and the pages stored every second, and
@@ -35,11 +36,11 @@ def count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def crawl(url: str, c: int, out: Path, timeout: float,
+def crawl(url: str, c: int, out: Path, timeout: float, settings: list[str],
           ) -> tuple[int, list[tuple[float, int, float]]]:
     """Run the crawl; return its exit code and samples (seconds, pages stored, RSS MB)."""
     cmd = [sys.executable, "-m", "bench.run_ours", "--url", url, "--concurrency", str(c),
-           "--out", str(out)]
+           "--out", str(out), *(x for setting in settings for x in ("-s", setting))]
     env = {**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
     samples = []
     started = time.monotonic()
@@ -91,9 +92,10 @@ def report(args: argparse.Namespace, samples: list[tuple[float, int, float]], ve
     growth = (peak - base) / base if steady else float("nan")
     ok = bool(steady) and growth <= args.bound and not verdict.startswith("FAILED")
     rate = n / samples[-1][0] if samples else float("nan")
+    mode = "one distributed node (REDIS_URL)" if args.redis else "one node, in-memory scheduler"
     text = (f"Measured with:\n\n    {command}\n\n"
             f"Test site latency {args.latency_ms} ms, {args.per_page} links per list page, "
-            f"CONCURRENT_REQUESTS={args.concurrency}; local stores on tmpfs; RSS of the "
+            f"CONCURRENT_REQUESTS={args.concurrency}; {mode}; local stores on tmpfs; RSS of the "
             f"crawl's process tree sampled every second.\n\n" + "\n".join(rows) + "\n\n"
             f"Steady state from {args.warmup:.0%} of the pages: RSS {base:.0f} MB, highest "
             f"{peak:.0f} MB after it, growth **{growth:+.1%}** (bound: {args.bound:.0%}) — "
@@ -114,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="allowed RSS growth after the warm-up, as a fraction")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--section", default="soak", help="the marked block of --results")
+    parser.add_argument("--redis", action="store_true",
+                        help="one distributed node on a fresh redis-server (queue in Redis)")
     args = parser.parse_args(argv)
     command = "python -m bench.soak " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -128,16 +133,26 @@ def main(argv: list[str] | None = None) -> int:
                     str(args.n), "--latency-ms", str(args.latency_ms)], port,
                    OUT / "logs" / "soak-site.log")
     base = f"http://127.0.0.1:{port}"
+    redis = None
+    settings = []
+    if args.redis:
+        redis_port = free_port()
+        redis = Service(["redis-server", "--port", str(redis_port), "--save", "",
+                         "--appendonly", "no", "--bind", "127.0.0.1"], redis_port,
+                        OUT / "logs" / "soak-redis.log")
+        settings.append(f"REDIS_URL=redis://127.0.0.1:{redis_port}/0")
     try:
         code, samples = crawl(base + Listing(args.n, args.per_page).query(1),
-                              args.concurrency, out, args.timeout)
+                              args.concurrency, out, args.timeout, settings)
         verdict = verify(out, args.n, base) if code == 0 else f"FAILED: exit code {code}"
     finally:
         site.stop()
+        if redis is not None:
+            redis.stop()
     text, ok = report(args, samples, verdict, command)
     (OUT / f"soak-samples-{args.n}.json").write_text(json.dumps(samples))
     shutil.rmtree(out, ignore_errors=True)
-    write_section(args.results, "soak", text)
+    write_section(args.results, args.section, text)
     print(text)
     return 0 if ok else 1
 

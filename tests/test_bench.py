@@ -81,12 +81,12 @@ def test_soak_samples_memory_checks_the_bound_and_the_stores(tmp_path: Path) -> 
         return subprocess.run([sys.executable, "-m", "bench.soak", *args, *extra], cwd=ROOT,
                               capture_output=True, text=True, timeout=300, check=False)
 
-    ok = soak("--bound", "10")
+    ok = soak("--bound", "10", "--redis")  # one distributed node, its queue in Redis
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
     text = results.read_text()
     assert "<!-- soak:begin -->" in text and "within the bound" in text
     assert "300 records, every child once, 50 bodies byte-equal" in text
-    assert text.count("| 300 | 100% |") == 1
+    assert text.count("| 300 | 100% |") == 1 and "one distributed node (REDIS_URL)" in text
 
     over = soak("--bound", "-1")  # no run can shrink by 100%: the check must say so
     assert over.returncode == 1
