@@ -127,8 +127,10 @@ async def test_without_url_the_spider_says_how_to_run_it(caplog: pytest.LogCaptu
 
 @pytest.fixture(scope="module")
 def slow_site(logs: Path) -> Iterator[Site]:
-    """A test site whose every answer takes 3 s: requests pile up in flight."""
-    with running_site(logs / "slow-site.log", "--latency-ms", "3000") as site:
+    """A test site whose every answer takes 8 s: requests pile up in flight, even on a
+    machine slow to start a thousand of them (each goes through the downloader middlewares,
+    the SSRF guard's included)."""
+    with running_site(logs / "slow-site.log", "--latency-ms", "8000") as site:
         yield site
 
 
