@@ -15,15 +15,32 @@ redis-server per run (its CPU reported apart):
 pages/s = N / (last process's spider close - first process's spider open). Redis
 round trips per page come from INFO commandstats: every command a client sent, with
 a MULTI block or a Lua script counted once (the commands they run inside are not).
+
+What each page and each node costs Redis (issue 8's plan for 100 nodes):
+
+    python -m bench.distributed --redis-stats --contenders distributed-1 distributed-2 \
+        --n 10000 --concurrency 1000 100 --repeats 1 --section redis-ops
+    python -m bench.distributed --idle-nodes 1 4 --idle-seconds 20 --section redis-idle
+
+--redis-stats records, around each distributed run, the deltas of INFO commandstats
+(calls and usec of every command, those run inside the Lua scripts included), INFO cpu,
+the network bytes of INFO stats and used_memory, and samples the queue (ZCARD, MEMORY
+USAGE) every 0.5 s; figures are per page seen (the dedup set's or Bloom counter's
+size). --idle-nodes starts that many nodes with REDIS_WAIT_FOR_START_URLS and nothing
+seeded and records the same deltas per node and second: the background load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +48,7 @@ from typing import Any
 import redis
 
 from bench.report import write_section
-from bench.run import OUT, ROOT, Bench, Service, measure
+from bench.run import CREDENTIALS, OUT, ROOT, Bench, Service, cpu_seconds, measure
 from scraper.testsite import free_port
 
 CONTENDERS = ("in-memory", "distributed-1", "distributed-2", "scrapy-redis-1", "in-memory-2")
@@ -41,6 +58,99 @@ INSIDE = {"zadd", "zrem", "hset", "hget", "hdel", "incr", "sadd", "zrange", "lra
           "rpush", "zrangebyscore", "hincrby", "time", "hgetall", "zcard", "llen", "scard",
           "exec", "zremrangebyrank"}
 SCRIPTED = {"evalsha", "eval", "multi"}
+
+
+# Commands a client sends on its own, one round trip each (a MULTI block, sent with its
+# EXEC in one write, is counted by its MULTI); every other command counted in
+# commandstats ran inside a script or a MULTI block, except EXEC and the HDEL a node
+# sends once as it closes (counted as inside: one per node and crawl). The probe's own
+# commands (INFO, MEMORY USAGE, HLEN, its ZCARDs) are left out.
+TOP_LEVEL = {"evalsha", "eval", "multi", "ping", "script|load", "client|setinfo", "select",
+             "hello"}
+PROBE_COMMANDS = {"info", "memory", "hlen", "config"}
+
+
+def snapshot(client: redis.Redis) -> dict[str, Any]:
+    """The INFO counters a run's deltas are taken from."""
+    info = client.info("all")
+    return {
+        "commands": {name.removeprefix("cmdstat_"): (v["calls"], v["usec"])
+                     for name, v in client.info("commandstats").items()},
+        "cpu_seconds": info["used_cpu_sys"] + info["used_cpu_user"],
+        "net_in": info["total_net_input_bytes"], "net_out": info["total_net_output_bytes"],
+        "used_memory": info["used_memory"], "used_memory_peak": info["used_memory_peak"],
+        "connected_clients": info["connected_clients"], "at": time.monotonic(),
+    }
+
+
+def deltas(before: dict[str, Any], after: dict[str, Any],
+           probe_calls: dict[str, int] | None = None) -> dict[str, Any]:
+    """Counter deltas between two snapshots; the probe's own ZCARDs are subtracted."""
+    commands = {}
+    for name, (calls, usec) in after["commands"].items():
+        calls0, usec0 = before["commands"].get(name, (0, 0))
+        calls -= calls0 + (probe_calls or {}).get(name, 0)
+        if calls > 0 and name.split("|")[0] not in PROBE_COMMANDS:
+            commands[name] = {"calls": calls, "usec": usec - usec0}
+    return {
+        "seconds": after["at"] - before["at"], "commands": commands,
+        "cpu_seconds": after["cpu_seconds"] - before["cpu_seconds"],
+        "net_in": after["net_in"] - before["net_in"],
+        "net_out": after["net_out"] - before["net_out"],
+        "round_trips": sum(v["calls"] for c, v in commands.items() if c in TOP_LEVEL),
+        "inside": sum(v["calls"] for c, v in commands.items()
+                      if c not in TOP_LEVEL and c != "exec"),
+        # Time in commands as clients see it: a script's or EXEC's usec covers the
+        # commands run inside it, so only the top-level ones are summed.
+        "command_usec": sum(v["usec"] for c, v in commands.items()
+                            if c in TOP_LEVEL or c == "exec"),
+    }
+
+
+class RedisProbe:
+    """INFO deltas around one crawl, and the queue's size sampled while it runs."""
+
+    def __init__(self, client: redis.Redis, spider: str = "listing") -> None:
+        self.client = client
+        self.spider = spider
+        self.samples: list[tuple[int, int, int, int]] = []
+        self.zcards = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> None:
+        self.before = snapshot(self.client)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        k = self.spider
+        while not self.done.wait(0.5):
+            queued = self.client.zcard(f"{k}:requests")
+            self.zcards += 1
+            self.samples.append((queued, self.client.hlen(f"{k}:leased"),
+                                 self.client.memory_usage(f"{k}:requests") or 0,
+                                 self.client.memory_usage(f"{k}:leased") or 0))
+
+    def stop(self, baseline_memory: int) -> dict[str, Any]:
+        self.done.set()
+        self.thread.join()
+        after = snapshot(self.client)
+        d = deltas(self.before, after, {"zcard": self.zcards})
+        k = self.spider
+        seen = self.client.scard(f"{k}:dupefilter") + int(self.client.get(f"{k}:bloom_count")
+                                                          or 0)
+        keys = {key.decode(): self.client.memory_usage(key, samples=0)
+                for key in self.client.scan_iter(match=f"{k}:*")}
+        queued = max(self.samples, default=(0, 0, 0, 0), key=lambda x: x[0])
+        leased = max(self.samples, default=(0, 0, 0, 0), key=lambda x: x[1])
+        d.update({
+            "seen": seen, "key_bytes": keys,
+            "used_memory_after": after["used_memory"] - baseline_memory,
+            "used_memory_peak": after["used_memory_peak"] - baseline_memory,
+            "peak_queue": {"queued": queued[0], "queued_bytes": queued[2],
+                           "leased": leased[1], "leased_bytes": leased[3]},
+        })
+        return d
 
 
 def round_trips(stats: dict[str, Any], contender: str) -> int:
@@ -54,7 +164,8 @@ def round_trips(stats: dict[str, Any], contender: str) -> int:
 
 
 def run_one(bench: Bench, contender: str, n: int, c: int, repeat: int, logs: Path,
-            timeout: float, per_page: int) -> dict[str, Any]:
+            timeout: float, per_page: int, settings: list[str] | None = None,
+            redis_stats: bool = False) -> dict[str, Any]:
     out = bench.runs / f"dist-{n}-{c}-{contender}-{repeat}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -75,17 +186,24 @@ def run_one(bench: Bench, contender: str, n: int, c: int, repeat: int, logs: Pat
                "--meta-store", str(stores / "meta.jsonl")]
         if not contender.startswith("in-memory"):
             cmd += ["-s", f"REDIS_URL={url}"]
+        for setting in settings or []:
+            cmd += ["-s", setting]
         if contender == "scrapy-redis-1":
             cmd += ["-s", "SCHEDULER=scrapy_redis.scheduler.Scheduler",
                     "-s", "DUPEFILTER_CLASS=scrapy_redis.dupefilter.RFPDupeFilter"]
         cmds.append(cmd)
     client = redis.Redis(port=port)
     client.config_resetstat()
+    baseline_memory = client.info("memory")["used_memory"]
+    probe = RedisProbe(client) if redis_stats and contender.startswith("distributed") else None
     redis_cpu = server.cpu()
     try:
+        if probe is not None:
+            probe.start()
         results = measure(cmds, out / "output.log", timeout)
-        commandstats = client.info("commandstats")
         redis_cpu = server.cpu() - redis_cpu
+        ops = probe.stop(baseline_memory) if probe is not None else None
+        commandstats = client.info("commandstats")
     finally:
         client.close()
         server.stop()
@@ -105,7 +223,10 @@ def run_one(bench: Bench, contender: str, n: int, c: int, repeat: int, logs: Pat
         else round_trips(commandstats, contender) / n,
         "redis_commands_per_page": 0.0 if split or contender == "in-memory"
         else sum(v["calls"] for v in commandstats.values()) / n,
+        "settings": settings or [],
     }
+    if ops is not None:
+        row["redis"] = ops
     if ok:
         row["wall_seconds"] = (max(r["finished_at"] for r in reports)
                                - min(r["started_at"] for r in reports))
@@ -165,6 +286,125 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def redis_table(rows: list[dict[str, Any]]) -> str:
+    """Per page seen, for each distributed run measured with --redis-stats."""
+    runs = [r for r in rows if "redis" in r]
+    lines = ["| N | c | nodes | settings | pages/s (noisy) | pages seen | round trips /page "
+             "| commands inside /page | command usec /page (noisy) | Redis CPU ms /page "
+             "(noisy) | net in B/page | net out B/page | memory after B/seen page "
+             "| peak memory B/page | most queued: entries, bytes | most leased: entries, "
+             "bytes | status polls /node/s | ok |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        d, seen = r["redis"], max(r["redis"]["seen"], 1)
+        q = d["peak_queue"]
+        lines.append(
+            f"| {r['n']} | {r['c']} | {r['processes']} | {' '.join(r['settings']) or '-'} | "
+            f"{r.get('pages_per_second', float('nan')):.0f} | {d['seen']} | "
+            f"{d['round_trips'] / r['n']:.3f} | {d['inside'] / r['n']:.2f} | "
+            f"{d['command_usec'] / r['n']:.1f} | {1000 * d['cpu_seconds'] / r['n']:.3f} | "
+            f"{d['net_in'] / r['n']:.0f} | {d['net_out'] / r['n']:.0f} | "
+            f"{d['used_memory_after'] / seen:.0f} | {d['used_memory_peak'] / r['n']:.0f} | "
+            f"{q['queued']:,}, {q['queued_bytes']:,} | {q['leased']:,}, {q['leased_bytes']:,} | "
+            f"{d['commands'].get('multi', {}).get('calls', 0) / d['seconds'] / r['processes']:.1f}"
+            " | "
+            f"{'yes' if r['ok'] else 'FAILED'} |")
+    names = sorted({c for r in runs for c in r["redis"]["commands"]},
+                   key=lambda c: (c not in TOP_LEVEL, c))
+    head = " | ".join(f"{r['processes']} node{'s' if r['processes'] > 1 else ''}, c={r['c']}"
+                      + (f", {' '.join(r['settings'])}" if r["settings"] else "") for r in runs)
+    lines += ["", "Calls per page (usec per call, noisy) of each command; round trips first:",
+              "", f"| command | {head} |", "|---|" + "---|" * len(runs)]
+    for name in names:
+        cells = []
+        for r in runs:
+            v = r["redis"]["commands"].get(name)
+            cells.append(f"{v['calls'] / r['n']:.4f} ({v['usec'] / v['calls']:.1f})" if v
+                         else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    keys = sorted({k for r in runs for k in r["redis"]["key_bytes"]})
+    lines += ["", "Keys left after the crawl (MEMORY USAGE, bytes):", "",
+              f"| key | {head} |", "|---|" + "---|" * len(runs)]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(
+            f"{r['redis']['key_bytes'].get(key, 0):,}" for r in runs) + " |")
+    return "\n".join(lines)
+
+
+def idle_run(nodes: int, seconds: float, logs: Path, settings: list[str],
+             warmup: float = 5) -> dict[str, Any]:
+    """Nodes started with nothing to crawl: what they cost Redis per node and second."""
+    port = free_port()
+    server = Service(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                      "--bind", "127.0.0.1"], port, logs / "redis.log")
+    client = redis.Redis(port=port)
+    env = {**os.environ, **CREDENTIALS, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
+    cmd = [sys.executable, "-m", "scrapy", "crawl", "listing", "-s",
+           f"REDIS_URL=redis://127.0.0.1:{port}/0", "-s", "REDIS_WAIT_FOR_START_URLS=True",
+           "-s", "LOG_LEVEL=WARNING", *(x for setting in settings for x in ("-s", setting))]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with (logs / "idle-nodes.log").open("ab") as log:
+            procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+                     for _ in range(nodes)]
+        deadline = time.monotonic() + 60
+        while client.hlen("listing:nodes") < nodes:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"idle nodes did not all start; see {logs}/idle-nodes.log")
+            time.sleep(0.2)
+        time.sleep(warmup)
+        node_cpu = [cpu_seconds(p.pid) for p in procs]
+        before = snapshot(client)
+        time.sleep(seconds)
+        after = snapshot(client)
+        node_cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs, node_cpu, strict=True)]
+        d = deltas(before, after)
+        d.update({"nodes": nodes, "settings": settings, "node_cpu_seconds": node_cpu,
+                  "connected_clients": after["connected_clients"]})
+        return d
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        client.close()
+        server.stop()
+
+
+def idle_table(runs: list[dict[str, Any]]) -> str:
+    lines = ["| idle nodes | seconds | round trips /node/s | commands inside /node/s "
+             "| command usec /node/s (noisy) | Redis CPU ms /node/s (noisy) | net in B/node/s "
+             "| net out B/node/s | node CPU ms/s (noisy) | clients connected |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for d in runs:
+        per = d["nodes"] * d["seconds"]
+        lines.append(
+            f"| {d['nodes']} | {d['seconds']:.1f} | {d['round_trips'] / per:.1f} | "
+            f"{d['inside'] / per:.1f} | {d['command_usec'] / per:.0f} | "
+            f"{1000 * d['cpu_seconds'] / per:.2f} | {d['net_in'] / per:.0f} | "
+            f"{d['net_out'] / per:.0f} | "
+            f"{1000 * sum(d['node_cpu_seconds']) / per:.1f} | {d['connected_clients']} |")
+    names = sorted({c for d in runs for c in d["commands"]},
+                   key=lambda c: (c not in TOP_LEVEL, c))
+    lines += ["", "Calls per node per second (usec per call, noisy):", "",
+              "| command | " + " | ".join(f"{d['nodes']} idle nodes" for d in runs) + " |",
+              "|---|" + "---|" * len(runs)]
+    for name in names:
+        cells = []
+        for d in runs:
+            v = d["commands"].get(name)
+            cells.append(f"{v['calls'] / d['nodes'] / d['seconds']:.2f} "
+                         f"({v['usec'] / v['calls']:.1f})" if v else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[10000])
@@ -182,16 +422,41 @@ def main(argv: list[str] | None = None) -> int:
                         help="the marked block of --results to write the table into")
     parser.add_argument("--runs-dir", type=Path, default=Path("/dev/shm/scraper-bench-dist")
                         if Path("/dev/shm").is_dir() else OUT / "dist-runs")
+    parser.add_argument("-s", dest="settings", action="append", default=[],
+                        help="a setting for every crawler process (NAME=VALUE)")
+    parser.add_argument("--redis-stats", action="store_true",
+                        help="record what each distributed run costs Redis per page "
+                        "(commandstats, CPU, network bytes, memory) and write that table")
+    parser.add_argument("--idle-nodes", type=int, nargs="+",
+                        help="instead of crawling: start this many nodes with nothing to "
+                        "crawl and record what they cost Redis per node and second")
+    parser.add_argument("--idle-seconds", type=float, default=20)
     args = parser.parse_args(argv)
 
     logs = OUT / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    command = "python -m bench.distributed " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    if args.idle_nodes:
+        idle = []
+        for nodes in args.idle_nodes:
+            d = idle_run(nodes, args.idle_seconds, logs, args.settings)
+            idle.append(d)
+            with args.rows.open("a") as f:
+                f.write(json.dumps({"idle": d}) + "\n")
+            print(f"{nodes} idle nodes: {d['round_trips'] / nodes / d['seconds']:.1f} round "
+                  f"trips/node/s, {d['inside'] / nodes / d['seconds']:.1f} commands inside",
+                  flush=True)
+        write_section(args.results, args.section, f"Measured with:\n\n    {command}\n\n"
+                      "Each node: `scrapy crawl listing -s REDIS_URL=... -s "
+                      "REDIS_WAIT_FOR_START_URLS=True`, nothing seeded; deltas over "
+                      f"{args.idle_seconds:.0f} s after every node's first heartbeat + 5 s.\n\n"
+                      + idle_table(idle))
+        return 0
     port = free_port()
     site = Service([sys.executable, "-m", "scraper.testsite", "--port", str(port), "--pages",
                     str(max(args.n)), "--latency-ms", str(args.latency_ms)], port,
                    logs / "site.log")
-    command = "python -m bench.distributed " + " ".join(
-        argv if argv is not None else sys.argv[1:])
     rows = []
     try:
         bench = Bench(site, f"http://127.0.0.1:{port}", None, logs, args.timeout, [],
@@ -201,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                 for repeat in range(args.repeats):
                     for contender in args.contenders:
                         row = run_one(bench, contender, n, c, repeat, logs, args.timeout,
-                                      args.per_page)
+                                      args.per_page, args.settings, args.redis_stats)
                         rows.append(row)
                         with args.rows.open("a") as f:
                             f.write(json.dumps(row) + "\n")
@@ -209,6 +474,13 @@ def main(argv: list[str] | None = None) -> int:
                             f"{row['pages_per_second']:6.0f} pages/s "
                             f"{row['round_trips_per_page']:.3f} round trips/page"
                             if row["ok"] else f"FAILED {row}"), flush=True)
+                        if "redis" in row:
+                            d = row["redis"]
+                            print(f"    redis: {d['inside'] / n:.2f} commands inside/page, "
+                                  f"{1000 * d['cpu_seconds'] / n:.3f} ms CPU/page, "
+                                  f"{d['net_in'] / n:.0f}/{d['net_out'] / n:.0f} B in/out "
+                                  f"per page, {d['used_memory_after'] / max(d['seen'], 1):.0f}"
+                                  " B/seen page after", flush=True)
                         time.sleep(0.5)
     finally:
         site.stop()
@@ -217,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     write_section(args.results, args.section, f"Measured with:\n\n    {command}\n\n"
                   f"Test site latency {args.latency_ms} ms, {args.per_page} links per list "
                   "page; local stores on tmpfs.\n\n"
-                  + table(rows))
+                  + (redis_table(rows) if args.redis_stats else table(rows)))
     return 0 if all(r["ok"] for r in rows) else 1
 
 
