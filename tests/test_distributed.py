@@ -46,17 +46,20 @@ def scrapy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 class Node:
     """One crawler process of a distributed crawl, logging to its own file."""
 
-    def __init__(self, name: str, redis_url: str, tmp_path: Path, *settings: str) -> None:
+    def __init__(self, name: str, redis_url: str, tmp_path: Path, *settings: str,
+                 wrap: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """``wrap``: a command the node runs under (``ip netns exec <ns>``, ``faketime``);
+        ``env``: variables added to the node's environment."""
         self.log = tmp_path / f"{name}.log"
-        args = [sys.executable, "-m", "scrapy", "crawl", "listing", "-s", f"REDIS_URL={redis_url}",
+        args = [*(wrap or []), sys.executable, "-m", "scrapy", "crawl", "listing", "-s", f"REDIS_URL={redis_url}",
                 "-s", f"BODY_STORE={tmp_path / 'bodies'}", "-s",
                 f"META_STORE={tmp_path / 'meta.jsonl'}", "-s", "REDIS_LEASE_SECONDS=3",
                 "-s", "CONCURRENT_REQUESTS=100", "-s", f"LOG_FILE={self.log}",
                 "-s", "PROGRESS_INTERVAL=1"]
         for setting in settings:
             args += ["-s", setting]
-        self.proc = subprocess.Popen(args, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, cwd=tmp_path, env={**ENV, **(env or {})},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def wait(self, timeout: float = 240) -> int:
         try:

@@ -42,9 +42,12 @@ async def test_ack_once_and_refuse_after_reclaim(redis_url: str) -> None:
         assert len(leased) == 3
         assert await queue.ack([leased[0].token]) == (1, 0)
         assert await queue.ack([leased[0].token]) == (0, 1)  # twice: refused
-        assert await queue.extend([leased[1].token], 60_000) == 1
+        assert await queue.extend([leased[1].token], 60_000) == []  # still ours
         await asyncio.sleep(0.4)
         assert await queue.reclaim(max_attempts=5) == (1, 0)  # only the unextended one
+        # The reclaimed lease is no longer ours: extend says so (and does not revive it).
+        assert await queue.extend([leased[1].token, leased[2].token], 60_000) == [
+            leased[2].token]
         assert await queue.ack([leased[2].token]) == (0, 1)  # a late ack: refused
         status = await queue.status()
         assert (status.queued, status.leased) == (1, 1)

@@ -210,13 +210,18 @@ end
 return {dropped, kept}
 """
 
-# KEYS: leases. ARGV: lease_ms, tokens. Pushes the deadlines of leases still held.
+# KEYS: leases. ARGV: lease_ms, tokens. Pushes the deadlines of leases still held; returns
+# the tokens that are no longer leased (they expired and another node reclaimed them).
 EXTEND = _NOW + """
-local n = 0
+local lost = {}
 for i = 2, #ARGV do
-  n = n + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i])
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
 end
-return n
+return lost
 """
 
 # KEYS: nodes. ARGV: node, heartbeat JSON, stale_ms. Records this node, forgets stale ones.
@@ -386,10 +391,12 @@ class CrawlQueue:
         if names:
             await self.redis.hdel(self.keys.nodes, *names)
 
-    async def extend(self, tokens: list[str], lease_ms: int) -> int:
+    async def extend(self, tokens: list[str], lease_ms: int) -> list[str]:
+        """Push the deadlines of these leases; return those that are no longer leased."""
         if not tokens:
-            return 0
-        return int(await self._extend(keys=[self.keys.leases], args=[lease_ms, *tokens]))
+            return []
+        lost = await self._extend(keys=[self.keys.leases], args=[lease_ms, *tokens])
+        return [_text(token) for token in lost]
 
     async def heartbeat(self, node: str, info: dict[str, Any], stale_ms: int) -> int:
         return int(await self._heartbeat(keys=[self.keys.nodes],

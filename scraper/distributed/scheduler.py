@@ -99,6 +99,7 @@ class DistributedScheduler:
         self.found = itertools.count()
         self.acks: list[str] = []
         self.held: set[str] = set()
+        self.lost: set[str] = set()  # held, in flight, but reclaimed by other nodes
         self.status: CrawlStatus | None = None
         self.status_at = 0.0
         self.flushed_at = 0.0
@@ -223,6 +224,7 @@ class DistributedScheduler:
         token = request.meta.get("_lease")
         if token in self.held:
             self.held.discard(token)
+            self.lost.discard(token)
             self.acks.append(token)
             if len(self.acks) >= self.batch:
                 self.wake.set()
@@ -237,6 +239,7 @@ class DistributedScheduler:
             self.stats.inc_value("distributed/orphan_acks", len(self.held))
             self.acks.extend(self.held)
             self.held.clear()
+            self.lost.clear()
             raise DontCloseSpider
         if self.wait_for_start_urls:
             raise DontCloseSpider
@@ -305,7 +308,13 @@ class DistributedScheduler:
                 self._wake_engine()
         if now - timers["extend"] > self.lease_ms / 3000:
             timers["extend"] = now
-            await self.queue.extend(sorted(self.held), self.lease_ms)
+            # Leases found on list pages wait in the outbox until the flush takes them to
+            # Redis: not there yet is not lost.
+            pending = {token for *_, token in self.outbox_leased}
+            lost = await self.queue.extend(sorted(self.held - self.lost - pending),
+                                           self.lease_ms)
+            if lost:
+                self._lost_leases(set(lost))
         if now - timers["reclaim"] > min(5.0, self.lease_ms / 4000):
             timers["reclaim"] = now
             returned, dead = await self.queue.reclaim(
@@ -324,6 +333,30 @@ class DistributedScheduler:
             timers["sweep"] = now
             await self._sweep()
         return worked
+
+    def _lost_leases(self, lost: set[str]) -> None:
+        """Leases that expired while this node could not reach Redis (a partition, a long
+        pause) and were reclaimed: their requests belong to other nodes now.
+
+        Those not started yet are dropped here (another node crawls them). Those in
+        flight are finished (stored again, idempotently: same key, same record) and
+        their acknowledgements are sent and refused by Redis, which knows the lease
+        token is no longer this node's.
+        """
+        unstarted = [r for r in self.local if r.meta.get("_lease") in lost]
+        if unstarted:
+            dropped = {r.meta["_lease"] for r in unstarted}
+            self.local = deque(r for r in self.local if r.meta.get("_lease") not in dropped)
+            self.held -= dropped
+            lost -= dropped
+        self.lost |= lost
+        self.stats.inc_value("distributed/leases_lost", len(unstarted) + len(lost))
+        logger.warning(
+            "%(n)d leases of this node expired (Redis unreachable for longer than "
+            "REDIS_LEASE_SECONDS) and were reclaimed by other nodes: %(dropped)d not started "
+            "are dropped, %(inflight)d in flight will be stored again (idempotently) and their "
+            "acknowledgements refused", {"n": len(unstarted) + len(lost),
+                                         "dropped": len(unstarted), "inflight": len(lost)})
 
     async def _sweep(self) -> None:
         assert self.queue is not None
@@ -364,9 +397,9 @@ class DistributedScheduler:
                 self.stats.inc_value("distributed/redis_calls")
                 if refused:
                     self.stats.inc_value("distributed/ack_refused", refused)
-                    logger.warning("%(n)d acknowledgements refused: those leases had expired "
-                                   "and were reclaimed (the pages are stored idempotently)",
-                                   {"n": refused})
+                    logger.warning("%(n)d late acknowledgements refused: those leases had "
+                                   "expired and were reclaimed by other nodes (the pages are "
+                                   "stored idempotently)", {"n": refused})
                 worked = True
         finally:
             self.acks[:0] = acks  # not sent (Redis went away): first in line next time
