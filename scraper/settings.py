@@ -94,6 +94,8 @@ DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.redirect.RedirectMiddleware": None,
     "scraper.middlewares.ListingRedirectMiddleware": 600,
     "scraper.ssrf.SsrfGuard": 50,  # first: nothing else works on a request it refuses
+    # Above RetryMiddleware (550): sees a 429/503 with Retry-After before it retries at once.
+    "scraper.politeness.RetryAfterMiddleware": 560,
     "scrapy.downloadermiddlewares.httpauth.HttpAuthMiddleware": None,
     "scrapy.downloadermiddlewares.httpproxy.HttpProxyMiddleware": None,
 }
@@ -120,10 +122,21 @@ PROGRESS_INTERVAL = 5.0  # seconds between progress lines; 0 turns them off
 ALLOWED_NETWORKS = [network.strip() for network in
                     os.environ.get("SCRAPER_ALLOWED_NETWORKS", "").split(",") if network.strip()]
 
-# --- Politeness ----------------------------------------------------------------------------
-# The crawl is meant for sites you own or may load hard; for anyone else's site lower
-# CONCURRENT_REQUESTS and set DOWNLOAD_DELAY / AUTOTHROTTLE_ENABLED.
-ROBOTSTXT_OBEY = False
+# --- Politeness (scraper/politeness.py) --------------------------------------------------
+# The crawl is meant for sites you own or may load hard: no DOWNLOAD_DELAY, no AutoThrottle,
+# per-site concurrency follows CONCURRENT_REQUESTS. For anyone else's site lower
+# CONCURRENT_REQUESTS and set DOWNLOAD_DELAY / AUTOTHROTTLE_ENABLED. What stays on:
+# robots.txt is obeyed (as in a new Scrapy project; a disallowed child ends as a record
+# saying so), and a site that answers 429/503 with Retry-After is slowed down and retried
+# after the time it states. -s ROBOTSTXT_OBEY=False for a site you own.
+ROBOTSTXT_OBEY = True
+RETRY_AFTER_ENABLED = True      # honour Retry-After: slow the site's slot, retry after the wait
+RETRY_AFTER_HTTP_CODES = [429, 503]  # answers whose Retry-After is honoured
+RETRY_AFTER_DEFAULT = 5         # seconds to wait on a 429 without a (readable) Retry-After
+RETRY_AFTER_MAX = 300           # a longer stated wait is not waited for: the page ends as a record
+RETRY_AFTER_TIMES = 5           # retries per request on push-back, apart from RETRY_TIMES
+RETRY_AFTER_RECOVER_STEP = 2    # successes (after the wait) per recovery step of a slowed site:
+                                # its delay halves, then its concurrency doubles, back to its own
 USER_AGENT = "scraper/0.1"
 
 # --- Logging -------------------------------------------------------------------------------
