@@ -19,12 +19,25 @@ children are on the first pages, the rest have none).
 
 Two endpoints serve the SSRF guard's tests: ``/links?href=A&href=B`` is a list page
 linking to each ``href``, ``/redirect?to=URL`` answers 302 to any URL.
+
+Politeness (tests/test_politeness.py):
+
+- Push-back: any URL with ``push_back=STATUS`` in its query (``/page/3?push_back=429&
+  retry_after=2&times=1``) answers STATUS, with ``Retry-After: <retry_after>`` verbatim
+  when given, to its first ``times`` hits (default 1); then it answers as without them.
+- ``/robots.txt`` disallows ``/private/``; with ``private=K`` the first list page also
+  links to ``/private/0`` .. ``/private/K-1`` (child pages otherwise).
+- ``/_stats`` counts requests: ``hits`` (robots.txt apart: ``robots_hits``),
+  ``private_hits``, and ``/_hits?path=P`` (or ``?prefix=P``) lists the arrival times
+  (``time.time()``) of the last 100,000 requests, robots.txt included, for a test to
+  check from the server's side when a retry came.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import hashlib
 import html
 import random
@@ -96,6 +109,7 @@ class Listing:
     per_page: int
     faults: bool = False
     endless: bool = False
+    private: int = 0  # links to /private/0.. on the first page (robots.txt disallows them)
 
     @property
     def last_page(self) -> int:
@@ -104,7 +118,9 @@ class Listing:
     def query(self, page: int) -> str:
         faults = "&faults=1" if self.faults else ""
         endless = "&endless=1" if self.endless else ""
-        return f"/list?n={self.n}&per_page={self.per_page}{faults}{endless}&page={page}"
+        private = f"&private={self.private}" if self.private else ""
+        return (f"/list?n={self.n}&per_page={self.per_page}{faults}{endless}{private}"
+                f"&page={page}")
 
 
 def render_child(name: int | str) -> bytes:
@@ -137,6 +153,9 @@ def render_list(listing: Listing, page: int) -> bytes:
                   for href in SKIPPED_LINKS]
         if first < last:  # the same child twice: the crawler must count and skip it
             items.append(f'<li><a class="child" href="/page/{first}#again">again</a></li>')
+    if listing.private and page == 1:
+        items += [f'<li><a class="child" href="/private/{i}">Private page {i}</a></li>'
+                  for i in range(listing.private)]
     nav = []
     if page > 1:
         nav.append(f'<a rel="prev" href="{html.escape(listing.query(page - 1))}">Previous</a>')
@@ -177,34 +196,64 @@ class TestSite:
         self.hits = 0
         self.in_flight = 0
         self.max_in_flight = 0  # most requests being answered at once: what a crawler really ran
+        self.robots_hits = 0
+        self.private_hits = 0  # requests for /private/ (robots.txt disallows it)
+        self.arrivals: collections.deque[tuple[float, str]] = collections.deque(maxlen=100_000)
+        self.pushed_back: collections.Counter[str] = collections.Counter()  # per path and query
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._latency])
         app.router.add_get("/", self.home)
         app.router.add_get("/list", self.listing)
         app.router.add_get("/page/{i}", self.child)
+        app.router.add_get("/private/{i}", self.private)
         app.router.add_get("/fault/{name}", self.fault)
         app.router.add_get("/links", self.links)
         app.router.add_get("/redirect", self.redirect)
         app.router.add_get("/robots.txt", self.robots)
         app.router.add_get("/_stats", self.stats)
+        app.router.add_get("/_hits", self.arrival_times)
         return app
 
     @web.middleware
     async def _latency(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path == "/_stats":
+        path = request.path
+        if path in ("/_stats", "/_hits"):
+            return await handler(request)
+        self.arrivals.append((time.time(), request.path_qs))
+        if path == "/robots.txt":  # answered at once, as a static file, and counted apart
+            self.robots_hits += 1
             return await handler(request)
         self.hits += 1
+        if path.startswith("/private/"):
+            self.private_hits += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
+            if "push_back=" in request.query_string:
+                pushed = self._push_back(request)
+                if pushed is not None:
+                    return pushed
             return await handler(request)
         finally:
             self.in_flight -= 1
+
+    def _push_back(self, request: web.Request) -> web.Response | None:
+        """``push_back=STATUS&retry_after=N&times=K``: STATUS to the first K hits of this URL."""
+        q = request.query
+        try:
+            status, times = int(q["push_back"]), int(q.get("times", "1"))
+        except ValueError:
+            raise web.HTTPBadRequest(text="push_back and times must be integers") from None
+        self.pushed_back[request.path_qs] += 1
+        if self.pushed_back[request.path_qs] > times:
+            return None
+        headers = {"Retry-After": q["retry_after"]} if "retry_after" in q else {}
+        return web.Response(status=status, text="slow down\n", headers=headers)
 
     async def home(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -215,10 +264,20 @@ class TestSite:
     async def stats(self, request: web.Request) -> web.Response:
         """Counters for tests and benchmarks; ``?reset=1`` zeroes them after reading."""
         data = {"hits": self.hits, "in_flight": self.in_flight,
-                "max_in_flight": self.max_in_flight}
+                "max_in_flight": self.max_in_flight, "robots_hits": self.robots_hits,
+                "private_hits": self.private_hits}
         if request.query.get("reset") == "1":
-            self.hits = self.max_in_flight = 0
+            self.hits = self.max_in_flight = self.robots_hits = self.private_hits = 0
+            self.arrivals.clear()
+            self.pushed_back.clear()
         return web.json_response(data)
+
+    async def arrival_times(self, request: web.Request) -> web.Response:
+        """When requests arrived: ``?path=P`` (path and query, exact) or ``?prefix=P``."""
+        path, prefix = request.query.get("path"), request.query.get("prefix", "")
+        hits = [{"t": t, "path": p} for t, p in self.arrivals
+                if (p == path if path is not None else p.startswith(prefix))]
+        return web.json_response({"hits": hits})
 
     async def robots(self, request: web.Request) -> web.Response:
         return web.Response(text="User-agent: *\nDisallow: /private/\n")
@@ -231,10 +290,12 @@ class TestSite:
                 max(1, int(q.get("per_page", self.default.per_page))),
                 q.get("faults") == "1",
                 q.get("endless") == "1",
+                int(q.get("private", "0")),
             )
             page = int(q.get("page", "1"))
         except ValueError:
-            raise web.HTTPBadRequest(text="n, per_page and page must be integers") from None
+            raise web.HTTPBadRequest(
+                text="n, per_page, private and page must be integers") from None
         if page < 1 or (page > listing.last_page and not listing.endless):
             raise web.HTTPNotFound(text="no such list page")
         return web.Response(body=render_list(listing, page), content_type="text/html")
@@ -257,6 +318,11 @@ class TestSite:
     async def child(self, request: web.Request) -> web.Response:
         return web.Response(body=render_child(request.match_info["i"]), content_type="text/html",
                             charset="utf-8")
+
+    async def private(self, request: web.Request) -> web.Response:
+        """A child page under /private/, which robots.txt disallows."""
+        return web.Response(body=render_child(f"private-{request.match_info['i']}"),
+                            content_type="text/html", charset="utf-8")
 
     async def fault(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
