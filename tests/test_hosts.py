@@ -8,10 +8,13 @@ node's host for longer than the lease time while it has requests in flight.
 from __future__ import annotations
 
 import secrets
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,7 +25,6 @@ from tests.test_distributed import Node
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from pathlib import Path
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -111,9 +113,25 @@ def nodes() -> Iterator[list[Node]]:
         node.stop()
 
 
-def node_on(host: Host, hosts: Hosts, tmp_path: Path, *settings: str) -> Node:
+def node_on(host: Host, hosts: Hosts, tmp_path: Path, *settings: str,
+            clock: str | None = None) -> Node:
+    """A crawler node on ``host``; ``clock`` ("+10m") sets its clock off by libfaketime."""
+    env = dict(NODE_ENV)
+    if clock:
+        # Preloaded into the node itself (the `faketime` command would fork it, and the
+        # PID the test kills would not be the node's). Wall clock only: the monotonic
+        # clock has no meaning across machines anyway.
+        env.update(LD_PRELOAD=str(libfaketime()), FAKETIME=clock,
+                   FAKETIME_DONT_FAKE_MONOTONIC="1")
     return Node(host.name, hosts.redis_url, tmp_path, *settings,
-                wrap=["ip", "netns", "exec", host.ns], env=NODE_ENV)
+                wrap=["ip", "netns", "exec", host.ns], env=env)
+
+
+def libfaketime() -> Path:
+    """Debian's libfaketime (package faketime), or skip the test saying so."""
+    for path in Path("/usr/lib").glob("*/faketime/libfaketime.so.1"):
+        return path
+    pytest.skip("libfaketime is not installed (Debian package faketime; bin/test installs it)")
 
 
 def seed(hosts: Hosts, site: NetSite, n: int, tmp_path: Path) -> None:
@@ -193,3 +211,42 @@ def test_a_partitioned_node_loses_its_leases_and_rejoins_cleanly(
     assert "late acknowledgements refused" in cut_node.log.read_text()
     assert cut.get("distributed/leases_lost", 0) > 0
     assert "were reclaimed by other nodes" in cut_node.log.read_text()
+
+
+def test_nodes_with_clocks_minutes_off_steal_nothing_and_keep_no_dead_lease(
+    hosts: Hosts, site_on: Callable[[int], NetSite], tmp_path: Path,
+    nodes: list[Node],
+) -> None:
+    """Lease deadlines are Redis's clock (TIME in the scripts), never a node's: a node
+    10 minutes ahead does not take live leases for expired ones, and the leases of a
+    node 10 minutes behind that dies are reclaimed after the lease time, not 10 min."""
+    lease = 10
+    site = site_on(200)
+    clocks = ["+10m", "-10m", None]
+    nodes += [node_on(host, hosts, tmp_path, f"REDIS_LEASE_SECONDS={lease}",
+                      "CONCURRENT_REQUESTS=20", "REDIS_IDLE_TIMEOUT=60",
+                      clock=clock) for host, clock in zip(hosts.nodes, clocks, strict=True)]
+    seed(hosts, site, 1200, tmp_path)
+    ahead, behind, _ = nodes
+    deadline = time.monotonic() + 60
+    while leases_of(hosts, behind) < 10:
+        assert time.monotonic() < deadline, "the node never held leases"
+        time.sleep(0.1)
+    behind.proc.kill()
+    assert behind.wait() == -signal.SIGKILL
+    killed_at = time.monotonic()
+    dead_leases = leases_of(hosts, behind)
+    assert dead_leases > 0
+    assert [ahead.wait(), nodes[2].wait()] == [0, 0]
+
+    # The clocks really were off (log lines carry the node's own time).
+    for node, offset in ((ahead, 600), (behind, -600)):
+        first = node.log.read_text().split(" [", 1)[0]
+        skew = datetime.strptime(first, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp() \
+            - time.time()
+        assert abs(skew - offset) < 120, (node.log, skew)
+    assert_stored_once(site, tmp_path, 1200)  # type: ignore[arg-type]
+    survivors = [ahead.stats(), nodes[2].stats()]
+    # Exactly the dead node's leases were reclaimed: none of a live node was stolen.
+    assert sum(s.get("distributed/reclaimed", 0) for s in survivors) == dead_leases
+    assert time.monotonic() - killed_at < lease + 60  # not 10 minutes
