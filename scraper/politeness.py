@@ -157,7 +157,7 @@ class RetryAfterMiddleware:
             state = None
         seconds = None if request.meta.get("dont_retry") else self.wait_for(response)
         if seconds is None:
-            if state is not None and response.status < 400:
+            if state is not None and response.status < 500:  # the site answered: a success
                 self._recover(key, state)
             return
         request.meta[_WAIT] = seconds

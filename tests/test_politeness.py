@@ -7,11 +7,13 @@ import logging
 import time
 import urllib.request
 from email.utils import formatdate
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import pytest
 from scrapy import Request, signals
+from scrapy.core.downloader import Slot
 from scrapy.crawler import Crawler
 from scrapy.http import Response
 from scrapy.utils.defer import deferred_f_from_coro_f
@@ -94,12 +96,13 @@ async def test_429_with_retry_after_slows_the_site_then_retries_and_recovers(
 
     # From the server's side: the 429, then the retry no earlier than 2 s after it was sent,
     # and nothing at all from the crawler in between (the whole site waited, not just the
-    # retry) but the requests already on their way when the 429 was answered.
+    # retry) but the requests already on their way when the crawler read the 429 (0.5 s:
+    # room for a busy machine; unslowed, 4 requests would arrive every 0.1 s).
     first, retry = arrivals(polite_site, path=busy)
     answered = first["t"] + LATENCY
     assert retry["t"] - answered >= 2.0
     others = [h for h in arrivals(polite_site, prefix="/page/") if h["path"] != busy]
-    assert not [h for h in others if answered + 0.2 < h["t"] < answered + 2.0]
+    assert not [h for h in others if answered + 0.5 < h["t"] < answered + 2.0]
     assert len(others) == 29  # every other page fetched once
 
     docs = docs_by_url(tmp_path)
@@ -320,3 +323,39 @@ def test_the_retry_keeps_meta_and_retry_middlewares_own_count() -> None:
     assert mw.process_response(retry, last, None) is last  # out of budget: the response
     assert retry.meta["dont_retry"] is True
 
+
+
+def test_a_second_push_back_while_recovering_keeps_the_slots_own_values() -> None:
+    mw = middleware()
+    slot = Slot(8, 0.0, 0.5)
+    mw.crawler.engine = SimpleNamespace(downloader=SimpleNamespace(slots={"site": slot}))
+
+    def answer(status: int, retry_after: str | None = None) -> None:
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        request = Request("http://site.test/a", meta={"download_slot": "site"})
+        mw._response_downloaded(Response(request.url, status=status, headers=headers), request)
+
+    def wait_over() -> None:
+        mw.slowed["site"].until = 0.0  # as if the stated time had passed
+
+    answer(429, "2")
+    assert (slot.delay, slot.concurrency, slot.jitter) == (2.0, 4, 0.0)
+    answer(429, "1")  # the same burst: the wait stands, concurrency is not halved again
+    assert (slot.delay, slot.concurrency) == (2.0, 4)
+    answer(200)  # sent before the push-back: not a sign of recovery
+    assert slot.delay == 2.0
+    wait_over()
+    answer(200)
+    answer(200)
+    assert (slot.delay, slot.concurrency) == (1.0, 4)
+    answer(429, "3")  # pushed back again, later: slower still, from the slowed values
+    assert (slot.delay, slot.concurrency, slot.jitter) == (3.0, 2, 0.0)
+    wait_over()
+    for _ in range(2 * 20):
+        answer(200)
+    # Back to its own values, not to those it had when the second 429 came.
+    assert (slot.delay, slot.concurrency, slot.jitter) == (0.0, 8, 0.5)
+    assert mw.slowed == {}
+    stats = mw.crawler.stats.get_stats()
+    assert (stats["politeness/slowed"], stats["politeness/recovered"]) == (2, 1)
+    assert stats["politeness/retry_after/received"] == 3
