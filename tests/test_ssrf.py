@@ -247,10 +247,12 @@ async def test_redirects_to_refused_addresses_each_end_as_one_record(
     assert (tmp_path / "bodies" / allowed["body_key"]).read_bytes() == render_child(7)
     stats = crawler.stats.get_stats()
     assert stats["ssrf/refused"] == len(targets)
-    # Fetched: the list page, every redirecting link, the one allowed target. Nothing else.
+    # Fetched: the list page, every redirecting link, the one allowed target. Nothing else
+    # (but the site's robots.txt, which the site counts apart).
     fetched = 1 + len(hrefs) + 1
-    assert stats["downloader/request_count"] == fetched
+    assert stats["downloader/request_count"] == fetched + 1
     assert own_site.stats()["hits"] == fetched
+    assert own_site.stats()["robots_hits"] == 1
 
 
 @deferred_f_from_coro_f
