@@ -405,6 +405,84 @@ def idle_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _sample_entry(i: int) -> tuple[str, int, str]:
+    """(fingerprint, priority, JSON) of child i, as a crawl enqueues it (~360 bytes)."""
+    from scrapy import Request
+    from scrapy.utils.request import RequestFingerprinter
+
+    from scraper.distributed.codec import encode
+    from scraper.spiders.listing import ListingSpider
+
+    spider = ListingSpider(url="http://127.0.0.1:40000/list")
+    fingerprint = RequestFingerprinter().fingerprint(
+        Request(f"http://127.0.0.1:40000/page/{i}")).hex()
+    request = Request(f"http://127.0.0.1:40000/page/{i}", callback=spider.parse_child,
+                      errback=spider.child_failed,
+                      cb_kwargs={"listing_url": "http://127.0.0.1:40000/list?n=10000&"
+                                 "per_page=1000&page=1", "fingerprint": fingerprint})
+    return fingerprint, 0, encode(request, spider)
+
+
+def drive(url: str, pages: int, worker: int, tasks: int = 4, batch: int = 500,
+          prefetch: int = 100) -> None:
+    """One process of the synthetic load: the node's calls (ENQUEUE of 500, LEASE of 100,
+    ACK of 100) on the real scripts, without crawling; ``tasks`` loops share the work."""
+    import asyncio
+    import hashlib
+
+    from redis.asyncio import Redis
+
+    from scraper.distributed.queue import CrawlQueue
+
+    _, _, payload = _sample_entry(0)
+
+    async def loop(q: CrawlQueue, node: str, start: int, n: int) -> None:
+        for first in range(start, start + n, batch):
+            count = min(batch, start + n - first)
+            await q.enqueue([(hashlib.sha1(f"{worker}/{i}".encode()).hexdigest(), 0, payload)
+                             for i in range(first, first + count)])
+            while True:
+                leased = await q.lease(node, prefetch, 120_000, 0)
+                if not leased:
+                    break
+                await q.ack([entry.token for entry in leased])
+
+    async def main() -> None:
+        clients = [Redis.from_url(url) for _ in range(tasks)]
+        share = pages // tasks
+        await asyncio.gather(*(loop(CrawlQueue(c, "listing"), f"w{worker}.{t}", t * share,
+                                    share) for t, c in enumerate(clients)))
+        for c in clients:
+            await c.aclose()
+
+    asyncio.run(main())
+
+
+def synthetic_run(pages: int, procs: int, logs: Path) -> dict[str, Any]:
+    """Redis alone under the scripts' load at the highest rate ``procs`` drivers reach."""
+    port = free_port()
+    server = Service(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                      "--bind", "127.0.0.1"], port, logs / "redis.log")
+    client = redis.Redis(port=port)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        before = snapshot(client)
+        started = time.monotonic()
+        results = measure([[sys.executable, "-c", "import sys; from bench.distributed import "
+                            f"drive; drive({url!r}, {pages // procs}, int(sys.argv[1]))", str(i)]
+                           for i in range(procs)], logs / "synthetic.log", 600)
+        wall = time.monotonic() - started
+        d = deltas(before, snapshot(client))
+        d.update({"pages": pages // procs * procs, "procs": procs, "wall_seconds": wall,
+                  "exit": [code for code, *_ in results],
+                  "driver_cpu_seconds": sum(u.ru_utime + u.ru_stime for _, u, _, _ in results),
+                  "seen": client.scard("listing:dupefilter")})
+        return d
+    finally:
+        client.close()
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[10000])
@@ -431,12 +509,37 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of crawling: start this many nodes with nothing to "
                         "crawl and record what they cost Redis per node and second")
     parser.add_argument("--idle-seconds", type=float, default=20)
+    parser.add_argument("--synthetic", type=int, metavar="PAGES",
+                        help="instead of crawling: drive Redis with the scripts' calls for "
+                        "PAGES pages (no crawler, no site) to see what Redis alone carries")
+    parser.add_argument("--synthetic-procs", type=int, default=2)
     args = parser.parse_args(argv)
 
     logs = OUT / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.distributed " + " ".join(
         argv if argv is not None else sys.argv[1:])
+    if args.synthetic:
+        d = synthetic_run(args.synthetic, args.synthetic_procs, logs)
+        with args.rows.open("a") as f:
+            f.write(json.dumps({"synthetic": d}) + "\n")
+        n = d["pages"]
+        text = (f"{n} pages by {d['procs']} driver processes in {d['wall_seconds']:.1f} s: "
+                f"**{n / d['wall_seconds']:,.0f} pages/s** (noisy), exit codes {d['exit']}, "
+                f"{d['seen']} fingerprints in the set; Redis CPU {d['cpu_seconds']:.2f} s = "
+                f"{100 * d['cpu_seconds'] / d['wall_seconds']:.0f}% of one core, "
+                f"{1000 * d['cpu_seconds'] / n:.3f} ms per page; command time "
+                f"{d['command_usec'] / n:.1f} usec per page; {d['round_trips'] / n:.3f} round "
+                f"trips and {d['inside'] / n:.2f} commands inside per page; net in/out "
+                f"{d['net_in'] / n:.0f}/{d['net_out'] / n:.0f} B per page; the drivers' CPU "
+                f"{1000 * d['driver_cpu_seconds'] / n:.3f} ms per page.")
+        print(text, flush=True)
+        write_section(args.results, args.section, f"Measured with:\n\n    {command}\n\n"
+                      "Each driver process: 4 connections, each looping ENQUEUE of 500 "
+                      "entries (a real encoded child request, ~360 B, distinct fingerprints), "
+                      "then LEASE 100 / ACK 100 until the queue is empty: the calls a node "
+                      "makes per page, with no crawling.\n\n" + text)
+        return 0 if d["exit"] == [0] * d["procs"] else 1
     if args.idle_nodes:
         idle = []
         for nodes in args.idle_nodes:
