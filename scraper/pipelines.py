@@ -24,7 +24,13 @@ from scrapy.exceptions import CloseSpider
 
 from scraper.retry import describe, with_backoff
 from scraper.spool import BodySpool, append_lines
-from scraper.stores import StoreError, build_body_store, build_meta_store, redact
+from scraper.stores import (
+    RejectedDocuments,
+    StoreError,
+    build_body_store,
+    build_meta_store,
+    redact,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -244,9 +250,12 @@ class MetaStorePipeline:
         stats = self.crawler.stats
         spooled = stats.get_value("meta_store/spooled", 0) if stats is not None else 0
         if spooled:
+            rejected = stats.get_value("meta_store/rejected", 0)
             logger.error("%(n)d meta documents were spooled to %(spool)s: run `scrapy replay` "
-                         "with this crawl's settings once META_STORE is back",
-                         {"n": spooled, "spool": self.spool})
+                         "with this crawl's settings once META_STORE %(when)s",
+                         {"n": spooled, "spool": self.spool,
+                          "when": f"takes them ({rejected} were refused for good: see above)"
+                          if rejected else "is back"})
 
     async def process_item(self, item: Any) -> Any:
         doc = {k: v for k, v in ItemAdapter(item).items() if k != "body"}
@@ -288,27 +297,45 @@ class MetaStorePipeline:
         stats = self.crawler.stats
         store, executor = self.store, self.executor
         assert stats is not None and store is not None
+        failed: list[dict[str, Any]] = docs
         try:
             await with_backoff(lambda: _call(executor, store.write, docs),
                                what="meta_store", timeout=self.retry_timeout, stats=stats,
                                retry_on=store.transient_errors)
+        except RejectedDocuments as exc:
+            # Refused for good, not an outage (so not retried): the rest of the batch is
+            # written, the refused documents are spooled at once.
+            failed, error = exc.docs, exc
+            stats.inc_value("meta_store/rejected", len(failed))
+            if len(docs) > len(failed):
+                stats.inc_value("meta_store/written", len(docs) - len(failed))
+                stats.inc_value("meta_store/batches")
         except Exception as exc:
-            stats.inc_value("meta_store/failed", len(docs))
-            try:
-                await _call(executor, self._spool, docs)
-            except OSError as spool_exc:
-                logger.critical("%(n)d meta documents LOST: store failed (%(error)s) and the "
-                                "spool %(spool)s too (%(spool_error)s)",
-                                {"n": len(docs), "error": describe(exc), "spool": self.spool,
-                                 "spool_error": describe(spool_exc)})
-                done.set_exception(exc)
-                return
-            stats.inc_value("meta_store/spooled", len(docs))
-            logger.error("%(n)d meta documents spooled to %(spool)s: %(error)s",
-                         {"n": len(docs), "spool": self.spool, "error": describe(exc)})
+            error = exc
         else:
             stats.inc_value("meta_store/written", len(docs))
             stats.inc_value("meta_store/batches")
+            done.set_result(None)
+            return
+        stats.inc_value("meta_store/failed", len(failed))
+        try:
+            await _call(executor, self._spool, failed)
+        except OSError as spool_exc:
+            logger.critical("%(n)d meta documents LOST: store failed (%(error)s) and the "
+                            "spool %(spool)s too (%(spool_error)s)",
+                            {"n": len(failed), "error": describe(error), "spool": self.spool,
+                             "spool_error": describe(spool_exc)})
+            done.set_exception(error)
+            return
+        stats.inc_value("meta_store/spooled", len(failed))
+        if isinstance(error, RejectedDocuments):
+            logger.error("META_STORE refused %(n)d of %(total)d documents for good (%(why)s): "
+                         "spooled to %(spool)s; `scrapy replay` writes them once the cause is "
+                         "fixed", {"n": len(failed), "total": len(docs), "why": error,
+                                   "spool": self.spool})
+        else:
+            logger.error("%(n)d meta documents spooled to %(spool)s: %(error)s",
+                         {"n": len(failed), "spool": self.spool, "error": describe(error)})
         done.set_result(None)
 
     def _spool(self, docs: list[dict[str, Any]]) -> None:

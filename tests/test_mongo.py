@@ -12,10 +12,20 @@ from pymongo.errors import DuplicateKeyError
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
+from scraper.commands.replay import replay
 from scraper.items import PageItem
 from scraper.pipelines import MetaStorePipeline
+from scraper.spool import count_lines
 from scraper.testsite import render_child
-from tests.conftest import S3_CREDENTIALS, Server, Site, crawl, mongo_collection, s3_client
+from tests.conftest import (
+    S3_CREDENTIALS,
+    Server,
+    Site,
+    crawl,
+    mongo_collection,
+    project_settings,
+    s3_client,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -137,3 +147,34 @@ async def test_documented_s3_and_mongo_command(
         body = client.get_object(Bucket=bucket, Key=doc["body_key"])["Body"].read()
         assert body == render_child(doc["url"].rsplit("/", 1)[1])
     assert crawler.stats.get_value("finish_reason") == "finished"
+
+
+@deferred_f_from_coro_f
+async def test_documents_refused_for_good_are_spooled_at_once_not_retried(
+    site: Site, mongo_uri: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A unique index of the user's on listing_url: every page after the first breaks it.
+    A retry cannot help, so none is made (not for META_STORE_RETRY_TIMEOUT); the refused
+    documents are spooled, the others written, and replay writes them once it is fixed."""
+    pages = mongo_collection(mongo_uri)
+    pages.create_index("listing_url", unique=True)
+    settings = stores(mongo_uri, tmp_path, META_STORE_RETRY_TIMEOUT=600,
+                      META_STORE_BATCH_SIZE=10)
+    crawler = await crawl(site.listing_url(30), **settings)
+
+    stats = crawler.stats
+    assert stats.get_value("finish_reason") == "finished"
+    assert pages.count_documents({}) == 1
+    assert stats.get_value("meta_store/written") == 1
+    assert stats.get_value("meta_store/rejected") == stats.get_value("meta_store/spooled") == 29
+    assert stats.get_value("meta_store/retries") is None
+    assert count_lines(tmp_path / "spool.jsonl") == 29
+    said = [r.getMessage() for r in caplog.records if r.name == "scraper.pipelines"]
+    refused = [line for line in said if line.startswith("META_STORE refused")]
+    assert refused and all("for good (E11000" in line for line in refused)
+    assert "29 were refused for good" in said[-1] and "spooled" in said[-1]
+
+    pages.drop_index("listing_url_1")  # the cause, fixed
+    report = await replay(project_settings(**settings), retry_timeout=5, say=lambda _: None)
+    assert report.ok and report.meta_written == 29
+    assert {d["url"] for d in pages.find()} == {f"{site.base}/page/{i}" for i in range(30)}

@@ -33,6 +33,15 @@ class StoreError(Exception):
     """A store that cannot be used as configured. The message is one line, free of secrets."""
 
 
+class RejectedDocuments(Exception):
+    """The meta store refused some documents for good (not an outage): retrying the same
+    write cannot help. The others of the batch were written. The message is one line."""
+
+    def __init__(self, docs: list[dict[str, Any]], reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.docs = docs
+
+
 class BodyStore(Protocol):
     """Where bodies go. Methods block; callers run them in worker threads."""
 

@@ -12,9 +12,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pymongo import MongoClient, ReplaceOne
-from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    ConfigurationError,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
 
-from scraper.stores import StoreError, redact
+from scraper.stores import RejectedDocuments, StoreError, redact
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -127,6 +133,21 @@ class JsonLinesMetaStore:
         os.replace(tmp, self.path)
 
 
+#: Server error codes that a retry may get past: network, shutdown, election, time limits
+#: (pymongo's own retryable-write list, plus 50 MaxTimeMSExpired and 64 WriteConcernFailed).
+TRANSIENT_CODES = frozenset({6, 7, 50, 64, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600,
+                             11602, 13435, 13436})
+
+
+def _reasons(errors: list[dict[str, Any]]) -> list[str]:
+    """Distinct "E<code> <message>" of write errors, short (a message may quote a value)."""
+    reasons = set()
+    for error in errors:
+        code, message = f"E{error.get('code')}", str(error.get("errmsg") or "")[:120]
+        reasons.add(message if message.startswith(code) else f"{code} {message}".strip())
+    return sorted(reasons)
+
+
 class MongoMetaStore:
     """Meta documents in a MongoDB collection, ``_id`` = fingerprint, upserted in bulk."""
 
@@ -173,9 +194,32 @@ class MongoMetaStore:
             raise StoreError(f"MongoDB at {where} unusable: {reason}") from None
 
     def write(self, docs: list[dict[str, Any]]) -> None:
+        """Upsert ``docs``; RejectedDocuments for those the server refuses for good.
+
+        Outages, elections, timeouts and write-concern errors are raised as they are (the
+        caller retries the whole batch: upserts make that safe). A refusal that a retry
+        cannot change (a validator, a unique index of the user's, a document too large,
+        no right to write) names the documents it concerns.
+        """
         ops = [ReplaceOne({"_id": d["fingerprint"]}, {**d, "_id": d["fingerprint"]}, upsert=True)
                for d in docs]
-        self.collection.bulk_write(ops, ordered=False)
+        try:
+            self.collection.bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if (not errors or exc.details.get("writeConcernErrors")
+                    or any(e.get("code") in TRANSIENT_CODES for e in errors)):
+                raise
+            raise RejectedDocuments([docs[e["index"]] for e in errors],
+                                    _reasons(errors)) from None
+        except OperationFailure as exc:
+            if (isinstance(exc, WriteConcernError) or exc.code in TRANSIENT_CODES
+                    or exc.has_error_label("RetryableWriteError")):
+                raise
+            details = exc.details or {}
+            raise RejectedDocuments(docs, _reasons([{
+                "code": exc.code, "errmsg": details.get("codeName") or details.get("errmsg")}])
+            ) from None
 
     def close(self) -> None:
         if self.client is not None:
