@@ -62,7 +62,9 @@ def test_start_urls_as_scrapy_redis_takes_them(entry: str, expected: tuple[str, 
 
 
 @pytest.mark.parametrize("entry", ["ftp://x/", "not a url", "{oops", '{"url": 1}',
-                                   '{"url": "http://x", "meta": []}'])
+                                   '{"url": "http://x", "meta": []}',
+                                   '{"url": "http://x", "meta": {"_lease": "n:1"}}',
+                                   '{"url": "http://x", "meta": {"download_slot": "y"}}'])
 def test_bad_start_urls(entry: str) -> None:
     with pytest.raises(BadEntry):
         start_url(entry)

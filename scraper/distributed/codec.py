@@ -132,6 +132,11 @@ def start_url(text: str) -> tuple[str, dict[str, Any]]:
         url, meta = d.get("url"), d.get("meta", {})
         if not isinstance(url, str) or not isinstance(meta, dict):
             raise BadEntry(f"start URL entry needs a string url: {text[:60]!r}")
+        local = sorted(set(meta) & set(LOCAL_META))
+        if local:
+            # "_lease" would make the node take the request for one it leased (crawled
+            # outside the queue and its dedup); the others are the node's own bookkeeping.
+            raise BadEntry(f"start URL meta may not set {', '.join(local)} (a node's own)")
     else:
         if len(text) > MAX_ENTRY_BYTES:
             raise BadEntry(f"entry of {len(text)} bytes is over {MAX_ENTRY_BYTES}")
