@@ -153,6 +153,13 @@ class RedisProbe:
         return d
 
 
+def redis_server(logs: Path) -> tuple[Service, int]:
+    """A fresh redis-server on 127.0.0.1 (no persistence), and its port."""
+    port = free_port()
+    return Service(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                    "--bind", "127.0.0.1"], port, logs / "redis.log"), port
+
+
 def round_trips(stats: dict[str, Any], contender: str) -> int:
     calls = {name.removeprefix("cmdstat_"): v["calls"] for name, v in stats.items()}
     if contender.startswith("distributed"):
@@ -169,9 +176,7 @@ def run_one(bench: Bench, contender: str, n: int, c: int, repeat: int, logs: Pat
     out = bench.runs / f"dist-{n}-{c}-{contender}-{repeat}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    port = free_port()
-    server = Service(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                      "--bind", "127.0.0.1"], port, logs / "redis.log")
+    server, port = redis_server(logs)
     url = f"redis://127.0.0.1:{port}/0"
     procs = 2 if contender.endswith("-2") else 1
     split = contender == "in-memory-2"  # two separate crawls of N/2, each its own stores
@@ -334,9 +339,7 @@ def redis_table(rows: list[dict[str, Any]]) -> str:
 def idle_run(nodes: int, seconds: float, logs: Path, settings: list[str],
              warmup: float = 5) -> dict[str, Any]:
     """Nodes started with nothing to crawl: what they cost Redis per node and second."""
-    port = free_port()
-    server = Service(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                      "--bind", "127.0.0.1"], port, logs / "redis.log")
+    server, port = redis_server(logs)
     client = redis.Redis(port=port)
     env = {**os.environ, **CREDENTIALS, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
     cmd = [sys.executable, "-m", "scrapy", "crawl", "listing", "-s",
@@ -460,9 +463,7 @@ def drive(url: str, pages: int, worker: int, tasks: int = 4, batch: int = 500,
 
 def synthetic_run(pages: int, procs: int, logs: Path) -> dict[str, Any]:
     """Redis alone under the scripts' load at the highest rate ``procs`` drivers reach."""
-    port = free_port()
-    server = Service(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                      "--bind", "127.0.0.1"], port, logs / "redis.log")
+    server, port = redis_server(logs)
     client = redis.Redis(port=port)
     url = f"redis://127.0.0.1:{port}/0"
     try:
