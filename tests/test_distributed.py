@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+from scrapy.utils.request import RequestFingerprinter
 
+from scraper.distributed.codec import encode
+from scraper.spiders.listing import ListingSpider
 from scraper.testsite import free_port
 from tests.conftest import (
     ROOT,
@@ -47,17 +50,21 @@ class Node:
     """One crawler process of a distributed crawl, logging to its own file."""
 
     def __init__(self, name: str, redis_url: str, tmp_path: Path, *settings: str,
-                 wrap: list[str] | None = None, env: dict[str, str] | None = None) -> None:
-        """``wrap``: a command the node runs under (``ip netns exec <ns>``, ``faketime``);
-        ``env``: variables added to the node's environment."""
+                 wrap: list[str] | None = None, env: dict[str, str] | None = None,
+                 url: str | None = None) -> None:
+        """``wrap``: a command the node runs under (``ip netns exec <ns>``);
+        ``env``: variables added to the node's environment; ``url``: ``-a url=``."""
         self.log = tmp_path / f"{name}.log"
-        args = [*(wrap or []), sys.executable, "-m", "scrapy", "crawl", "listing", "-s", f"REDIS_URL={redis_url}",
+        args = [*(wrap or []), sys.executable, "-m", "scrapy", "crawl", "listing",
+                "-s", f"REDIS_URL={redis_url}",
                 "-s", f"BODY_STORE={tmp_path / 'bodies'}", "-s",
                 f"META_STORE={tmp_path / 'meta.jsonl'}", "-s", "REDIS_LEASE_SECONDS=3",
                 "-s", "CONCURRENT_REQUESTS=100", "-s", f"LOG_FILE={self.log}",
                 "-s", "PROGRESS_INTERVAL=1"]
         for setting in settings:
             args += ["-s", setting]
+        if url:
+            args += ["-a", f"url={url}"]
         self.proc = subprocess.Popen(args, cwd=tmp_path, env={**ENV, **(env or {})},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -231,6 +238,30 @@ def test_redis_round_trips_per_page(
                 for c in ("evalsha", "eval", "multi", "ping", "hello", "client|setinfo"))
     assert_stored_once(dist_site, tmp_path, 2000)
     assert trips / 2000 < 3, trips
+
+
+def test_a_list_page_already_queued_and_given_by_url_is_crawled_once(
+    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    """A node started with `-a url=` for a list page another node already queued: its
+    start request goes through the queue's dedup, so the list page (and its chain of
+    next pages) is crawled once, not once per copy."""
+    url = dist_site.listing_url(3000, per_page=1000)
+    client = redis.Redis.from_url(redis_url)
+    spider = ListingSpider(url=url)
+    request = spider.list_request(url)
+    entry = f"{RequestFingerprinter().fingerprint(request).hex()}"
+    client.zadd("listing:requests", {f"1 {encode(request, spider)}": -1e12 + 1})
+    client.sadd("listing:dupefilter", entry)
+    client.set("listing:seq", 1)
+    client.close()
+    nodes.append(Node("node0", redis_url, tmp_path, "CONCURRENT_REQUESTS=1000", url=url))
+    assert nodes[0].wait() == 0
+
+    assert_stored_once(dist_site, tmp_path, 3000)
+    stats = nodes[0].stats()
+    assert stats["listing/list_pages"] == 3
+    assert stats["listing/children"] == 3000
 
 
 def test_seed_and_status_commands_explain_what_they_need(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from scrapy import Request, Spider
 from scrapy.utils.request import request_from_dict
 
 MAX_ENTRY_BYTES = 1 << 20  # a request is a URL and a little meta; more is not ours
-LOCAL_META = ("_lease", "download_slot", "download_latency", "depth")  # per node, not shared
+LOCAL_META = ("_lease", "_found_by", "download_slot", "download_latency", "depth")  # per node
 
 
 class BadEntry(ValueError):

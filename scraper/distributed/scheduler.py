@@ -48,7 +48,7 @@ from scrapy.utils.defer import deferred_from_coro
 
 from scraper.distributed.codec import BadEntry, decode, encode, start_url
 from scraper.distributed.queue import BloomFilter, CrawlQueue, CrawlStatus
-from scraper.distributed.tracking import request_done
+from scraper.distributed.tracking import FOUND_BY, request_done
 from scraper.retry import describe
 from scraper.stores import redact
 
@@ -151,14 +151,18 @@ class DistributedScheduler:
             # A retry or redirect of a request this node leased: it stays here, under the
             # same lease, and is acknowledged when it is done.
             self.local.appendleft(request)
+            self.stats.inc_value("scheduler/enqueued")
             return True
         fingerprint = "" if request.dont_filter else \
             self.crawler.request_fingerprinter.fingerprint(request).hex()
-        if request.priority > 0 and self.held:
-            # A list page found while crawling: it feeds the whole crawl, so this node
-            # crawls it now, leased to itself in Redis by the next flush (before the page
-            # that found it is acknowledged). A round trip through the queue would stall
-            # the list-page chain behind the reactor's backlog (measured: ~100 ms a page).
+        if request.priority > 0 and request.meta.pop(FOUND_BY, None) in self.held:
+            # A list page found while crawling one this node holds: it feeds the whole
+            # crawl, so this node crawls it now, leased to itself in Redis by the next
+            # flush (before the page that found it is acknowledged). A round trip through
+            # the queue would stall the list-page chain behind the reactor's backlog
+            # (measured: ~100 ms a page). Start requests (`-a url=`, start_urls) are not
+            # found pages: they go through the queue's dedup first, or a list page already
+            # queued would be crawled twice, and with it its whole chain of next pages.
             token = f"{self.node}:f{next(self.found)}"
             request.meta["_lease"] = token
             self.held.add(token)
@@ -343,20 +347,27 @@ class DistributedScheduler:
         their acknowledgements are sent and refused by Redis, which knows the lease
         token is no longer this node's.
         """
-        unstarted = [r for r in self.local if r.meta.get("_lease") in lost]
-        if unstarted:
-            dropped = {r.meta["_lease"] for r in unstarted}
-            self.local = deque(r for r in self.local if r.meta.get("_lease") not in dropped)
-            self.held -= dropped
-            lost -= dropped
+        dropped = self._drop_unstarted(lost)
+        self.held -= dropped
+        lost -= dropped
         self.lost |= lost
-        self.stats.inc_value("distributed/leases_lost", len(unstarted) + len(lost))
+        self.stats.inc_value("distributed/leases_lost", len(dropped) + len(lost))
         logger.warning(
             "%(n)d leases of this node expired (Redis unreachable for longer than "
             "REDIS_LEASE_SECONDS) and were reclaimed by other nodes: %(dropped)d not started "
             "are dropped, %(inflight)d in flight will be stored again (idempotently) and their "
-            "acknowledgements refused", {"n": len(unstarted) + len(lost),
-                                         "dropped": len(unstarted), "inflight": len(lost)})
+            "acknowledgements refused", {"n": len(dropped) + len(lost),
+                                         "dropped": len(dropped), "inflight": len(lost)})
+
+    def _drop_unstarted(self, tokens: set[str]) -> set[str]:
+        """Take the requests of these leases out of ``local`` (the engine has not started
+        them); return their tokens."""
+        dropped = {token for r in self.local if (token := r.meta.get("_lease")) in tokens}
+        if dropped:
+            self.local = deque(r for r in self.local if r.meta.get("_lease") not in dropped)
+            # They were counted as enqueued for this node; they will not be dequeued.
+            self.stats.inc_value("scheduler/enqueued", -len(dropped))
+        return dropped
 
     async def _sweep(self) -> None:
         assert self.queue is not None
@@ -424,6 +435,7 @@ class DistributedScheduler:
             if seen:  # found by another node first: it is crawled there
                 self.held.difference_update(seen)
                 self.stats.inc_value("distributed/filtered", len(seen))
+                self._drop_unstarted(set(seen))  # if not started yet, not crawled here too
         while queued_n > 0:
             batch = self.outbox[:min(self.batch, queued_n)]
             added = await self.queue.enqueue(batch)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: Signal: ``request`` (carrying ``meta["_lease"]``) is fully handled.
 request_done = object()
+#: request.meta key: the lease token of the response whose callback yielded the request.
+FOUND_BY = "_found_by"
 
 
 def lease_of(response: Response | Failure | None) -> tuple[str | None, Request | None]:
@@ -57,8 +59,13 @@ class LeaseTracker:
         token, request = lease_of(response)
         try:
             async for output in result:
-                if token is not None and not isinstance(output, Request):
-                    self.yielded[token] += 1
+                if token is not None:
+                    if not isinstance(output, Request):
+                        self.yielded[token] += 1
+                    elif output.priority > 0:
+                        # A list page found while crawling a leased one: the scheduler
+                        # crawls it at once (see DistributedScheduler.enqueue_request).
+                        output.meta[FOUND_BY] = token
                 yield output
         finally:
             if token is not None and request is not None:
