@@ -14,6 +14,7 @@ Keys (``<spider>`` is the spider name; the first three as in scrapy-redis):
 ``<spider>:dead``        LIST  members whose leases expired REDIS_MAX_ATTEMPTS times
 ``<spider>:nodes``       HASH  node id -> "<ms> <JSON heartbeat>"
 ``<spider>:seq``         STRING the sequence counter (requests and lease tokens)
+``<spider>:sweeper``     STRING the node whose turn it is to check the leases (expires)
 
 A request taken by a node is not popped: LEASE moves it to ``leased`` with a deadline,
 and only ACK removes it. RECLAIM, run by every node, puts back what a dead node held.
@@ -188,11 +189,14 @@ end
 return {returned, dead, bad}
 """
 
-# KEYS: leases, leased, dead. Every script writes a lease's deadline and its data together,
-# so a deadline without data, or data without a deadline, was put there by someone else:
-# the first would hold the crawl open forever, the second is never read. Deadlines without
-# data are dropped, data without a deadline goes to dead. Returns {dropped, sent to dead}.
+# KEYS: leases, leased, dead, sweeper. ARGV: node, ms. Every script writes a lease's
+# deadline and its data together, so a deadline without data, or data without a deadline,
+# was put there by someone else: the first would hold the crawl open forever, the second
+# is never read. Deadlines without data are dropped, data without a deadline goes to dead.
+# One sweep per ms crawl-wide (it reads every lease): the first node to ask takes the turn.
+# Returns {dropped, sent to dead}.
 SWEEP = """
+if not redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return {{}, {}} end
 local dropped, kept = {}, {}
 for _, token in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if redis.call('HEXISTS', KEYS[2], token) == 0 then
@@ -379,11 +383,13 @@ class CrawlQueue:
             keys=[k.leases, k.leased, k.requests, k.attempts, k.dead, k.start_urls], args=args)
         return int(returned), int(dead), list(bad)
 
-    async def sweep(self) -> tuple[list[str], list[str]]:
+    async def sweep(self, node: str, every_ms: int) -> tuple[list[str], list[str]]:
         """Drop lease deadlines without data and send lease data without a deadline to dead
-        (neither was written by this crawl); return the tokens of each."""
+        (neither was written by this crawl); return the tokens of each. Does nothing if
+        another node swept in the last ``every_ms``."""
         k = self.keys
-        dropped, kept = await self._sweep(keys=[k.leases, k.leased, k.dead])
+        dropped, kept = await self._sweep(keys=[k.leases, k.leased, k.dead, k.sweeper],
+                                          args=[node, every_ms])
         return [_text(t) for t in dropped], [_text(t) for t in kept]
 
     async def forget_nodes(self, names: list[str]) -> None:
@@ -428,7 +434,8 @@ class CrawlQueue:
         """Forget the crawl: queue, dedup set, leases, start URLs, nodes."""
         k = self.keys
         await self.redis.delete(k.requests, k.dupefilter, k.start_urls, k.leases, k.leased,
-                                k.attempts, k.dead, k.nodes, k.seq, k.bloom, k.bloom_count)
+                                k.attempts, k.dead, k.nodes, k.seq, k.bloom, k.bloom_count,
+                                k.sweeper)
 
 
 def _text(value: bytes | str) -> str:

@@ -13,8 +13,10 @@ atomic Lua script (scraper.distributed.queue):
 - requests the crawl yields go to ``outbox``, enqueued with the dedup check in one call;
 - finished requests' lease tokens go to ``acks``, sent after the outbox, so a list page
   is acknowledged only once its children are in Redis;
-- every second: crawl status and a heartbeat; every lease/3 the node's leases are
-  extended, and expired leases (of dead nodes) are put back.
+- every second (every 0.2 s while the node has nothing): the crawl's status; every
+  second a heartbeat; every lease/3 the node's leases are extended, and expired leases
+  (of dead nodes) are put back. A LEASE that finds nothing is asked again after a
+  wait that doubles from 20 ms to 1 s, cut short when the status shows work.
 
 Anything found in Redis that this crawl did not write (a pickle, broken or oversized
 JSON, bytes that are not UTF-8, a lease without data, a heartbeat that is not one) is
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OUTAGE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: Seconds between LEASE calls that find nothing, at most (the wait doubles from 20 ms).
+IDLE_LEASE_WAIT_MAX = 1.0
 
 
 def _bloom(settings: Any) -> BloomFilter | None:
@@ -105,6 +109,8 @@ class DistributedScheduler:
         self.flushed_at = 0.0
         self.idle_since: float | None = None
         self.closing = False
+        self.next_lease = 0.0  # monotonic time of the next LEASE call
+        self.lease_wait = 0.0
         self.wake = asyncio.Event()
         self.started = time.monotonic()
         self.pump: asyncio.Task[None] | None = None
@@ -260,7 +266,8 @@ class DistributedScheduler:
 
     async def _pump(self) -> None:
         backoff, last_warning = 0.5, 0.0
-        timers = {"status": 0.0, "extend": time.monotonic(), "reclaim": 0.0, "sweep": 0.0}
+        timers = {"status": 0.0, "heartbeat": 0.0, "extend": time.monotonic(), "reclaim": 0.0,
+                  "sweep": 0.0}
         while not self.closing:
             try:
                 worked = await self._cycle(timers)
@@ -295,17 +302,29 @@ class DistributedScheduler:
         """One round: flush, refill, and the periodic chores. True if it moved anything."""
         assert self.queue is not None
         worked = await self._flush()
-        if len(self.local) < self.prefetch // 2 + 1:
-            worked |= await self._refill()
         now = time.monotonic()
+        if len(self.local) < self.prefetch // 2 + 1 and now >= self.next_lease:
+            if await self._refill():
+                worked, self.lease_wait = True, 0.0
+            else:
+                # Nothing to lease: ask less and less often (an idle node asked 50 times a
+                # second, measured: most of what 100 idle nodes would cost Redis). Work
+                # showing up in the status, or enqueued by this node, asks again at once.
+                self.lease_wait = min(max(0.02, 2 * self.lease_wait), IDLE_LEASE_WAIT_MAX)
+                self.next_lease = now + self.lease_wait
         if now - timers["status"] > (0.2 if not self.local else 1.0):
             timers["status"] = now
             # Taken after this cycle's flush (the pump is the only one that flushes).
             self.status = await self.queue.status()
             self.status_at = now
+            if self.status.queued or self.status.start_urls:
+                self.next_lease = 0.0
             if self.status.bad_nodes:
                 await self._reject_nodes(self.status.bad_nodes)
-            await self.queue.heartbeat(self.node, self._heartbeat_info(), 3 * self.lease_ms)
+            if now - timers["heartbeat"] >= 1.0:
+                timers["heartbeat"] = now
+                await self.queue.heartbeat(self.node, self._heartbeat_info(),
+                                           3 * self.lease_ms)
             if self.status.drained:
                 # The engine asks spider_idle again only on its next event or its 5 s
                 # heartbeat; the crawl may be complete now, so let it ask now.
@@ -371,7 +390,8 @@ class DistributedScheduler:
 
     async def _sweep(self) -> None:
         assert self.queue is not None
-        dropped, kept = await self.queue.sweep()
+        every_ms = int(min(5000, self.lease_ms / 4))
+        dropped, kept = await self.queue.sweep(self.node, every_ms)
         for token in dropped:
             self._log_rejected("leases", f"{token!r} has no lease data; dropped")
         for token in kept:
@@ -400,6 +420,8 @@ class DistributedScheduler:
         acks, self.acks = self.acks, []
         try:
             worked = await self._send_outboxes()
+            if worked:
+                self.next_lease = 0.0  # what it enqueued may be this node's to lease
             while acks:
                 batch = acks[:self.batch]
                 acked, refused = await self.queue.ack(batch)
