@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ORDER = ("ours", "ours-no-storage", "celery-gevent", "bare")
+ORDER = ("ours", "ours-impolite", "ours-no-storage", "celery-gevent", "bare")
 
 
 def _median(values: list[float]) -> float:

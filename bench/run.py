@@ -6,6 +6,8 @@
 Contenders (each its own process, crawling the project's test site, itself its own process):
   ours             `scrapy crawl listing` with both storage pipelines
   ours-no-storage  the same spider with no pipelines (what storage costs)
+  ours-impolite    ours with ROBOTSTXT_OBEY=False RETRY_AFTER_ENABLED=False (what the
+                   politeness defaults cost per page)
   celery-gevent    the Celery + gevent 1000 + Redis setup we replace (bench/celery_gevent.py)
   bare             aiohttp with a semaphore: fetch and discard (the limit)
 
@@ -47,7 +49,9 @@ from scraper.testsite import Listing, free_port, render_child, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-CONTENDERS = ("ours", "ours-no-storage", "celery-gevent", "bare")
+CONTENDERS = ("ours", "ours-no-storage", "celery-gevent", "bare", "ours-impolite")
+#: Not in the default run: only to measure what the politeness defaults cost.
+IMPOLITE = ["ROBOTSTXT_OBEY=False", "RETRY_AFTER_ENABLED=False"]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -133,15 +137,17 @@ class Bench:
         cmd = [sys.executable, "-m"]
         url = self.listing_url(n, self.per_page)
         mongo = os.environ.get("SCRAPER_BENCH_MONGO_URI")
-        if profile == "services" and contender in ("ours", "celery-gevent"):
+        if profile == "services" and contender in ("ours", "ours-impolite", "celery-gevent"):
             assert self.moto is not None
             bucket = f"bench-{uuid.uuid4().hex[:10]}"
             s3(self.s3_endpoint).create_bucket(Bucket=bucket)
-        if contender in ("ours", "ours-no-storage"):
+        if contender in ("ours", "ours-no-storage", "ours-impolite"):
             cmd += ["bench.run_ours", "--url", url, "--concurrency", str(c), "--out", str(out)]
             if contender == "ours-no-storage":
                 cmd.append("--no-storage")
-            elif bucket:
+            if contender == "ours-impolite":
+                cmd += [x for setting in IMPOLITE for x in ("-s", setting)]
+            if bucket:
                 prefix = "ours/"
                 cmd += ["--body-store", f"s3://{bucket}/{prefix}",
                         "-s", f"AWS_ENDPOINT_URL={self.s3_endpoint}"]
@@ -211,9 +217,11 @@ class Bench:
             return None
         sample = random.Random(n).sample(range(n), min(20, n))
 
+        ours = contender.startswith("ours")
+
         def key(i: int) -> str:
             url = f"{self.site_url}/page/{i}"
-            if contender == "ours":
+            if ours:
                 return RequestFingerprinter().fingerprint(Request(url)).hex()
             return hashlib.sha1(url.encode()).hexdigest()
 
@@ -222,7 +230,7 @@ class Bench:
             if len(lines) != n or len({json.loads(line)["url"] for line in lines}) != n:
                 return False
             root = out / "bodies"
-            paths = {i: root / (f"{key(i)[:2]}/{key(i)}" if contender == "ours" else key(i))
+            paths = {i: root / (f"{key(i)[:2]}/{key(i)}" if ours else key(i))
                      for i in sample}
             return all(p.read_bytes() == render_child(i) for i, p in paths.items())
         if report.get("meta_docs") != n:
@@ -335,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--profiles", nargs="+", default=["local", "services"],
                         choices=["local", "services"])
-    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS[:4]),
+                        choices=CONTENDERS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=100)
     parser.add_argument("--timeout", type=float, default=900, help="per run, seconds")
