@@ -82,6 +82,15 @@ class Site:
             return json.loads(r.read())  # type: ignore[no-any-return]
 
 
+@pytest.fixture
+def nodes() -> Iterator[list[Any]]:
+    """Crawler nodes a test starts (tests.test_distributed.Node): stopped at teardown."""
+    started: list[Any] = []
+    yield started
+    for node in started:
+        node.stop()
+
+
 @pytest.fixture(scope="session")
 def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("server-logs")

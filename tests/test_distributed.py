@@ -85,14 +85,6 @@ class Node:
             self.proc.wait(10)
 
 
-@pytest.fixture
-def nodes() -> Iterator[list[Node]]:
-    started: list[Node] = []
-    yield started
-    for node in started:
-        node.stop()
-
-
 def seed(site: Site, redis_url: str, tmp_path: Path, n: int) -> None:
     result = scrapy("seed", "listing", site.listing_url(n), "-s", f"REDIS_URL={redis_url}",
                     cwd=tmp_path)

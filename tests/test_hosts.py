@@ -105,14 +105,6 @@ def site_on(hosts: Hosts, logs: Path) -> Iterator[Callable[[int], NetSite]]:
         stop(proc)
 
 
-@pytest.fixture
-def nodes() -> Iterator[list[Node]]:
-    started: list[Node] = []
-    yield started
-    for node in started:
-        node.stop()
-
-
 def node_on(host: Host, hosts: Hosts, tmp_path: Path, *settings: str,
             clock: str | None = None) -> Node:
     """A crawler node on ``host``; ``clock`` ("+10m") sets its clock off by libfaketime."""

@@ -39,14 +39,6 @@ def slow_site(logs: Path) -> Iterator[Site]:
         yield site
 
 
-@pytest.fixture
-def nodes() -> Iterator[list[Node]]:
-    started: list[Node] = []
-    yield started
-    for node in started:
-        node.stop()
-
-
 def wait_until(condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes],
                timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
