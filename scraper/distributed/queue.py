@@ -408,16 +408,23 @@ class CrawlQueue:
         return int(await self._heartbeat(keys=[self.keys.nodes],
                                          args=[node, json.dumps(info), stale_ms]))
 
-    async def status(self) -> CrawlStatus:
+    async def status(self, nodes: bool = True) -> CrawlStatus:
+        """The crawl's counts; ``nodes=False`` leaves out the heartbeats (``nodes`` is then
+        empty): every node reads the status up to 5 times a second, and all heartbeats
+        each time would grow as nodes squared (docs/scaling.md)."""
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zcard(k.requests).zcard(k.leases).llen(k.start_urls).scard(k.dupefilter)
-            pipe.llen(k.dead).hgetall(k.nodes).time().get(k.bloom_count)
-            queued, leased, start_urls, seen, dead, nodes, now, bloomed = await pipe.execute()
+            pipe.llen(k.dead)
+            if nodes:
+                pipe.hgetall(k.nodes)
+            pipe.time().get(k.bloom_count)
+            queued, leased, start_urls, seen, dead, *heartbeats, now, bloomed = \
+                await pipe.execute()
         with contextlib.suppress(ValueError):  # a count this crawl did not write: ignored
             seen += int(bloomed or 0)
         parsed, bad = {}, []
-        for node, value in nodes.items():
+        for node, value in (heartbeats[0] if heartbeats else {}).items():
             name = _text(node)
             try:
                 parsed[name] = _heartbeat_of(value)

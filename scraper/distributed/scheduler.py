@@ -266,8 +266,8 @@ class DistributedScheduler:
 
     async def _pump(self) -> None:
         backoff, last_warning = 0.5, 0.0
-        timers = {"status": 0.0, "heartbeat": 0.0, "extend": time.monotonic(), "reclaim": 0.0,
-                  "sweep": 0.0}
+        timers = {"status": 0.0, "heartbeat": 0.0, "nodes": 0.0, "extend": time.monotonic(),
+                  "reclaim": 0.0, "sweep": 0.0}
         while not self.closing:
             try:
                 worked = await self._cycle(timers)
@@ -315,7 +315,11 @@ class DistributedScheduler:
         if now - timers["status"] > (0.2 if not self.local else 1.0):
             timers["status"] = now
             # Taken after this cycle's flush (the pump is the only one that flushes).
-            self.status = await self.queue.status()
+            # The heartbeats (read to reject entries that are not ours) every 5 s only.
+            with_nodes = now - timers["nodes"] >= 5.0
+            if with_nodes:
+                timers["nodes"] = now
+            self.status = await self.queue.status(nodes=with_nodes)
             self.status_at = now
             if self.status.queued or self.status.start_urls:
                 self.next_lease = 0.0
