@@ -91,6 +91,8 @@ class DistributedScheduler:
         self.redis_url = redis_url
         self.prefetch = max(1, prefetch)
         self.lease_ms = int(lease_seconds * 1000)
+        # How often expired leases are reclaimed and (by one node at a time) swept.
+        self.chore_seconds = min(5.0, lease_seconds / 4)
         self.max_attempts = max_attempts
         self.idle_timeout = idle_timeout
         self.wait_for_start_urls = wait_for_start_urls
@@ -342,7 +344,7 @@ class DistributedScheduler:
                                            self.lease_ms)
             if lost:
                 self._lost_leases(set(lost))
-        if now - timers["reclaim"] > min(5.0, self.lease_ms / 4000):
+        if now - timers["reclaim"] > self.chore_seconds:
             timers["reclaim"] = now
             returned, dead = await self.queue.reclaim(
                 self.max_attempts, on_unreadable=self._reject_lease_data)
@@ -355,7 +357,7 @@ class DistributedScheduler:
         status = self.status
         if (status is not None and not self.local and not self.held and status.leased
                 and not status.queued and not status.start_urls
-                and now - timers["sweep"] > min(5.0, self.lease_ms / 4000)):
+                and now - timers["sweep"] > self.chore_seconds):
             # Idle, waiting only for other nodes' leases: check that they are leases.
             timers["sweep"] = now
             await self._sweep()
@@ -394,8 +396,7 @@ class DistributedScheduler:
 
     async def _sweep(self) -> None:
         assert self.queue is not None
-        every_ms = int(min(5000, self.lease_ms / 4))
-        dropped, kept = await self.queue.sweep(self.node, every_ms)
+        dropped, kept = await self.queue.sweep(self.node, int(self.chore_seconds * 1000))
         for token in dropped:
             self._log_rejected("leases", f"{token!r} has no lease data; dropped")
         for token in kept:
