@@ -24,8 +24,9 @@ async def test_priority_first_then_first_in_first_out(redis_url: str) -> None:
     try:
         entries = [(f"fp{i}", priority, f"r{i}") for i, priority in
                    enumerate([0, 0, 1, 0, 5, 1, 0])]
-        assert await queue.enqueue(entries) == 7
-        assert await queue.enqueue([("fp3", 0, "again"), ("", 0, "unfiltered")]) == 1
+        assert await queue.enqueue(entries) == []  # none seen before
+        # Seen: "fp3" (position 0); "" (dont_filter) is never seen.
+        assert await queue.enqueue([("fp3", 0, "again"), ("", 0, "unfiltered")]) == [0]
         leased = await queue.lease("node-a", 100, 60_000, start_n=0)
         assert [e.payload.split(" ", 1)[1] for e in leased] == [
             "r4", "r2", "r5", "r0", "r1", "r3", "r6", "unfiltered"]
@@ -107,10 +108,11 @@ async def test_bloom_dedup_in_redis(redis_url: str) -> None:
     queue = CrawlQueue(client, "listing", BloomFilter(5000, 0.01))
     try:
         fps = [hashlib.sha1(str(i).encode()).hexdigest() for i in range(10000)]
-        first = await queue.enqueue([(fp, 0, "r") for fp in fps[:5000]])
+        first = 5000 - len(await queue.enqueue([(fp, 0, "r") for fp in fps[:5000]]))
         assert first >= 5000 * 0.98
-        assert await queue.enqueue([(fp, 0, "r") for fp in fps[:5000]]) == 0  # all repeats
-        fresh_ones = await queue.enqueue([(fp, 0, "r") for fp in fps[5000:]])
+        repeats = await queue.enqueue([(fp, 0, "r") for fp in fps[:5000]])
+        assert repeats == list(range(5000))  # every one seen
+        fresh_ones = 5000 - len(await queue.enqueue([(fp, 0, "r") for fp in fps[5000:]]))
         assert fresh_ones >= 5000 * 0.9  # the filter is now over capacity, still mostly right
         status = await queue.status()
         assert status.seen == first + fresh_ones

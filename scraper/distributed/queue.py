@@ -15,6 +15,8 @@ Keys (``<spider>`` is the spider name; the first three as in scrapy-redis):
 ``<spider>:nodes``       HASH  node id -> "<ms> <JSON heartbeat>"
 ``<spider>:seq``         STRING the sequence counter (requests and lease tokens)
 ``<spider>:sweeper``     STRING the node whose turn it is to check the leases (expires)
+``<spider>:canonical``   HASH  canonical URL -> fingerprint of the child holding its body
+                               (DEDUP_CANONICAL, scraper/canonical.py)
 
 A request taken by a node is not popped: LEASE moves it to ``leased`` with a deadline,
 and only ACK removes it. RECLAIM, run by every node, puts back what a dead node held.
@@ -61,17 +63,18 @@ end
 """
 
 # KEYS: requests, dupefilter, seq, bloom, bloom_count. ARGV: triples of dedup key,
-# priority, request JSON. Returns how many were added.
+# priority, request JSON. Returns the positions (from 0) of the entries already seen.
 ENQUEUE = _IS_NEW + """
-local added = 0
+local seen = {}
 for i = 1, #ARGV, 3 do
   if is_new(ARGV[i], KEYS[2], KEYS[4], KEYS[5]) then
     local seq = redis.call('INCR', KEYS[3])
     redis.call('ZADD', KEYS[1], -tonumber(ARGV[i + 1]) * 1e12 + seq, seq .. ' ' .. ARGV[i + 2])
-    added = added + 1
+  else
+    seen[#seen + 1] = (i - 1) / 3
   end
 end
-return added
+return seen
 """
 
 # KEYS: dupefilter, seq, leases, leased, bloom, bloom_count. ARGV: lease_ms, then
@@ -324,12 +327,14 @@ class CrawlQueue:
         self._heartbeat = redis.register_script(HEARTBEAT)
         self._sweep = redis.register_script(SWEEP)
 
-    async def enqueue(self, entries: list[tuple[str, int, str]]) -> int:
-        """Add (fingerprint or "", priority, JSON) entries not seen before; return how many."""
+    async def enqueue(self, entries: list[tuple[str, int, str]]) -> list[int]:
+        """Add (fingerprint or "", priority, JSON) entries not seen before; return the
+        positions in ``entries`` of those that were seen (duplicates, not added)."""
         k = self.keys
         args = [x for fp, *rest in entries for x in (self._dedup_key(fp), *rest)]
-        return int(await self._enqueue(
-            keys=[k.requests, k.dupefilter, k.seq, k.bloom, k.bloom_count], args=args))
+        seen = await self._enqueue(
+            keys=[k.requests, k.dupefilter, k.seq, k.bloom, k.bloom_count], args=args)
+        return [int(i) for i in seen]
 
     def _dedup_key(self, fingerprint: str) -> str:
         return self.bloom.key(fingerprint) if self.bloom and fingerprint else fingerprint
@@ -438,11 +443,11 @@ class CrawlQueue:
         return int(await self.redis.rpush(self.keys.start_urls, *urls)) if urls else 0
 
     async def reset(self) -> None:
-        """Forget the crawl: queue, dedup set, leases, start URLs, nodes."""
+        """Forget the crawl: queue, dedup set, leases, start URLs, nodes, canonical URLs."""
         k = self.keys
         await self.redis.delete(k.requests, k.dupefilter, k.start_urls, k.leases, k.leased,
                                 k.attempts, k.dead, k.nodes, k.seq, k.bloom, k.bloom_count,
-                                k.sweeper)
+                                k.sweeper, k.canonical)
 
 
 def _text(value: bytes | str) -> str:

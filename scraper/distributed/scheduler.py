@@ -100,7 +100,8 @@ class DistributedScheduler:
         self.bloom = bloom
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.local: deque[Request] = deque()
-        self.outbox: list[tuple[str, int, str]] = []
+        # (fingerprint, priority, JSON, the request: signalled as dropped if Redis saw it)
+        self.outbox: list[tuple[str, int, str, Request]] = []
         self.outbox_leased: list[tuple[str, int, str, str]] = []
         self.found = itertools.count()
         self.acks: list[str] = []
@@ -181,7 +182,7 @@ class DistributedScheduler:
             self.stats.inc_value("scheduler/enqueued")
             self.wake.set()
             return True
-        self.outbox.append((fingerprint, request.priority, encode(request, self.spider)))
+        self.outbox.append((fingerprint, request.priority, encode(request, self.spider), request))
         self.stats.inc_value("distributed/enqueued")
         self.wake.set()
         return True
@@ -465,11 +466,14 @@ class DistributedScheduler:
                 self._drop_unstarted(set(seen))  # if not started yet, not crawled here too
         while queued_n > 0:
             batch = self.outbox[:min(self.batch, queued_n)]
-            added = await self.queue.enqueue(batch)
+            seen = await self.queue.enqueue([entry[:3] for entry in batch])
             del self.outbox[:len(batch)]
             queued_n -= len(batch)
-            self.stats.inc_value("distributed/filtered", len(batch) - added)
+            self.stats.inc_value("distributed/filtered", len(seen))
             self.stats.inc_value("distributed/redis_calls")
+            for i in seen:  # as Scrapy's engine does when its dupefilter drops a request
+                self.crawler.signals.send_catch_log(signals.request_dropped,
+                                                    request=batch[i][3], spider=self.spider)
         return worked
 
     async def _refill(self) -> bool:
