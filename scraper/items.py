@@ -31,6 +31,8 @@ class PageItem:
     title: str | None = None
     elapsed: float | None = None  # download latency, seconds
     error: str | None = None
+    canonical_url: str | None = None  # the page's <link rel="canonical">, absolute
+    duplicate_of: str | None = None  # DEDUP_CANONICAL: the fingerprint that holds its body
     body_key: str | None = None  # set by BodyStorePipeline once the body is stored
     # True while the body waits in BODY_STORE_SPOOL (the store refused it past every retry;
     # body_key is None until `scrapy replay` stores it and clears this).

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from scraper.urls import TRACKING_PARAMS
+
 BOT_NAME = "scraper"
 SPIDER_MODULES = ["scraper.spiders"]
 NEWSPIDER_MODULE = "scraper.spiders"
@@ -42,6 +44,7 @@ META_HEADERS = ["Content-Type", "Content-Length", "Content-Encoding", "Last-Modi
                 "Cache-Control", "Server"]
 
 ITEM_PIPELINES = {
+    "scraper.canonical.CanonicalDedupPipeline": 50,  # only with DEDUP_CANONICAL
     "scraper.pipelines.BodyStorePipeline": 100,
     "scraper.pipelines.MetaStorePipeline": 200,  # after the body: meta never points at nothing
 }
@@ -76,7 +79,21 @@ DOWNLOAD_TIMEOUT = 60
 DOWNLOAD_MAXSIZE = 32 * 2**20   # larger bodies end as a record with error, not in memory
 DOWNLOAD_WARNSIZE = 8 * 2**20
 RETRY_TIMES = 2
+
+# --- What a list page gives (scraper/spiders/) ----------------------------------------------
 LISTING_MAX_PAGES = 10000   # pagination stops here (an endless "next" chain must end)
+# "content": every same-site link of a list page outside its navigation (<nav>,
+# role=navigation, a page-level <header>/<footer>) and its pager; "all": navigation too.
+LISTING_CHILDREN = "content"
+# Query parameters removed from every discovered link before dedup (fnmatch patterns):
+# one page linked with ?utm_source=... and without is one record.
+URL_STRIP_PARAMS = list(TRACKING_PARAMS)
+# True: a child whose <link rel="canonical"> is already stored (under another URL) ends as
+# a record with duplicate_of and no second body (scraper/canonical.py).
+DEDUP_CANONICAL = False
+# A list page's fingerprint differs from a child's of the same URL (scraper/fingerprint.py):
+# a URL linked both ways is crawled once as each.
+REQUEST_FINGERPRINTER_CLASS = "scraper.fingerprint.ListingFingerprinter"
 
 # Scrapy's experimental aiohttp download handler costs ~20% less CPU per page (measured in
 # bench/). Switch it on per run with -s DOWNLOAD_HANDLERS='{"http": "scrapy.core.downloader.

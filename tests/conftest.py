@@ -230,6 +230,28 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f]
 
 
+def local_stores(folder: Path) -> dict[str, Any]:
+    """Settings that store a crawl's bodies and meta under ``folder``."""
+    return {"BODY_STORE": str(folder / "bodies"), "META_STORE": str(folder / "meta.jsonl"),
+            "META_STORE_SPOOL": str(folder / "spool.jsonl"),
+            "BODY_STORE_SPOOL": str(folder / "body-spool")}
+
+
+def records(folder: Path) -> list[dict[str, Any]]:
+    """The meta records of a crawl into ``folder`` (none if it never wrote its file)."""
+    meta = folder / "meta.jsonl"
+    return read_jsonl(meta) if meta.exists() else []
+
+
+def assert_children_recorded(stats: dict[str, Any] | list[dict[str, Any]],
+                             child_records: int) -> None:
+    """The invariant every crawl keeps: each child it counted (``listing/children``, summed
+    over nodes) ended as exactly one record, and no record was written for an uncounted one."""
+    counted = sum(s.get("listing/children", 0) for s in
+                  (stats if isinstance(stats, list) else [stats]))
+    assert counted == child_records, f"listing/children {counted} != {child_records} records"
+
+
 def scrapy_crawl(args: list[str], cwd: Path, env: dict[str, str] | None = None,
                  timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run `scrapy crawl listing ...` as a user would, from ``cwd`` with the project settings."""

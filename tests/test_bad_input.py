@@ -28,9 +28,10 @@ from scrapy.http import HtmlResponse
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
-from scraper.spiders.listing import ListingSpider, classify_link
+from scraper.spiders.listing import ListingSpider
 from scraper.testsite import render_child
-from tests.conftest import crawl, read_jsonl
+from scraper.urls import resolve
+from tests.conftest import crawl, local_stores, read_jsonl, records
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,17 +39,6 @@ if TYPE_CHECKING:
     from tests.conftest import Site
 
 LINK_REASONS = {"ok", "empty", "fragment", "unparsable", "scheme", "offsite"}
-
-
-def records(folder: Path) -> list[dict[str, Any]]:
-    """The meta records of a crawl into ``folder`` (none if it never wrote its file)."""
-    meta = folder / "meta.jsonl"
-    return read_jsonl(meta) if meta.exists() else []
-
-
-def local_stores(folder: Path) -> dict[str, Any]:
-    return {"BODY_STORE": str(folder / "bodies"), "META_STORE": str(folder / "meta.jsonl"),
-            "META_STORE_SPOOL": str(folder / "spool.jsonl")}
 
 
 # --- Generated list pages ----------------------------------------------------------------------
@@ -154,9 +144,9 @@ def parse(spider: ListingSpider, url: str, page: tuple[bytes, str]) -> list[Requ
 @given(href=st.one_of(hrefs("site.test"), st.text()),
        page_url=st.sampled_from(["http://site.test/list", "https://site.test:8443/a/b/?p=2#x",
                                  "http://SITE.test/", "http://site.test/%zz/é"]))
-def test_classify_link_never_raises_and_keeps_only_same_site_http(href: str,
+def test_resolve_never_raises_and_keeps_only_same_site_http(href: str,
                                                                   page_url: str) -> None:
-    url, reason = classify_link(href, page_url)
+    url, reason = resolve(href, page_url, urlsplit(page_url).hostname)
     assert reason in LINK_REASONS
     assert (url is not None) == (reason == "ok")
     if url is not None:

@@ -14,15 +14,10 @@ import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
 from scraper.testsite import free_port, render_child, wait_for_port
-from tests.conftest import ROOT, Site, crawl, read_jsonl, running_site
+from tests.conftest import ROOT, Site, crawl, local_stores, read_jsonl, running_site
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-
-def local_stores(tmp_path: Path) -> dict[str, Any]:
-    return {"BODY_STORE": str(tmp_path / "bodies"), "META_STORE": str(tmp_path / "meta.jsonl"),
-            "META_STORE_SPOOL": str(tmp_path / "spool.jsonl")}
 
 
 def by_url(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

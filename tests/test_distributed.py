@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from scrapy.utils.request import RequestFingerprinter
 
 from scraper.distributed.codec import encode
+from scraper.fingerprint import ListingFingerprinter
 from scraper.spiders.listing import ListingSpider
 from scraper.testsite import free_port
 from tests.conftest import (
@@ -242,7 +242,7 @@ def test_a_list_page_already_queued_and_given_by_url_is_crawled_once(
     client = redis.Redis.from_url(redis_url)
     spider = ListingSpider(url=url)
     request = spider.list_request(url)
-    entry = f"{RequestFingerprinter().fingerprint(request).hex()}"
+    entry = ListingFingerprinter().fingerprint(request).hex()  # a list page's own
     client.zadd("listing:requests", {f"1 {encode(request, spider)}": -1e12 + 1})
     client.sadd("listing:dupefilter", entry)
     client.set("listing:seq", 1)

@@ -8,8 +8,9 @@ from scrapy.http import HtmlResponse, Response
 from scrapy.utils.request import request_from_dict
 from scrapy.utils.test import get_crawler
 
-from scraper.spiders.listing import ListingSpider, classify_link, extract_title
+from scraper.spiders.listing import ListingSpider, extract_title
 from scraper.testsite import SKIPPED_LINKS, Listing, render_child, render_list
+from scraper.urls import resolve
 
 BASE = "http://site.test"
 
@@ -36,8 +37,8 @@ def list_response(listing: Listing, page: int) -> HtmlResponse:
     ("http://site.test:99999/", (None, "unparsable")),
     (None, (None, "empty")),
 ])
-def test_classify_link(href: str | None, expected: tuple[str | None, str]) -> None:
-    assert classify_link(href, f"{BASE}/list/") == expected
+def test_resolve(href: str | None, expected: tuple[str | None, str]) -> None:
+    assert resolve(href, f"{BASE}/list/", "site.test") == expected
 
 
 def test_list_page_yields_next_page_first_then_each_child_once() -> None:
@@ -62,14 +63,18 @@ def test_list_page_yields_next_page_first_then_each_child_once() -> None:
     stats = spider.crawler.stats.get_stats()
     assert stats["listing/children"] == 111
     assert {k.rsplit("/", 1)[1]: v for k, v in stats.items() if "links_skipped" in k} == {
-        "fragment": 1, "scheme": 2, "offsite": 1, "unparsable": 1, "empty": 1, "duplicate": 1}
+        "fragment": 1, "scheme": 2, "offsite": 1, "unparsable": 1, "empty": 1, "duplicate": 1,
+        "pager": 1}
 
 
 def test_malformed_list_page_still_gives_its_links() -> None:
     spider = make_spider(url=BASE + "/list")
     listing = Listing(250, 100, faults=True)
-    urls = [r.url for r in spider.parse_list(list_response(listing, 3))]
-    assert urls == [f"{BASE}/page/{i}" for i in range(200, 250)]
+    out = list(spider.parse_list(list_response(listing, 3)))
+    assert [r.url for r in out if r.callback == spider.parse_child] == [
+        f"{BASE}/page/{i}" for i in range(200, 250)]
+    # Its rel="prev" link is pagination: page 2, a list page (this spider has not seen it).
+    assert [r.url for r in out if r.callback == spider.parse_list] == [BASE + listing.query(2)]
 
 
 def test_pagination_stops_at_listing_max_pages() -> None:

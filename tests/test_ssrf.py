@@ -8,7 +8,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -23,7 +23,14 @@ from twisted.python.failure import Failure
 from scraper.spiders.listing import ListingSpider
 from scraper.ssrf import AddressPolicy, AddressRefused, SsrfGuard, address_kind, parse_networks
 from scraper.testsite import render_child
-from tests.conftest import crawl, log_stats, read_jsonl, running_site, scrapy_crawl
+from tests.conftest import (
+    crawl,
+    local_stores,
+    log_stats,
+    read_jsonl,
+    running_site,
+    scrapy_crawl,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -174,11 +181,6 @@ def own_site(logs: Path) -> Iterator[Site]:
     """A test site of this module's own: its hit counter counts only these tests' requests."""
     with running_site(logs / "ssrf-site.log") as site:
         yield site
-
-
-def local_stores(tmp_path: Path) -> dict[str, Any]:
-    return {"BODY_STORE": str(tmp_path / "bodies"), "META_STORE": str(tmp_path / "meta.jsonl"),
-            "META_STORE_SPOOL": str(tmp_path / "spool.jsonl")}
 
 
 def port_of(site: Site) -> int:

@@ -1,12 +1,17 @@
 """ListingSpider: a listing page, its pagination, and every page it links to.
 
-    scrapy crawl listing -a url=http://127.0.0.1:8347/list
-    scrapy crawl listing -a url=... -a link_css="ul.results a"   # narrow the child links
+    scrapy crawl listing -a url=https://shop.example/collections/all
+    scrapy crawl listing -a url='https://shop.example/list?page={1..50}'  # pages by number
+    scrapy crawl listing -a urls_file=lists.txt                            # one list per line
+    scrapy crawl listing -a sitemap=https://shop.example/sitemap.xml       # children from it
+    scrapy crawl listing -a url=... -a next_css="a.more"    # say where the next page is
+    scrapy crawl listing -a url=... -a link_css="ul.results a"  # narrow the children
 
-List pages are followed through ``rel="next"``; every same-site link on a list
-page (other than its pagination links) is a child. Children are leaves: they are
-stored, not followed. Each discovered child ends as exactly one PageItem, a
-failed one included.
+List pages are followed by the pagination idiom each one uses (spiders/pagination.py);
+every other same-site link outside the page's navigation is a child
+(spiders/listpage.py). Children are leaves: stored, not followed. Each discovered child
+ends as exactly one PageItem, a failed one included: ``listing/children`` counts them,
+after every dedup (a child linked from two list pages, or already queued, counts once).
 """
 
 from __future__ import annotations
@@ -16,22 +21,34 @@ import html
 import logging
 import re
 from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urldefrag, urljoin, urlsplit
+from urllib.parse import urlsplit
 
-from scrapy import Request, Spider
+from lxml import etree
+from parsel.csstranslator import HTMLTranslator
+from scrapy import Request, Spider, signals
 from scrapy.exceptions import CloseSpider, DownloadCancelledError
 from scrapy.http import TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError
-from w3lib.url import safe_url_string
+from scrapy.utils.gz import gunzip, gzip_magic_number
+from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 
+from scraper.canonical import canonical_url
 from scraper.distributed.tracking import request_done
+from scraper.fingerprint import LIST_PAGE
 from scraper.items import PageItem
 from scraper.retry import describe
+from scraper.spiders.listpage import ListPage, read_list_page
+from scraper.spiders.pagination import Position, position
+from scraper.urls import ParamStripper, expand_template, resolve
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Iterable, Iterator
+    from typing import Self
 
+    from scrapy.crawler import Crawler
     from scrapy.http import Response
     from scrapy.settings import BaseSettings
     from twisted.python.failure import Failure
@@ -39,35 +56,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
-_PAGER_RELS = frozenset({"next", "prev", "previous"})
-
-
-def classify_link(href: str | None, page_url: str) -> tuple[str | None, str]:
-    """Resolve one ``href`` found on ``page_url``.
-
-    Returns ``(absolute URL without fragment, "ok")`` for a link to follow, or
-    ``(None, reason)`` with reason one of: empty, fragment, unparsable, scheme, offsite.
-    """
-    href = (href or "").strip()
-    if not href:
-        return None, "empty"
-    if href.startswith("#"):
-        return None, "fragment"
-    try:
-        # As the Request will read it (w3lib, WHATWG rules: "a\\@b" is host a, path /@b):
-        # the host checked below is the host that will be fetched.
-        url = safe_url_string(urldefrag(urljoin(page_url, href)).url)
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return None, "unparsable"
-    if parts.scheme not in ("http", "https"):
-        return None, "scheme"
-    if not parts.hostname:
-        return None, "unparsable"
-    if parts.hostname != urlsplit(page_url).hostname:
-        return None, "offsite"
-    return url, "ok"
+#: request.meta key: False for a list page whose next pages are not looked for (the pages
+#: of a URL template are all named already).
+PAGINATION = "pagination"
+CHILDREN_MODES = ("content", "all")
 
 
 def extract_title(body: bytes, encoding: str) -> str | None:
@@ -77,6 +69,14 @@ def extract_title(body: bytes, encoding: str) -> str | None:
         return None
     title = html.unescape(match.group(1).decode(encoding, "replace")).strip()
     return " ".join(title.split())[:1000] or None
+
+
+def _check_selector(kind: str, value: str) -> str | None:
+    try:
+        etree.XPath(HTMLTranslator().css_to_xpath(value) if kind.endswith("css") else value)
+    except Exception as exc:  # cssselect's SelectorError, lxml's XPathSyntaxError
+        return f"-a {kind}={value!r} is not a valid selector: {exc}"
+    return None
 
 
 class ListingSpider(Spider):
@@ -89,13 +89,49 @@ class ListingSpider(Spider):
         url: str | None = None,
         link_css: str | None = None,
         link_xpath: str | None = None,
+        next_css: str | None = None,
+        next_xpath: str | None = None,
+        urls_file: str | None = None,
+        sitemap: str | None = None,
+        sitemap_filter: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.url = url
         self.link_css = link_css
         self.link_xpath = link_xpath
-        self.list_pages = 0
+        self.next_css = next_css
+        self.next_xpath = next_xpath
+        self.urls_file = urls_file
+        self.sitemap = sitemap
+        self.list_pages = 0  # list pages parsed
+        self.children_found = 0  # children yielded here (dupefilter drops counted back)
+        self.argument_error: str | None = None
+        self.sitemap_filter: re.Pattern[str] | None = None
+        self.start_urls_expanded: list[str] = []
+        self.list_positions: set[Position] = set()  # list pages requested or parsed here
+        self.first_page: ListPage | None = None
+        self.max_pages_logged = False
+        for kind, value in (("link_css", link_css), ("link_xpath", link_xpath),
+                            ("next_css", next_css), ("next_xpath", next_xpath)):
+            if value is not None and self.argument_error is None:
+                self.argument_error = _check_selector(kind, value)
+        if sitemap_filter is not None:
+            try:
+                self.sitemap_filter = re.compile(sitemap_filter)
+            except re.error as exc:
+                self.argument_error = f"-a sitemap_filter={sitemap_filter!r} is not a regex: {exc}"
+        if url:
+            try:
+                self.start_urls_expanded = expand_template(url)
+            except ValueError as exc:
+                self.argument_error = f"-a url: {exc}"
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        crawler.signals.connect(spider.request_dropped, signal=signals.request_dropped)
+        return spider
 
     @classmethod
     def update_settings(cls, settings: BaseSettings) -> None:
@@ -116,14 +152,53 @@ class ListingSpider(Spider):
 
     async def start(self) -> AsyncIterator[Request]:
         distributed = bool(self.crawler.settings.get("REDIS_URL"))
-        if not self.url and not distributed:
-            logger.error("No list page given: run `scrapy crawl listing -a url=<list page URL>`")
+        if self.argument_error is None:
+            self.argument_error = self._check_settings()
+        if self.argument_error:
+            logger.error("%(error)s", {"error": self.argument_error})
+            raise CloseSpider("arguments_unusable")
+        if not (self.url or self.urls_file or self.sitemap) and not distributed:
+            logger.error("No list page given: run `scrapy crawl listing -a url=<list page URL>`"
+                         " (or -a urls_file=<file of list page URLs>, -a sitemap=<URL>)")
             raise CloseSpider("no_url")
         self._log_concurrency()
-        if self.url:
-            yield self.list_request(self.url)  # distributed: into the shared queue, deduplicated
-        else:
+        # Distributed: each goes into the shared queue, deduplicated there.
+        template = len(self.start_urls_expanded) > 1
+        for url in self.start_urls_expanded:
+            yield self.list_request(url, pagination=not template)
+        if self.urls_file:
+            for url in self._read_urls_file():
+                yield self.list_request(url)
+        if self.sitemap:
+            yield self.sitemap_request(self.sitemap)
+        if distributed and not (self.url or self.urls_file or self.sitemap):
             logger.info("Taking list pages from Redis: `scrapy seed listing URL` adds one")
+
+    def _check_settings(self) -> str | None:
+        mode = self.crawler.settings.get("LISTING_CHILDREN")
+        if mode not in CHILDREN_MODES:
+            return f"LISTING_CHILDREN={mode!r}: use one of {', '.join(CHILDREN_MODES)}"
+        return None
+
+    def _read_urls_file(self) -> Iterator[str]:
+        assert self.urls_file is not None
+        try:
+            with Path(self.urls_file).open(encoding="utf-8") as lines:
+                for number, line in enumerate(lines, 1):
+                    url = line.strip()
+                    if not url or url.startswith("#"):
+                        continue
+                    if urlsplit(url).scheme not in ("http", "https"):
+                        logger.error("%(file)s line %(n)d is not an http(s) URL, skipped: "
+                                     "%(line)r", {"file": self.urls_file, "n": number,
+                                                  "line": url[:200]})
+                        self.crawler.stats.inc_value("listing/urls_file_skipped")
+                        continue
+                    yield url
+        except (OSError, UnicodeDecodeError) as exc:
+            logger.error("-a urls_file=%(file)s cannot be read: %(error)s",
+                         {"file": self.urls_file, "error": describe(exc)})
+            raise CloseSpider("arguments_unusable") from None
 
     def request_for_start_url(self, url: str) -> Request:
         """The request for a URL taken from ``listing:start_urls`` (distributed mode)."""
@@ -149,12 +224,29 @@ class ListingSpider(Spider):
             logger.info("Concurrency: %(total)d requests in flight, on one site too",
                         {"total": total})
 
-    def list_request(self, url: str) -> Request:
-        # List pages go first: their children keep the downloader full.
-        return Request(url, callback=self.parse_list, errback=self.list_failed, priority=1)
+    def list_request(self, url: str, *, pagination: bool = True) -> Request:
+        """A list page. Its fingerprint is apart from a child's of the same URL (see
+        scraper/fingerprint.py); list pages go first: their children keep the downloader
+        full."""
+        self.list_positions.add(position(url))
+        meta: dict[str, Any] = {LIST_PAGE: True}
+        if not pagination:
+            meta[PAGINATION] = False
+        return Request(url, callback=self.parse_list, errback=self.list_failed, priority=1,
+                       meta=meta)
+
+    def sitemap_request(self, url: str) -> Request:
+        self.list_positions.add(position(url))
+        return Request(url, callback=self.parse_sitemap, errback=self.list_failed, priority=1,
+                       meta={LIST_PAGE: True})
+
+    @cached_property
+    def strip(self) -> ParamStripper:
+        """Removes URL_STRIP_PARAMS (tracking parameters) from every discovered link."""
+        return ParamStripper(self.crawler.settings.getlist("URL_STRIP_PARAMS"))
 
     def parse_list(self, response: Response) -> Iterator[Request]:
-        """Yield the next list page, then one request per new child link."""
+        """Yield the next list pages, then one request per new child link."""
         stats = self.crawler.stats
         self.list_pages += 1
         stats.inc_value("listing/list_pages")
@@ -163,63 +255,152 @@ class ListingSpider(Spider):
                          {"url": response.url, "type": response.headers.get("Content-Type")})
             stats.inc_value("listing/list_not_html")
             return
+        page = read_list_page(
+            response, strip=self.strip,
+            detect=response.meta.get(PAGINATION, True),
+            next_hrefs=self._selected_hrefs(response, self.next_css, self.next_xpath),
+            child_hrefs=self._selected_hrefs(response, self.link_css, self.link_xpath),
+            nav_children=self.crawler.settings.get("LISTING_CHILDREN") == "all",
+        )
+        if self.first_page is None:
+            self.first_page = page
+        self.list_positions.add(page.here)
+        stats.inc_value(f"listing/pagination/{page.idiom or 'none'}")
+        for reason, count in page.skipped.items():
+            stats.inc_value(f"listing/links_skipped/{reason}", count)
+        for url, pos in page.next_pages:
+            if pos not in self.list_positions:
+                if not self._may_follow():
+                    break
+                yield self.list_request(url)
+        yield from self._children(page.children, response.url)
+
+    def _may_follow(self) -> bool:
+        limit = self.crawler.settings.getint("LISTING_MAX_PAGES")
+        if not limit or len(self.list_positions) < limit:
+            return True
+        if not self.max_pages_logged:
+            self.max_pages_logged = True
+            logger.warning("Pagination stopped at LISTING_MAX_PAGES=%(limit)d list pages",
+                           {"limit": limit})
+            self.crawler.stats.set_value("listing/max_pages_reached", limit)
+        return False
+
+    def _children(self, urls: Iterable[str], listing_url: str) -> Iterator[Request]:
+        """One request per child URL not seen on this page; counted as a child until the
+        dupefilter says it was seen before (``request_dropped``)."""
+        stats = self.crawler.stats
         fingerprint = self.crawler.request_fingerprinter.fingerprint
-        # Links are told apart as the dupefilter tells requests apart, by fingerprint: a
-        # child that only the dupefilter saw as a repeat (of the list page itself, of a
-        # pager link, of another child) would be counted and never get a record.
-        list_pages = {fingerprint(Request(response.url))}
-        if response.request is not None:
-            list_pages.add(fingerprint(response.request))
-        for a in response.xpath("//a[@href] | //link[@href]"):
-            # The element's own get(), not parsel's .attrib: that reads every attribute,
-            # and lxml raises on a name it cannot encode, which would lose the whole page.
-            rels = set((a.root.get("rel") or "").lower().split())
-            if _PAGER_RELS & rels:
-                url, _ = classify_link(a.root.get("href"), response.url)
-                if url:
-                    list_pages.add(fingerprint(Request(url)))
-                    if "next" in rels:
-                        yield from self._next_page(url)
         seen: set[bytes] = set()
-        for href in self._child_hrefs(response):
-            url, reason = classify_link(href, response.url)
-            if url is None:
-                stats.inc_value(f"listing/links_skipped/{reason}")
-                continue
+        for url in urls:
             request = Request(url, callback=self.parse_child, errback=self.child_failed,
-                              cb_kwargs={"listing_url": response.url})
+                              cb_kwargs={"listing_url": listing_url})
             key = fingerprint(request)
-            if key in list_pages:
-                continue  # this list page, or its pagination: not a child
             if key in seen:
                 stats.inc_value("listing/links_skipped/duplicate")
                 continue
             seen.add(key)
+            self.children_found += 1
             stats.inc_value("listing/children")
             request.cb_kwargs["fingerprint"] = key.hex()
             yield request
 
-    def _next_page(self, url: str) -> Iterator[Request]:
-        limit = self.crawler.settings.getint("LISTING_MAX_PAGES")
-        if limit and self.list_pages >= limit:
-            logger.warning("Pagination stopped at LISTING_MAX_PAGES=%(limit)d list pages",
-                           {"limit": limit})
-            self.crawler.stats.set_value("listing/max_pages_reached", limit)
-            return
-        yield self.list_request(url)
+    def request_dropped(self, request: Request) -> None:
+        """The dupefilter (Scrapy's, or Redis in distributed mode) dropped a request: a
+        child seen before is not a new child."""
+        if request.callback == self.parse_child:
+            self.children_found -= 1
+            self.crawler.stats.inc_value("listing/children", -1)
+            self.crawler.stats.inc_value("listing/links_skipped/duplicate")
 
-    def _child_hrefs(self, response: TextResponse) -> list[str]:
-        if not (self.link_css or self.link_xpath):
-            return response.xpath("//a/@href").getall()
-        selected = response.css(self.link_css) if self.link_css else response.xpath(
-            self.link_xpath or "")
+    @staticmethod
+    def _selected_hrefs(response: TextResponse, css: str | None,
+                        xpath: str | None) -> list[str] | None:
+        """The hrefs a ``*_css``/``*_xpath`` argument picks: regions (every link inside),
+        links, or attribute values; None when neither is given."""
+        if css is None and xpath is None:
+            return None
+        selected = response.css(css) if css is not None else response.xpath(xpath or "")
         hrefs = []
         for sel in selected:
             if isinstance(sel.root, str):  # the selector chose attribute values itself
                 hrefs.append(sel.root)
             else:
-                hrefs.extend(sel.xpath("descendant-or-self::a/@href").getall())
+                hrefs.extend(sel.xpath(
+                    "descendant-or-self::*/@href | descendant-or-self::*/@data-next"
+                    " | descendant-or-self::*/@data-url | descendant-or-self::*/@data-href"
+                ).getall())
         return hrefs
+
+    def parse_sitemap(self, response: Response) -> Iterator[Request]:
+        """A sitemap (its URLs are children), a sitemap index, or a robots.txt (its
+        ``Sitemap:`` lines)."""
+        stats = self.crawler.stats
+        stats.inc_value("listing/sitemaps")
+        site = urlsplit(response.url).hostname
+        if urlsplit(response.url).path.endswith("/robots.txt"):
+            text = response.body.decode("utf-8", "replace")
+            for url in sitemap_urls_from_robots(text, base_url=response.url):
+                if self._may_follow():
+                    yield self.sitemap_request(url)
+            return
+        body = response.body
+        if gzip_magic_number(response):
+            try:
+                body = gunzip(body, max_size=self.crawler.settings.getint("DOWNLOAD_MAXSIZE"))
+            except Exception as exc:
+                logger.error("Sitemap %(url)s is not a readable gzip file: %(error)s",
+                             {"url": response.url, "error": describe(exc)})
+                stats.inc_value("listing/sitemap_unreadable")
+                return
+        try:
+            sitemap = Sitemap(body)
+            entries = [entry.get("loc") for entry in sitemap]
+        except Exception:
+            sitemap, entries = None, []
+        if sitemap is None or sitemap.type not in ("urlset", "sitemapindex"):
+            logger.error("Sitemap %(url)s is not a sitemap (no <urlset> or <sitemapindex>)",
+                         {"url": response.url})
+            stats.inc_value("listing/sitemap_unreadable")
+            return
+        urls = []
+        for loc in entries:
+            url, reason = resolve(loc, response.url, site)
+            if url is None:
+                stats.inc_value(f"listing/links_skipped/{reason}")
+                continue
+            urls.append(self.strip(url))
+        if sitemap.type == "sitemapindex":
+            for url in urls:
+                if position(url) not in self.list_positions and self._may_follow():
+                    yield self.sitemap_request(url)
+            return
+        if self.sitemap_filter is not None:
+            kept = [url for url in urls if self.sitemap_filter.search(url)]
+            stats.inc_value("listing/links_skipped/sitemap_filter", len(urls) - len(kept))
+            urls = kept
+        yield from self._children(urls, response.url)
+
+    def closed(self, reason: str) -> None:
+        """Say it when the crawl probably missed pages or found none to take."""
+        if reason != "finished" or self.crawler.settings.get("REDIS_URL"):
+            return  # distributed: a node sees only its share of the list pages
+        page = self.first_page
+        if page is not None and self.list_pages == 1 and page.suspects:
+            logger.warning(
+                "Only one list page was crawled, but it has links that look like pagination "
+                "and gave no next page: %(links)s. If the listing has more pages, say where "
+                "the next one is with -a next_css='<selector of the next link>' (or "
+                "-a next_xpath=...), or list them with -a url='%(template)s'",
+                {"links": "; ".join(page.suspects[:5]), "template": _template_hint(page.url)})
+        if self.list_pages and not self.children_found:
+            skipped = {k.rsplit("/", 1)[1]: v for k, v in self.crawler.stats.get_stats().items()
+                       if k.startswith("listing/links_skipped/")}
+            logger.warning(
+                "No child page found on %(n)d list page(s) (links skipped: %(skipped)s): "
+                "is the list rendered by JavaScript, or are its links in the page's "
+                "navigation (-s LISTING_CHILDREN=all takes them)?",
+                {"n": self.list_pages, "skipped": skipped or "none"})
 
     def list_failed(self, failure: Failure) -> None:
         """A list page that could not be fetched: its links are lost, so say it loudly."""
@@ -246,6 +427,8 @@ class ListingSpider(Spider):
             sha256=hashlib.sha256(body).hexdigest(),
             title=extract_title(body, encoding) if isinstance(response, TextResponse) else None,
             elapsed=response.meta.get("download_latency"),
+            canonical_url=canonical_url(response) if isinstance(response, TextResponse)
+            else None,
             body=body,
         )
 
@@ -279,6 +462,19 @@ class ListingSpider(Spider):
 def _header(response: Response, name: bytes) -> str | None:
     value = response.headers.get(name)
     return value.decode("latin-1") if value is not None else None
+
+
+def _template_hint(url: str) -> str:
+    """``url`` with a page-number range where its page number is (its last number after
+    the host), or as a ``page`` parameter."""
+    parts = urlsplit(url)
+    after_host = url.index(parts.netloc) + len(parts.netloc)
+    numbers = list(re.finditer(r"\d+", url[after_host:]))
+    if numbers:
+        last = numbers[-1]
+        start, end = after_host + last.start(), after_host + last.end()
+        return f"{url[:start]}{{{last.group()}..N}}{url[end:]}"
+    return f"{url}{'&' if '?' in url else '?'}page={{1..N}}"
 
 
 def _original_url(request: Request) -> str:
