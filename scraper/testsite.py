@@ -25,6 +25,9 @@ Politeness (tests/test_politeness.py):
 - Push-back: any URL with ``push_back=STATUS`` in its query (``/page/3?push_back=429&
   retry_after=2&times=1``) answers STATUS, with ``Retry-After: <retry_after>`` verbatim
   when given, to its first ``times`` hits (default 1); then it answers as without them.
+- ``featured=K``: every list page also links to child pages 0..K-1 ("popular pages"), so
+  one child is linked from many list pages.
+
 - ``/robots.txt`` disallows ``/private/``; with ``private=K`` the first list page also
   links to ``/private/0`` .. ``/private/K-1`` (child pages otherwise).
 - ``/_stats`` counts requests: ``hits`` (robots.txt apart: ``robots_hits``),
@@ -49,6 +52,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+from scraper import testsite_shapes
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -110,6 +115,7 @@ class Listing:
     faults: bool = False
     endless: bool = False
     private: int = 0  # links to /private/0.. on the first page (robots.txt disallows them)
+    featured: int = 0  # every list page links to children 0..featured-1 too
 
     @property
     def last_page(self) -> int:
@@ -119,17 +125,20 @@ class Listing:
         faults = "&faults=1" if self.faults else ""
         endless = "&endless=1" if self.endless else ""
         private = f"&private={self.private}" if self.private else ""
+        private += f"&featured={self.featured}" if self.featured else ""
         return (f"/list?n={self.n}&per_page={self.per_page}{faults}{endless}{private}"
                 f"&page={page}")
 
 
-def render_child(name: int | str) -> bytes:
-    """The exact bytes served for ``/page/<name>``: 20 to 50 KB of HTML."""
+def render_child(name: int | str, canonical: str | None = None) -> bytes:
+    """The exact bytes served for ``/page/<name>``: 20 to 50 KB of HTML (with a
+    ``<link rel="canonical">`` when given one)."""
     seed = int.from_bytes(hashlib.blake2b(str(name).encode(), digest_size=4).digest())
     paras = "".join(_POOL[(seed + k * 31) % len(_POOL)] for k in range(30 + seed % 45))
+    link = f'<link rel="canonical" href="{html.escape(canonical)}">' if canonical else ""
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
-        f"<title>Child page {name}</title></head>\n<body>\n"
+        f"<title>Child page {name}</title>{link}</head>\n<body>\n"
         '<nav><a href="/list">Back to the list</a> <a href="/">Home</a></nav>\n'
         f"<h1>Child page {name}</h1>\n<article>\n{paras}</article>\n"
         '<footer><a href="/list?page=1">All pages</a></footer>\n</body></html>\n'
@@ -153,6 +162,8 @@ def render_list(listing: Listing, page: int) -> bytes:
                   for href in SKIPPED_LINKS]
         if first < last:  # the same child twice: the crawler must count and skip it
             items.append(f'<li><a class="child" href="/page/{first}#again">again</a></li>')
+    items += [f'<li class="popular"><a href="/page/{i}">Popular: page {i}</a></li>'
+              for i in range(min(listing.featured, listing.n))]
     if listing.private and page == 1:
         items += [f'<li><a class="child" href="/private/{i}">Private page {i}</a></li>'
                   for i in range(listing.private)]
@@ -213,6 +224,7 @@ class TestSite:
         app.router.add_get("/robots.txt", self.robots)
         app.router.add_get("/_stats", self.stats)
         app.router.add_get("/_hits", self.arrival_times)
+        app.router.add_get("/shapes/{shape}/{size}/{rest:.*}", self.shaped)
         return app
 
     @web.middleware
@@ -291,14 +303,19 @@ class TestSite:
                 q.get("faults") == "1",
                 q.get("endless") == "1",
                 int(q.get("private", "0")),
+                int(q.get("featured", "0")),
             )
             page = int(q.get("page", "1"))
         except ValueError:
             raise web.HTTPBadRequest(
-                text="n, per_page, private and page must be integers") from None
+                text="n, per_page, private, featured and page must be integers") from None
         if page < 1 or (page > listing.last_page and not listing.endless):
             raise web.HTTPNotFound(text="no such list page")
         return web.Response(body=render_list(listing, page), content_type="text/html")
+
+    async def shaped(self, request: web.Request) -> web.Response:
+        """A listing shaped like a real site (scraper/testsite_shapes.py)."""
+        return await testsite_shapes.handle(request, render_child)
 
     async def links(self, request: web.Request) -> web.Response:
         """A list page linking to each ``href`` of the query, without pagination."""
