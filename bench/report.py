@@ -35,8 +35,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         groups[(row["profile"], row["n"], row["c"])].append(row)
     lines = []
+    named = {row["contender"] for row in rows}
+    order = [c for c in ORDER if c in named] + sorted(named - set(ORDER))  # then ours@REV
     for (profile, n, c), group in sorted(groups.items()):
-        for contender in ORDER:
+        for contender in order:
             runs = [r for r in group if r["contender"] == contender]
             if not runs:
                 continue
@@ -55,6 +57,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "stores": "n/a" if all(r["verified"] is None for r in runs) else "yes",
                 "vs_celery": _median(_ratios(group, contender, "celery-gevent")),
                 "vs_no_storage": _median(_ratios(group, contender, "ours-no-storage")),
+                "vs_ours": _median(_ratios(group, contender, "ours")),
                 "s3_capacity": runs[0].get("s3_capacity_puts_per_second"),
             })
     return lines
@@ -62,9 +65,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(lines: list[dict[str, Any]]) -> str:
     out = ["| profile | N | c | contender | pages/s median [min-max] | CPU ms/page | peak RSS MB "
-           "| vs celery | vs no-storage | stored & verified | site CPU ms/page | S3 server CPU "
-           "ms/page |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| vs celery | vs no-storage | vs ours | stored & verified | site CPU ms/page "
+           "| S3 server CPU ms/page |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in lines:
         verified = ("FAILED " + f"{x['failed']}/{x['runs']}" if x["failed"]
                     else ("n/a (stores nothing)" if x["stores"] == "n/a"
@@ -73,7 +76,8 @@ def table(lines: list[dict[str, Any]]) -> str:
             f"| {x['profile']} | {x['n']} | {x['c']} | {x['contender']} | "
             f"{x['pages_per_second']:.0f} [{x['min']:.0f}-{x['max']:.0f}] | "
             f"{x['cpu_ms_per_page']:.2f} | {x['peak_rss_mb']:.0f} | {x['vs_celery']:.2f} | "
-            f"{x['vs_no_storage']:.2f} | {verified} | {x['site_cpu_ms_per_page']:.2f} | "
+            f"{x['vs_no_storage']:.2f} | {x['vs_ours']:.2f} | {verified} | "
+            f"{x['site_cpu_ms_per_page']:.2f} | "
             f"{x['sink_cpu_ms_per_page']:.2f} |")
     return "\n".join(out)
 
@@ -89,8 +93,10 @@ def plot(lines: list[dict[str, Any]], path: Path) -> None:
     for ax, profile in zip(axes[0], profiles, strict=True):
         mine = [x for x in lines if x["profile"] == profile]
         points = sorted({(x["n"], x["c"]) for x in mine})
-        width = 0.8 / len(ORDER)
-        for k, contender in enumerate(ORDER):
+        named = [c for c in ORDER if any(x["contender"] == c for x in mine)] + sorted(
+            {x["contender"] for x in mine} - set(ORDER))
+        width = 0.8 / len(named)
+        for k, contender in enumerate(named):
             xs, ys, lo, hi = [], [], [], []
             for j, (n, c) in enumerate(points):
                 for x in mine:

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,8 @@ class Bench:
     extra_settings: list[str]
     runs: Path
     per_page: int = 100
+    #: "ours@REV" contenders: REV's code, checked out in its own folder (--baseline).
+    baselines: dict[str, Path] = field(default_factory=dict)
 
     def listing_url(self, n: int, per_page: int = 100) -> str:
         return self.site_url + Listing(n, per_page).query(1)
@@ -137,11 +139,13 @@ class Bench:
         cmd = [sys.executable, "-m"]
         url = self.listing_url(n, self.per_page)
         mongo = os.environ.get("SCRAPER_BENCH_MONGO_URI")
-        if profile == "services" and contender in ("ours", "ours-impolite", "celery-gevent"):
+        code = self.baselines.get(contender)  # ours, as it was at an earlier commit
+        contender_kind = "ours" if code is not None else contender
+        if profile == "services" and contender_kind in ("ours", "ours-impolite", "celery-gevent"):
             assert self.moto is not None
             bucket = f"bench-{uuid.uuid4().hex[:10]}"
             s3(self.s3_endpoint).create_bucket(Bucket=bucket)
-        if contender in ("ours", "ours-no-storage", "ours-impolite"):
+        if contender_kind in ("ours", "ours-no-storage", "ours-impolite"):
             cmd += ["bench.run_ours", "--url", url, "--concurrency", str(c), "--out", str(out)]
             if contender == "ours-no-storage":
                 cmd.append("--no-storage")
@@ -175,7 +179,8 @@ class Bench:
 
         site_cpu, sink_cpu = self.site.cpu(), self.moto.cpu() if self.moto else 0.0
         try:
-            status, usage, process_wall, peak_rss = self._wait(cmd, out)
+            status, usage, process_wall, peak_rss = measure(
+                [cmd], out / "output.log", self.timeout, cwd=code or ROOT)[0]
         finally:
             for service in extra:
                 service.stop()
@@ -206,9 +211,6 @@ class Bench:
     def s3_endpoint(self) -> str:
         assert self.moto is not None
         return f"http://127.0.0.1:{self.moto.port}"
-
-    def _wait(self, cmd: list[str], out: Path) -> tuple[int, Any, float, float]:
-        return measure([cmd], out / "output.log", self.timeout)[0]
 
     def verify(self, contender: str, profile: str, n: int, out: Path, report: dict[str, Any],
                bucket: str | None, prefix: str | None) -> bool | None:
@@ -251,17 +253,19 @@ class Bench:
         client.delete_bucket(Bucket=bucket)
 
 
-def measure(cmds: list[list[str]], log: Path, timeout: float,
+def measure(cmds: list[list[str]], log: Path, timeout: float, cwd: Path = ROOT,
             ) -> list[tuple[int, Any, float, float]]:
     """Run ``cmds`` at once; for each: exit code, os.wait4 rusage, wall seconds, peak RSS MB.
 
     Peak RSS is sampled from /proc over each process tree: wait4's ru_maxrss would report
-    this harness's own size, which a child inherits at fork time.
+    this harness's own size, which a child inherits at fork time. ``cwd``: the code to run
+    (an earlier commit's checkout runs that commit's ``scraper`` and ``bench``).
     """
-    env = {**os.environ, **CREDENTIALS, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
+    env = {**os.environ, **CREDENTIALS, "SCRAPY_SETTINGS_MODULE": "scraper.settings",
+           "PYTHONPATH": str(cwd)}
     started = time.monotonic()
     with log.open("ab") as f:
-        procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+        procs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
                                   start_new_session=True) for cmd in cmds]
     timers = [threading.Timer(timeout, os.killpg, (p.pid, signal.SIGKILL)) for p in procs]
     peaks = [0.0] * len(procs)
@@ -337,6 +341,15 @@ def fs_capacity(folder: Path, seconds: float = 5, size: int = 35_000) -> float:
         shutil.rmtree(target, ignore_errors=True)
 
 
+def checkout(rev: str, folder: Path) -> Path:
+    """A detached git worktree of ``rev`` in ``folder`` (made anew)."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)],
+                   check=False, capture_output=True)
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev],
+                   check=True, capture_output=True)
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[2000, 10000])
@@ -365,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the marked section of RESULTS.md (and the PNG's name) to write")
     parser.add_argument("--sink-seconds", type=float, default=8,
                         help="how long each sink's capacity is measured alone")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run ours as it was at this git revision (contender "
+                        "ours@REV, after ours in each repeat): a change measured side by side")
     args = parser.parse_args(argv)
 
     from bench.report import write_results
@@ -392,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"moto alone: {capacity:.0f} PUTs/s of 50 KB from 32 threads", flush=True)
         bench = Bench(site, f"http://127.0.0.1:{port}", moto, logs, args.timeout, args.settings,
                       args.runs_dir, args.per_page)
+        if args.baseline:
+            name = f"ours@{args.baseline}"
+            bench.baselines[name] = checkout(args.baseline, OUT / f"baseline-{args.baseline}")
+            args.contenders.insert(args.contenders.index("ours") + 1
+                                   if "ours" in args.contenders else 0, name)
         rows = []
         for profile in args.profiles:
             for n in args.n:
@@ -419,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         site.stop()
         if moto is not None:
             moto.stop()
+        if args.baseline:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(OUT / f"baseline-{args.baseline}")], check=False)
         if args.runs_dir.name == "scraper-bench":  # the default tmpfs folder: ours to remove
             shutil.rmtree(args.runs_dir, ignore_errors=True)
 
