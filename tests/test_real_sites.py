@@ -213,7 +213,8 @@ async def test_next_css_and_next_xpath_say_where_the_next_page_is(
     want = expected("custom", n, 10)
     crawler = await crawl(site.base + want.start, spider_args=option, **local_stores(tmp_path))
     assert_crawled(site, tmp_path, crawler, want, root("custom", n, 10))
-    assert crawler.stats.get_value("listing/pagination/explicit") == len(want.list_pages)
+    idiom = next(iter(option))  # next_css or next_xpath
+    assert crawler.stats.get_value(f"listing/pagination/{idiom}") == len(want.list_pages)
 
 
 @deferred_f_from_coro_f
@@ -265,6 +266,8 @@ async def test_a_file_of_list_pages_crawls_each_with_its_pagination(
     ({"url": "http://x.test/", "link_xpath": "//a[@"}, "is not a valid selector"),
     ({"sitemap": "http://x.test/s.xml", "sitemap_filter": "(doc"}, "is not a regex"),
     ({"urls_file": "/nonexistent/lists.txt"}, "-a urls_file=/nonexistent/lists.txt cannot be"),
+    ({"url": "example.com/list"}, "did you mean -a url='https://example.com/list'?"),
+    ({"sitemap": "ftp://x.test/s.xml"}, "-a sitemap='ftp://x.test/s.xml' is not an http(s)"),
 ])
 @deferred_f_from_coro_f
 async def test_bad_arguments_stop_the_crawl_with_one_line(

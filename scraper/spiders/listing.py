@@ -126,6 +126,11 @@ class ListingSpider(Spider):
                 self.start_urls_expanded = expand_template(url)
             except ValueError as exc:
                 self.argument_error = f"-a url: {exc}"
+            if urlsplit(url).scheme not in ("http", "https"):
+                self.argument_error = (f"-a url={url!r} is not an http(s) URL: did you mean "
+                                       f"-a url='https://{url.split('://')[-1]}'?")
+        if sitemap and urlsplit(sitemap).scheme not in ("http", "https"):
+            self.argument_error = f"-a sitemap={sitemap!r} is not an http(s) URL"
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
@@ -258,7 +263,7 @@ class ListingSpider(Spider):
         page = read_list_page(
             response, strip=self.strip,
             detect=response.meta.get(PAGINATION, True),
-            next_hrefs=self._selected_hrefs(response, self.next_css, self.next_xpath),
+            explicit=self._explicit_next(response),
             child_hrefs=self._selected_hrefs(response, self.link_css, self.link_xpath),
             nav_children=self.crawler.settings.get("LISTING_CHILDREN") == "all",
         )
@@ -312,6 +317,12 @@ class ListingSpider(Spider):
             self.children_found -= 1
             self.crawler.stats.inc_value("listing/children", -1)
             self.crawler.stats.inc_value("listing/links_skipped/duplicate")
+
+    def _explicit_next(self, response: TextResponse) -> tuple[str, list[str]] | None:
+        hrefs = self._selected_hrefs(response, self.next_css, self.next_xpath)
+        if hrefs is None:
+            return None
+        return ("next_css" if self.next_css is not None else "next_xpath"), hrefs
 
     @staticmethod
     def _selected_hrefs(response: TextResponse, css: str | None,

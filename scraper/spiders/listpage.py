@@ -120,123 +120,158 @@ def _describe(el: Any) -> str:
     return f"{text!r} ({el.get('href') or el.get('onclick') or 'no href'})"
 
 
+class _Reader:
+    """One pass over one list page's links; see ``read_list_page``."""
+
+    def __init__(self, response: TextResponse, strip: Callable[[str], str],
+                 nav_children: bool, take_children: bool) -> None:
+        self.response = response
+        self.strip = strip
+        self.nav_children = nav_children
+        self.take_children = take_children  # False: a link_css/link_xpath chooses them
+        self.root = response.selector.root
+        self.page = ListPage(response.url, pagination.position(response.url))
+        self.site = urlsplit(response.url).hostname
+        self.encoding = http_content_type_encoding(
+            (response.headers.get(b"Content-Type") or b"").decode("latin-1")) or "utf-8"
+        self.base = base_url(self.root, response.url)
+        self.candidates: dict[str, list[tuple[str, Position]]] = {i: [] for i in IDIOMS}
+        self.pager_urls: set[str] = set()
+        self.children: list[str] = []
+        self.regions: dict[Any, Region] = {}
+
+    def resolve(self, href: str | None, base: str | None = None) -> tuple[str | None, str]:
+        url, reason = resolve(href, base or self.base, self.site, self.encoding)
+        return (self.strip(url) if url else None), reason
+
+    def pager(self, url: str, idiom: str | None = None, pos: Position | None = None) -> None:
+        self.pager_urls.add(url)
+        if idiom:
+            self.candidates[idiom].append((url, pos or pagination.position(url)))
+
+    def skip(self, reason: str) -> None:
+        if self.take_children:
+            self.page.skipped[reason] += 1
+
+    def links(self) -> None:
+        """Every <a> and <link>, in document order: pagination, navigation, or a child."""
+        page = self.page
+        for el in self.root.iter("a", "link"):
+            if el.tag == "link":  # <link rel="next"> in the head; never a child
+                if "next" in (el.get("rel") or "").lower().split():
+                    url, _ = self.resolve(el.get("href"))
+                    if url:
+                        self.pager(url, "rel_next")
+                continue
+            url, reason = self.resolve(el.get("href"))
+            idiom, other = _hint(el)
+            region = _region(el, self.regions)
+            if url is None:
+                if idiom or region.pager:
+                    page.suspects.append(_describe(el))
+                self.skip(reason)
+                continue
+            pos = pagination.position(url)
+            if url == page.url or pos == page.here:
+                self.skip("self")
+                continue
+            same_listing = pos.key == page.here.key
+            if idiom or other == "rel" or region.pager or (same_listing and other == "pager"):
+                self.pager(url, idiom, pos)
+                if same_listing:
+                    self.candidates["numbered"].append((url, pos))
+                elif not idiom:
+                    page.suspects.append(_describe(el))  # in a pager, but no idiom we know
+                self.skip("pager")
+                continue
+            if other == "pager":
+                page.suspects.append(_describe(el))  # "2" or "Last" to somewhere else
+            if region.nav and not self.nav_children:
+                self.skip("nav")
+            elif self.take_children:
+                self.children.append(url)
+
+    def more_buttons(self) -> None:
+        """"Load more" buttons and links with the next URL in a data attribute."""
+        for el in self.root.xpath("//*[@data-next or @data-url or @data-href]"):
+            value = next(v for v in (el.get(a) for a in _MORE_ATTRS) if v is not None)
+            said = " ".join((el.get("class") or "", el.get("id") or "", el.text_content()[:60]))
+            if el.get("data-next") is None and not any(w in said.lower() for w in _MORE_WORDS):
+                continue
+            url, _ = self.resolve(value)
+            if url:
+                self.pager(url, "more_button")
+            else:
+                self.page.suspects.append(_describe(el))
+
+    def link_header(self) -> None:
+        for href in pagination.link_header(self.response.headers.getlist(b"Link"), "next"):
+            url, _ = self.resolve(href, base=self.response.url)  # relative to the request
+            if url:
+                self.pager(url, "link_header")
+
+    def choose(self) -> None:
+        """The next pages: those of the first idiom found."""
+        for idiom in IDIOMS:
+            if self.candidates[idiom]:
+                self.page.idiom = idiom
+                found = self.candidates[idiom]
+                if idiom == "numbered":
+                    found = sorted(found, key=lambda c: c[1].number)
+                self.page.next_pages = found
+                return
+
+    def explicit(self, name: str, hrefs: list[str]) -> None:
+        """The next pages a ``next_css``/``next_xpath`` chose."""
+        self.page.idiom = name
+        for href in hrefs:
+            url, _ = self.resolve(href)
+            if url:
+                self.pager(url)
+                self.page.next_pages.append((url, pagination.position(url)))
+
+    def chosen_children(self, hrefs: list[str]) -> None:
+        """The children a ``link_css``/``link_xpath`` chose."""
+        for href in hrefs:
+            url, reason = self.resolve(href)
+            if url is None:
+                self.page.skipped[reason] += 1
+            elif url == self.page.url:
+                self.page.skipped["self"] += 1
+            else:
+                self.children.append(url)
+
+
 def read_list_page(
     response: TextResponse,
     *,
     strip: Callable[[str], str],
     detect: bool = True,
-    next_hrefs: list[str] | None = None,
+    explicit: tuple[str, list[str]] | None = None,
     child_hrefs: list[str] | None = None,
     nav_children: bool = False,
 ) -> ListPage:
     """Sort the links of a list page.
 
-    ``detect``: look for the pagination idioms (off for pages of a URL template);
-    ``next_hrefs``: the next pages an explicit ``next_css``/``next_xpath`` chose instead;
+    ``strip``: what a discovered URL goes through (tracking parameters removed);
+    ``detect``: look for the pagination idioms (off for the pages of a URL template);
+    ``explicit``: ``("next_css", hrefs)``: the next pages an option chose instead;
     ``child_hrefs``: the children a ``link_css``/``link_xpath`` chose, instead of every
     other link; ``nav_children``: navigation links are children too.
     """
-    root = response.selector.root
-    page = ListPage(response.url, pagination.position(response.url))
-    site = urlsplit(response.url).hostname
-    encoding = http_content_type_encoding(
-        (response.headers.get(b"Content-Type") or b"").decode("latin-1")) or "utf-8"
-    base = base_url(root, response.url)
-    candidates: dict[str, list[tuple[str, Position]]] = {idiom: [] for idiom in IDIOMS}
-    pager_urls: set[str] = set()
-    children: list[str] = []
-    memo: dict[Any, Region] = {}
-
-    for el in root.iter("a", "link"):
-        href = el.get("href")
-        if el.tag == "link":  # <link rel="next"> in the head; never a child
-            if "next" in (el.get("rel") or "").lower().split():
-                url, _ = resolve(href, base, site, encoding)
-                if url:
-                    candidates["rel_next"].append((strip(url), Position("", 0)))
-                    pager_urls.add(strip(url))
-            continue
-        url, reason = resolve(href, base, site, encoding)
-        idiom, other = _hint(el)
-        region = _region(el, memo)
-        if url is None:
-            if idiom or region.pager:
-                page.suspects.append(_describe(el))
-            page.skipped[reason] += 1
-            continue
-        url = strip(url)
-        pos = pagination.position(url)
-        if url == page.url or pos == page.here:
-            page.skipped["self"] += 1
-            continue
-        same_listing = pos.key == page.here.key
-        if idiom or other == "rel" or region.pager or (same_listing and other == "pager"):
-            pager_urls.add(url)
-            if idiom:
-                candidates[idiom].append((url, pos))
-            if same_listing:
-                candidates["numbered"].append((url, pos))
-            elif not idiom:
-                page.suspects.append(_describe(el))  # in a pager, but no idiom we know
-            page.skipped["pager"] += 1
-            continue
-        if other == "pager":
-            page.suspects.append(_describe(el))  # "2" or "Last" to somewhere else
-        if region.nav and not nav_children:
-            page.skipped["nav"] += 1
-            continue
-        children.append(url)
-
-    for el in root.xpath("//*[@data-next or @data-url or @data-href]"):
-        value = next(v for v in (el.get(a) for a in _MORE_ATTRS) if v is not None)
-        said = " ".join((el.get("class") or "", el.get("id") or "", el.text_content()[:60]))
-        if el.get("data-next") is None and not any(w in said.lower() for w in _MORE_WORDS):
-            continue
-        url, _ = resolve(value, base, site, encoding)
-        if url:
-            url = strip(url)
-            candidates["more_button"].append((url, pagination.position(url)))
-            pager_urls.add(url)
-        else:
-            page.suspects.append(_describe(el))
-
-    for href in pagination.link_header(response.headers.getlist(b"Link"), "next"):
-        url, _ = resolve(href, response.url, site, encoding)
-        if url:
-            candidates["link_header"].append((strip(url), Position("", 0)))
-            pager_urls.add(strip(url))
-
-    if next_hrefs is not None:
-        page.idiom = "explicit"
-        for href in next_hrefs:
-            url, _ = resolve(href, base, site, encoding)
-            if url:
-                url = strip(url)
-                page.next_pages.append((url, pagination.position(url)))
-                pager_urls.add(url)
+    reader = _Reader(response, strip, nav_children, take_children=child_hrefs is None)
+    reader.links()
+    reader.more_buttons()
+    reader.link_header()
+    if explicit is not None:
+        reader.explicit(*explicit)
     elif detect:
-        for idiom in IDIOMS:
-            if candidates[idiom]:
-                page.idiom = idiom
-                found = candidates[idiom]
-                if idiom == "numbered":
-                    found = sorted(found, key=lambda c: c[1].number)
-                page.next_pages = [(url, pagination.position(url) if not pos.key else pos)
-                                   for url, pos in found]
-                break
-
-    if child_hrefs is not None:  # chosen by link_css / link_xpath
-        children = []
-        for href in child_hrefs:
-            url, reason = resolve(href, base, site, encoding)
-            if url is None:
-                page.skipped[reason] += 1
-            elif (url := strip(url)) == page.url:
-                page.skipped["self"] += 1
-            else:
-                children.append(url)
+        reader.choose()
+    if child_hrefs is not None:
+        reader.chosen_children(child_hrefs)
+    page = reader.page
     # A URL that is pagination anywhere on the page is a list page, wherever else it is linked.
-    page.children = [url for url in children if url not in pager_urls]
-    if len(page.children) < len(children):
-        page.skipped["pager"] += len(children) - len(page.children)
+    page.children = [url for url in reader.children if url not in reader.pager_urls]
+    if len(page.children) < len(reader.children):
+        page.skipped["pager"] += len(reader.children) - len(page.children)
     return page
