@@ -246,10 +246,17 @@ def records(folder: Path) -> list[dict[str, Any]]:
 def assert_children_recorded(stats: dict[str, Any] | list[dict[str, Any]],
                              child_records: int) -> None:
     """The invariant every crawl keeps: each child it counted (``listing/children``, summed
-    over nodes) ended as exactly one record, and no record was written for an uncounted one."""
-    counted = sum(s.get("listing/children", 0) for s in
-                  (stats if isinstance(stats, list) else [stats]))
-    assert counted == child_records, f"listing/children {counted} != {child_records} records"
+    over nodes) ended as exactly one record, and no record was written for an uncounted one.
+    A crawl stopped before the end (single node) says how many it left uncrawled
+    (``listing/children_not_crawled``); a finished one leaves none."""
+    every = stats if isinstance(stats, list) else [stats]
+    counted = sum(s.get("listing/children", 0) for s in every)
+    not_crawled = sum(s.get("listing/children_not_crawled", 0) for s in every)
+    assert counted - not_crawled == child_records, (
+        f"listing/children {counted} - not crawled {not_crawled} != {child_records} records")
+    for s in every:
+        if s.get("finish_reason") == "finished":
+            assert "listing/children_not_crawled" not in s, s
 
 
 def scrapy_crawl(args: list[str], cwd: Path, env: dict[str, str] | None = None,

@@ -31,7 +31,7 @@ from scrapy.utils.test import get_crawler
 from scraper.spiders.listing import ListingSpider
 from scraper.testsite import render_child
 from scraper.urls import resolve
-from tests.conftest import crawl, local_stores, read_jsonl, records
+from tests.conftest import assert_children_recorded, crawl, local_stores, read_jsonl, records
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -278,6 +278,7 @@ async def test_every_discovered_link_of_a_generated_list_page_ends_as_one_record
     assert crawler.stats.get_value("listing/list_failed") is None
     assert len(docs) == len(expected)
     assert {d["fingerprint"]: d["url"] for d in docs} == expected
+    assert_children_recorded(crawler.stats.get_stats(), len(docs))
 
 
 @deferred_f_from_coro_f
@@ -288,6 +289,7 @@ async def test_a_list_page_linking_to_itself_counts_only_children_it_stores(
                                  b'<a href="/self-child">a child</a>')
     crawler = await crawl(f"{pages.base}/self-list", **local_stores(tmp_path))
     assert crawler.stats.get_value("listing/children") == len(records(tmp_path))
+    assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
 # --- Endless pagination ------------------------------------------------------------------------
@@ -307,6 +309,7 @@ async def test_endless_pagination_stops_at_listing_max_pages(
     assert "Pagination stopped at LISTING_MAX_PAGES=12 list pages" in caplog.text
     docs = read_jsonl(tmp_path / "meta.jsonl")
     assert sorted(d["url"] for d in docs) == sorted(f"{site.base}/page/{i}" for i in range(30))
+    assert_children_recorded(stats, len(docs))
 
 
 # --- List pages and bodies that are not what they seem --------------------------------------
@@ -333,6 +336,7 @@ async def test_list_pages_that_give_no_links_say_so(
         assert stats["finish_reason"] == "finished", name
         assert "listing/children" not in stats, name
         assert not records(tmp_path / name), name
+        assert_children_recorded(stats, len(records(tmp_path / name)))
         if name == "binary":
             assert stats["listing/list_not_html"] == 1
             assert (f"List page {url} is not HTML (b'application/octet-stream'): no links taken"
@@ -349,7 +353,7 @@ async def test_a_list_page_in_latin1_gives_its_non_ascii_links(
 ) -> None:
     body = '<html><a href="/caf\xe9/cr\xe8me">Caf\xe9</a> <a href="/\xe0-la">\xe0</a>'
     pages.pages["/latin1-list"] = ("text/html; charset=iso-8859-1", body.encode("latin-1"))
-    await crawl(f"{pages.base}/latin1-list", **local_stores(tmp_path))
+    crawler = await crawl(f"{pages.base}/latin1-list", **local_stores(tmp_path))
 
     docs = read_jsonl(tmp_path / "meta.jsonl")
     # Scrapy percent-encodes a link's path as UTF-8, whatever the page's encoding.
@@ -357,6 +361,7 @@ async def test_a_list_page_in_latin1_gives_its_non_ascii_links(
                                         f"{pages.base}/%C3%A0-la"}
     assert all(d["status"] == 200 and d["error"] is None for d in docs)
     assert pages.hits["/caf%C3%A9/cr%C3%A8me"] == 1
+    assert_children_recorded(crawler.stats.get_stats(), len(docs))
 
 
 @deferred_f_from_coro_f
@@ -373,12 +378,14 @@ async def test_a_child_over_download_maxsize_without_content_length_ends_as_one_
     crawler = await crawl(f"{pages.base}/stream-list", DOWNLOAD_MAXSIZE=2**20, RETRY_TIMES=0,
                           **local_stores(tmp_path))
 
-    docs = {d["url"].rsplit("/", 1)[1]: d for d in read_jsonl(tmp_path / "meta.jsonl")}
+    written = read_jsonl(tmp_path / "meta.jsonl")
+    docs = {d["url"].rsplit("/", 1)[1]: d for d in written}
     assert set(docs) == {"streamed-child", "ok-child"}
     big = docs["streamed-child"]
     assert big["error"] and big["body_key"] is None
     assert docs["ok-child"]["error"] is None and docs["ok-child"]["body_key"]
     assert crawler.stats.get_value("listing/child_failed") == 1
+    assert_children_recorded(crawler.stats.get_stats(), len(written))
 
 
 @deferred_f_from_coro_f
@@ -388,7 +395,8 @@ async def test_a_streamed_child_over_download_maxsize_says_why(
     pages.pages["/stream-list-2"] = ("text/html", b'<a href="/streamed-child-2">big</a>')
     pages.pages["/streamed-child-2"] = ("text/html", render_child("big") * 100)
     pages.streamed.add("/streamed-child-2")
-    await crawl(f"{pages.base}/stream-list-2", DOWNLOAD_MAXSIZE=2**20, RETRY_TIMES=0,
-                **local_stores(tmp_path))
+    crawler = await crawl(f"{pages.base}/stream-list-2", DOWNLOAD_MAXSIZE=2**20, RETRY_TIMES=0,
+                          **local_stores(tmp_path))
     [doc] = records(tmp_path)
     assert "max size" in doc["error"], doc["error"]
+    assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))

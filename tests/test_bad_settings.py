@@ -9,7 +9,15 @@ import pytest
 from scraper.logsetup import secrets_in
 from scraper.stores import redact
 from scraper.testsite import free_port
-from tests.conftest import S3_CREDENTIALS, Server, Site, scrapy_crawl
+from tests.conftest import (
+    S3_CREDENTIALS,
+    Server,
+    Site,
+    assert_children_recorded,
+    log_stats,
+    records,
+    scrapy_crawl,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,6 +53,9 @@ def test_unknown_or_incomplete_store_uri(site: Site, tmp_path: Path, setting: st
     output, finish_reason = run(site, tmp_path, setting)
     assert finish_reason == reason
     assert error_lines(output) == [message]
+    # Never started: 0 children, and no record in the default META_STORE (nor in the
+    # unusable one, when that is the bad setting).
+    assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))
 
 
 def test_missing_bucket(site: Site, moto: Server, tmp_path: Path) -> None:
@@ -56,6 +67,7 @@ def test_missing_bucket(site: Site, moto: Server, tmp_path: Path) -> None:
     assert error_lines(output) == ["BODY_STORE unusable, crawl stopped: S3 bucket "
                                    f"s3://not-there at {endpoint} does not exist"]
     assert S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in output
+    assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))
 
 
 def test_unreachable_mongo_with_password_in_uri(site: Site, tmp_path: Path) -> None:
@@ -70,6 +82,7 @@ def test_unreachable_mongo_with_password_in_uri(site: Site, tmp_path: Path) -> N
     assert "s3cr3t-pw" not in output
     assert not (tmp_path / "data" / "bodies").exists() or not any(
         (tmp_path / "data" / "bodies").iterdir())
+    assert_children_recorded(log_stats(output), 0)  # never started: its Mongo is unreachable
 
 
 def test_redact_hides_uri_passwords() -> None:
@@ -89,6 +102,8 @@ def test_crawl_without_a_list_page_or_with_redis_down_exits_1(tmp_path: Path) ->
     assert no_url.returncode == 1
     assert "No list page given: run `scrapy crawl listing -a url=<list page URL>`" in (
         no_url.stdout + no_url.stderr)
+    assert_children_recorded(log_stats(no_url.stdout + no_url.stderr),
+                             len(records(tmp_path / "data")))
 
     port = free_port()  # nothing listens there
     redis_down = scrapy_crawl(["-s", f"REDIS_URL=redis://:pw-not-shown@127.0.0.1:{port}/0"],
@@ -97,3 +112,4 @@ def test_crawl_without_a_list_page_or_with_redis_down_exits_1(tmp_path: Path) ->
     assert redis_down.returncode == 1
     assert "'finish_reason': 'redis_unusable'" in output
     assert "REDIS_URL unusable, crawl stopped" in output and "pw-not-shown" not in output
+    assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))

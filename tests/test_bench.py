@@ -40,6 +40,8 @@ def test_harness_runs_every_contender_and_verifies_the_stores(tmp_path: Path) ->
     assert text.count("| local | 50 | 10 |") == 4 and text.count("| services | 50 | 10 |") == 4
     assert "FAILED" not in text
     assert (tmp_path / "results.png").stat().st_size > 10_000
+    # No children invariant: the harness deletes a successful run's stores and log, and its
+    # report.json has no listing/children.
 
 
 def test_verification_catches_a_wrong_body_and_a_missing_record(tmp_path: Path) -> None:
@@ -91,3 +93,4 @@ def test_soak_samples_memory_checks_the_bound_and_the_stores(tmp_path: Path) -> 
     over = soak("--bound", "-1")  # no run can shrink by 100%: the check must say so
     assert over.returncode == 1
     assert "OVER THE BOUND" in results.read_text()
+    # No children invariant: the soak deletes its crawl's stores and log when it ends.

@@ -14,7 +14,17 @@ import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
 from scraper.testsite import free_port, render_child, wait_for_port
-from tests.conftest import ROOT, Site, crawl, local_stores, read_jsonl, running_site
+from tests.conftest import (
+    ROOT,
+    Site,
+    assert_children_recorded,
+    crawl,
+    local_stores,
+    log_stats,
+    read_jsonl,
+    records,
+    running_site,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -51,6 +61,7 @@ async def test_every_child_of_every_list_page_is_stored_once(
     assert stats["listing/list_pages"] == 9
     assert stats["body_store/stored"] == stats["meta_store/written"] == 450
     assert stats["body_store/bytes"] == sum(d["length"] for d in docs)
+    assert_children_recorded(stats, len(docs))
 
 
 BINARY = random.Random(42).randbytes(64 * 1024)
@@ -91,14 +102,16 @@ async def test_fault_pages_each_end_as_one_record(site: Site, tmp_path: Path) ->
     assert stats["finish_reason"] == "finished"
     assert stats["listing/child_failed"] == 7
     assert stats["body_store/stored"] == 150 + 4
+    assert_children_recorded(stats, len(read_jsonl(tmp_path / "meta.jsonl")))
 
 
 @deferred_f_from_coro_f
 async def test_recrawl_leaves_the_same_records(site: Site, tmp_path: Path) -> None:
     stores = local_stores(tmp_path)
     url = site.listing_url(120, per_page=40)
-    await crawl(url, **stores)
+    first_crawler = await crawl(url, **stores)
     first = by_url(read_jsonl(tmp_path / "meta.jsonl"))
+    assert_children_recorded(first_crawler.stats.get_stats(), len(records(tmp_path)))
     crawler = await crawl(url, **stores)
     second = by_url(read_jsonl(tmp_path / "meta.jsonl"))
 
@@ -107,6 +120,8 @@ async def test_recrawl_leaves_the_same_records(site: Site, tmp_path: Path) -> No
     assert {u: d["fingerprint"] for u, d in first.items()} == {
         u: d["fingerprint"] for u, d in second.items()}
     assert all(second[u]["fetched_at"] > first[u]["fetched_at"] for u in first)  # the newest
+    # Every record now in the store is the second crawl's (each one newer, just above).
+    assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
     files = [p for p in (tmp_path / "bodies").rglob("*") if p.is_file()]
     assert len(files) == 120
 
@@ -118,6 +133,7 @@ async def test_without_url_the_spider_says_how_to_run_it(caplog: pytest.LogCaptu
     crawler = await crawl(None, **local_stores(tmp_path))
     assert crawler.stats.get_value("finish_reason") == "no_url"
     assert "scrapy crawl listing -a url=" in caplog.text
+    assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +158,7 @@ async def test_concurrent_requests_1000_puts_1000_in_flight_on_one_site(
     # Measured by the server: how many requests it was answering at once.
     assert slow_site.stats()["max_in_flight"] >= 950
     assert "Concurrency: 1000 requests in flight" in caplog.text
+    assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
 def test_readme_main_command_crawls_and_checks_the_stores(tmp_path: Path) -> None:
@@ -156,6 +173,9 @@ def test_readme_main_command_crawls_and_checks_the_stores(tmp_path: Path) -> Non
     assert "1000 lines in data/meta.jsonl, 1000 fingerprints" in result.stdout
     assert len(read_jsonl(tmp_path / "data" / "meta.jsonl")) == 1000
     assert len([p for p in (tmp_path / "data" / "bodies").rglob("*") if p.is_file()]) == 1000
+    # The demo's `scrapy crawl` logs to the demo's stderr.
+    assert_children_recorded(log_stats(result.stderr),
+                             len(read_jsonl(tmp_path / "data" / "meta.jsonl")))
 
 
 def test_demo_refuses_a_taken_port(tmp_path: Path, site: Site) -> None:

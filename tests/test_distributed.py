@@ -20,8 +20,10 @@ from scraper.testsite import free_port
 from tests.conftest import (
     ROOT,
     Site,
+    assert_children_recorded,
     assert_stored_once,
     log_stats,
+    records,
     redis_server,
     running_site,
     wait_for_lines,
@@ -122,6 +124,7 @@ def test_three_nodes_share_one_crawl_and_close_by_themselves(
     assert all(s["meta_store/written"] > 0 for s in stats)  # the work was shared
     assert sum(s["meta_store/written"] for s in stats) == 3000
     assert sum(s.get("distributed/reclaimed", 0) for s in stats) == 0
+    assert_children_recorded(stats, len(records(tmp_path)))
     status = scrapy("status", "listing", "-s", f"REDIS_URL={redis_url}", cwd=tmp_path)
     assert "queued 0  leased 0  start_urls 0  seen (dedup) 3030" in status.stdout
 
@@ -141,6 +144,7 @@ def test_a_node_killed_mid_crawl_loses_nothing(
     survivors = [node.stats() for node in nodes[1:]]
     assert sum(s.get("distributed/reclaimed", 0) for s in survivors) > 0
     assert all(s["finish_reason"] == "finished" for s in survivors)
+    # No children invariant: node0 was SIGKILLed mid-crawl, its stats were never dumped.
 
 
 def test_redis_restart_mid_crawl(
@@ -167,6 +171,7 @@ def test_redis_restart_mid_crawl(
     stats = [node.stats() for node in nodes]
     assert sum(s.get("distributed/redis_errors", 0) for s in stats) > 0  # the outage was seen
     assert "Redis unreachable" in nodes[0].log.read_text()
+    assert_children_recorded(stats, len(records(tmp_path)))
 
 
 def test_garbage_in_redis_is_logged_and_skipped(
@@ -197,6 +202,7 @@ def test_garbage_in_redis_is_logged_and_skipped(
     assert stats["distributed/rejected/start_urls"] == 5
     assert stats["distributed/rejected/requests"] == 4
     assert nodes[0].log.read_text().count("that is not ours") == 9
+    assert_children_recorded(stats, len(records(tmp_path)))
 
 
 def test_bloom_filter_dedup_crawl(
@@ -211,6 +217,7 @@ def test_bloom_filter_dedup_crawl(
     assert client.exists("listing:bloom") and not client.exists("listing:dupefilter")
     assert int(client.get("listing:bloom_count")) == 505  # 500 children + 5 list pages
     client.close()
+    assert_children_recorded(nodes[0].stats(), len(records(tmp_path)))
 
 
 def test_redis_round_trips_per_page(
@@ -230,6 +237,7 @@ def test_redis_round_trips_per_page(
                 for c in ("evalsha", "eval", "multi", "ping", "hello", "client|setinfo"))
     assert_stored_once(dist_site, tmp_path, 2000)
     assert trips / 2000 < 3, trips
+    assert_children_recorded(nodes[0].stats(), len(records(tmp_path)))
 
 
 def test_a_list_page_already_queued_and_given_by_url_is_crawled_once(
@@ -254,6 +262,7 @@ def test_a_list_page_already_queued_and_given_by_url_is_crawled_once(
     stats = nodes[0].stats()
     assert stats["listing/list_pages"] == 3
     assert stats["listing/children"] == 3000
+    assert_children_recorded(stats, len(records(tmp_path)))
 
 
 def test_idle_nodes_ask_redis_little_and_still_take_work_at_once(
@@ -285,6 +294,7 @@ def test_idle_nodes_ask_redis_little_and_still_take_work_at_once(
     assert [node.wait() for node in nodes] == [0, 0]
     assert_stored_once(dist_site, tmp_path, 1500)
     assert all(node.stats().get("meta_store/written", 0) > 0 for node in nodes)
+    assert_children_recorded([node.stats() for node in nodes], len(records(tmp_path)))
 
 
 def test_seed_and_status_commands_explain_what_they_need(tmp_path: Path) -> None:

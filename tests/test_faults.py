@@ -34,6 +34,7 @@ from tests.conftest import (
     S3_CREDENTIALS,
     Server,
     Site,
+    assert_children_recorded,
     crawl,
     log_stats,
     mongo_collection,
@@ -127,6 +128,7 @@ def test_s3_faults_at_the_issues_rates_lose_no_byte(
     assert stats["body_store/retries"] > 0  # then the pipeline's, with backoff
     assert "body_store/spooled" not in stats and "body_store/failed" not in stats
     assert not (tmp_path / "body-spool").exists()
+    assert_children_recorded(stats, len(docs))
 
 
 @deferred_f_from_coro_f
@@ -158,6 +160,7 @@ async def test_s3_down_past_every_retry_spools_bodies_and_replay_stores_them(
         assert len(docs) == n
         assert all(d["body_pending"] is True and d["body_key"] is None and d["error"] is None
                    for d in docs)
+        assert_children_recorded(stats.get_stats(), len(docs))
         spool = BodySpool(tmp_path / "body-spool")
         assert spool.count() == n
         assert bucket_bodies(moto_url, bucket) == {}
@@ -231,6 +234,8 @@ async def test_gzip_bodies_are_spooled_and_replayed_as_they_would_have_been_stor
         assert crawler.stats.get_value("body_store/spooled") == n
         assert sorted(p.name for p in BodySpool(tmp_path / "body-spool").paths()) == sorted(
             d["fingerprint"] + ".gz" for d in read_jsonl(tmp_path / "meta.jsonl"))
+        assert_children_recorded(crawler.stats.get_stats(),
+                                 len(read_jsonl(tmp_path / "meta.jsonl")))
 
         proxy.down = False
         said: list[str] = []
@@ -276,6 +281,7 @@ async def test_a_body_neither_stored_nor_spooled_still_gets_its_record(
         assert doc["body_key"] is None and doc["body_pending"] is False
         assert doc["error"].startswith("body not stored: ClientError: An error occurred "
                                        "(SlowDown)"), doc["error"]
+    assert_children_recorded(crawler.stats.get_stats(), len(docs))
 
 
 class FlakyCollection:
@@ -350,6 +356,7 @@ async def test_mongo_write_errors_are_retried_with_backoff_and_nothing_is_lost(
     assert stats.get_value("meta_store/retries") == 4
     assert stats.get_value("meta_store/spooled") is None
     assert not (tmp_path / "meta-spool.jsonl").exists()
+    assert_children_recorded(stats.get_stats(), mongo_collection(mongo_uri).count_documents({}))
     (collection,) = flaky
     assert sum(failed for _, _, failed in collection.calls) == 4
     # Backoff: the first batch's 5 attempts are at least 0.5 s, 1 s, 2 s, 4 s apart.
@@ -387,6 +394,9 @@ async def test_mongo_down_until_close_spools_the_batches_and_replay_writes_them(
     assert mongo_collection(mongo_uri).count_documents({}) == 0
     spool = tmp_path / "meta-spool.jsonl"
     assert count_lines(spool) == n
+    # Every record is in the meta spool (Mongo took none).
+    assert_children_recorded(stats.get_stats(), mongo_collection(mongo_uri).count_documents({})
+                             + count_lines(spool))
 
     # Replay while Mongo is still down: reported, nothing removed.
     said: list[str] = []

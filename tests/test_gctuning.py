@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from tests.conftest import Site, crawl
+from tests.conftest import Site, assert_children_recorded, crawl, records
 
 
 @deferred_f_from_coro_f
@@ -23,3 +23,4 @@ async def test_collections_are_counted_and_thresholds_restored(site: Site, tmp_p
     assert stats["gc/seconds/gen0"] > 0
     assert gc.get_threshold() == before
     assert gc.callbacks == callbacks
+    assert_children_recorded(stats, len(records(tmp_path)))

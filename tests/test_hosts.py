@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import assert_stored_once, stop
+from tests.conftest import assert_children_recorded, assert_stored_once, records, stop
 from tests.netns import SUBNET, Host, NetnsUnavailable, Network
 from tests.test_distributed import Node
 
@@ -152,6 +152,7 @@ def test_three_hosts_crawl_one_listing_exactly_once(
     assert all(s["meta_store/written"] > 0 for s in stats), stats  # every host did some
     assert sum(s["meta_store/written"] for s in stats) == 3000
     assert sum(s.get("distributed/reclaimed", 0) for s in stats) == 0
+    assert_children_recorded(stats, len(records(tmp_path)))
     # Nothing went through this machine's loopback: every node used the server's address.
     for node in nodes:
         log = node.log.read_text()
@@ -203,6 +204,7 @@ def test_a_partitioned_node_loses_its_leases_and_rejoins_cleanly(
     assert "late acknowledgements refused" in cut_node.log.read_text()
     assert cut.get("distributed/leases_lost", 0) > 0
     assert "were reclaimed by other nodes" in cut_node.log.read_text()
+    assert_children_recorded([cut, *others], len(records(tmp_path)))
 
 
 def test_nodes_with_clocks_minutes_off_steal_nothing_and_keep_no_dead_lease(
@@ -242,3 +244,4 @@ def test_nodes_with_clocks_minutes_off_steal_nothing_and_keep_no_dead_lease(
     # Exactly the dead node's leases were reclaimed: none of a live node was stolen.
     assert sum(s.get("distributed/reclaimed", 0) for s in survivors) == dead_leases
     assert time.monotonic() - killed_at < lease + 60  # not 10 minutes
+    # No children invariant: the node behind was SIGKILLed mid-crawl, its stats never dumped.

@@ -21,6 +21,7 @@ from tests.conftest import (
     S3_CREDENTIALS,
     Server,
     Site,
+    assert_children_recorded,
     crawl,
     mongo_collection,
     project_settings,
@@ -51,6 +52,7 @@ async def test_meta_documents_are_written_in_batches_of_the_set_size(
     assert doc["_id"] == doc["fingerprint"] and doc["status"] == 200
     assert doc["title"] == "Child page 3" and doc["length"] == len(render_child(3))
     assert "body" not in doc
+    assert_children_recorded(crawler.stats.get_stats(), pages.count_documents({}))
 
 
 @deferred_f_from_coro_f
@@ -64,6 +66,8 @@ async def test_the_last_partial_batch_is_written_when_the_crawl_drains(
     assert mongo_collection(mongo_uri).count_documents({}) == 30
     assert crawler.stats.get_value("meta_store/written") == 30
     assert time.monotonic() - started < 30
+    assert_children_recorded(crawler.stats.get_stats(),
+                             mongo_collection(mongo_uri).count_documents({}))
 
 
 @deferred_f_from_coro_f
@@ -71,22 +75,26 @@ async def test_recrawl_leaves_the_same_number_of_documents(
     site: Site, mongo_uri: str, tmp_path: Path
 ) -> None:
     url = site.listing_url(60, per_page=25)
-    await crawl(url, **stores(mongo_uri, tmp_path))
+    first_crawler = await crawl(url, **stores(mongo_uri, tmp_path))
     first = {d["_id"]: d["fetched_at"] for d in mongo_collection(mongo_uri).find()}
+    assert_children_recorded(first_crawler.stats.get_stats(), len(first))
     crawler = await crawl(url, **stores(mongo_uri, tmp_path))
     second = {d["_id"]: d["fetched_at"] for d in mongo_collection(mongo_uri).find()}
 
     assert crawler.stats.get_value("meta_store/written") == 60
     assert len(first) == len(second) == 60 and first.keys() == second.keys()
     assert all(second[k] > first[k] for k in first)
+    # Every document now in the collection is the second crawl's (each one newer, above).
+    assert_children_recorded(crawler.stats.get_stats(), len(second))
 
 
 @deferred_f_from_coro_f
 async def test_unique_index_on_fingerprint_is_ensured_at_open(
     site: Site, mongo_uri: str, tmp_path: Path
 ) -> None:
-    await crawl(site.listing_url(3), **stores(mongo_uri, tmp_path))
+    crawler = await crawl(site.listing_url(3), **stores(mongo_uri, tmp_path))
     pages = mongo_collection(mongo_uri)
+    assert_children_recorded(crawler.stats.get_stats(), pages.count_documents({}))
     index = next(i for i in pages.index_information().values() if i["key"] == [("fingerprint", 1)])
     assert index["unique"] is True
     fingerprint = pages.find_one()["fingerprint"]
@@ -147,6 +155,7 @@ async def test_documented_s3_and_mongo_command(
         body = client.get_object(Bucket=bucket, Key=doc["body_key"])["Body"].read()
         assert body == render_child(doc["url"].rsplit("/", 1)[1])
     assert crawler.stats.get_value("finish_reason") == "finished"
+    assert_children_recorded(crawler.stats.get_stats(), pages.count_documents({}))
 
 
 @deferred_f_from_coro_f
@@ -169,6 +178,8 @@ async def test_documents_refused_for_good_are_spooled_at_once_not_retried(
     assert stats.get_value("meta_store/rejected") == stats.get_value("meta_store/spooled") == 29
     assert stats.get_value("meta_store/retries") is None
     assert count_lines(tmp_path / "spool.jsonl") == 29
+    assert_children_recorded(stats.get_stats(), pages.count_documents({})
+                             + count_lines(tmp_path / "spool.jsonl"))
     said = [r.getMessage() for r in caplog.records if r.name == "scraper.pipelines"]
     refused = [line for line in said if line.startswith("META_STORE refused")]
     assert refused and all("for good (E11000" in line for line in refused)

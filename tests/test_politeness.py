@@ -24,10 +24,13 @@ from scraper.spiders.listing import ListingSpider
 from scraper.testsite import Listing, render_child
 from tests.conftest import (
     Site,
+    assert_children_recorded,
     crawl,
+    local_stores,
     log_stats,
     project_settings,
     read_jsonl,
+    records,
     running_site,
     scrapy_crawl,
 )
@@ -44,11 +47,6 @@ def polite_site(logs: Path) -> Iterator[Site]:
     """A test site of its own (its counters and arrival times are this module's alone)."""
     with running_site(logs / "polite-site.log", "--latency-ms", str(LATENCY * 1000)) as site:
         yield site
-
-
-def stores(tmp_path: Path) -> dict[str, Any]:
-    return {"BODY_STORE": str(tmp_path / "bodies"), "META_STORE": str(tmp_path / "meta.jsonl"),
-            "META_STORE_SPOOL": str(tmp_path / "spool.jsonl")}
 
 
 def links_page(site: Site, hrefs: list[str]) -> str:
@@ -92,7 +90,7 @@ async def test_429_with_retry_after_slows_the_site_then_retries_and_recovers(
     busy = "/page/0?push_back=429&retry_after=2&times=1"
     hrefs = [busy, *(f"/page/{i}" for i in range(1, 30))]
     crawler, seen = await crawl_watching_slots(links_page(polite_site, hrefs),
-                                               CONCURRENT_REQUESTS=4, **stores(tmp_path))
+                                               CONCURRENT_REQUESTS=4, **local_stores(tmp_path))
 
     # From the server's side: the 429, then the retry no earlier than 2 s after it was sent,
     # and nothing at all from the crawler in between (the whole site waited, not just the
@@ -126,6 +124,7 @@ async def test_429_with_retry_after_slows_the_site_then_retries_and_recovers(
     assert ("Politeness: 127.0.0.1 answered 429, Retry-After 2 s: nothing sent to it for 2 s, "
             "then delay 2.0 s and concurrency 2 until it recovers") in caplog.text
     assert "Politeness: 127.0.0.1 recovered: delay 0.0 s, concurrency 4 again" in caplog.text
+    assert_children_recorded(stats, len(records(tmp_path)))
 
 
 @deferred_f_from_coro_f
@@ -134,7 +133,7 @@ async def test_503_with_retry_after_is_retried_after_the_wait(
 ) -> None:
     polite_site.stats(reset=True)
     busy = "/page/5?push_back=503&retry_after=1&times=2"
-    crawler = await crawl(links_page(polite_site, [busy, "/page/6"]), **stores(tmp_path))
+    crawler = await crawl(links_page(polite_site, [busy, "/page/6"]), **local_stores(tmp_path))
 
     hits = [h["t"] for h in arrivals(polite_site, path=busy)]
     assert len(hits) == 3  # two 503s, then the page
@@ -145,6 +144,7 @@ async def test_503_with_retry_after_is_retried_after_the_wait(
     assert stats["politeness/retry_after/retried"] == 2
     assert "retry/count" not in stats
     assert stats["meta_store/written"] == 2
+    assert_children_recorded(stats, len(records(tmp_path)))
 
 
 @deferred_f_from_coro_f
@@ -154,7 +154,7 @@ async def test_a_wait_over_retry_after_max_ends_as_a_record_without_a_retry(
     polite_site.stats(reset=True)
     busy = "/page/7?push_back=429&retry_after=600&times=5"
     started = time.monotonic()
-    crawler = await crawl(links_page(polite_site, [busy]), **stores(tmp_path))
+    crawler = await crawl(links_page(polite_site, [busy]), **local_stores(tmp_path))
 
     assert time.monotonic() - started < 10  # nobody waited the 600 s (or RETRY_AFTER_MAX)
     assert len(arrivals(polite_site, path=busy)) == 1  # no retry storm: one request
@@ -166,6 +166,7 @@ async def test_a_wait_over_retry_after_max_ends_as_a_record_without_a_retry(
     assert "politeness/retry_after/retried" not in stats and "retry/count" not in stats
     assert (f"Politeness: gave up on {polite_site.base}{busy}: asked to wait 600 s, over "
             "RETRY_AFTER_MAX=300") in caplog.text
+    assert_children_recorded(stats, len(records(tmp_path)))
 
 
 @deferred_f_from_coro_f
@@ -175,7 +176,7 @@ async def test_out_of_its_budget_a_push_back_ends_as_a_record(
     polite_site.stats(reset=True)
     busy = "/page/8?push_back=429&retry_after=0&times=10"
     crawler = await crawl(links_page(polite_site, [busy]), RETRY_AFTER_TIMES=2,
-                          **stores(tmp_path))
+                          **local_stores(tmp_path))
 
     assert len(arrivals(polite_site, path=busy)) == 3  # the first try and 2 retries
     doc = docs_by_url(tmp_path)[polite_site.base + busy]
@@ -184,13 +185,14 @@ async def test_out_of_its_budget_a_push_back_ends_as_a_record(
     assert stats["politeness/retry_after/retried"] == 2
     assert stats["politeness/retry_after/gave_up"] == 1
     assert "retry/count" not in stats
+    assert_children_recorded(stats, len(records(tmp_path)))
 
 
 @deferred_f_from_coro_f
 async def test_robots_txt_is_obeyed_by_default(polite_site: Site, tmp_path: Path) -> None:
     polite_site.stats(reset=True)
     url = polite_site.base + Listing(5, 10, private=3).query(1)
-    crawler = await crawl(url, **stores(tmp_path))
+    crawler = await crawl(url, **local_stores(tmp_path))
 
     docs = docs_by_url(tmp_path)
     assert len(docs) == 8
@@ -209,6 +211,7 @@ async def test_robots_txt_is_obeyed_by_default(polite_site: Site, tmp_path: Path
     stats = crawler.stats.get_stats()
     assert stats["robotstxt/forbidden"] == 3
     assert stats["robotstxt/request_count"] == 1
+    assert_children_recorded(stats, len(records(tmp_path)))
 
 
 def test_robots_txt_off_on_the_command_line_fetches_them(polite_site: Site,
@@ -225,6 +228,7 @@ def test_robots_txt_off_on_the_command_line_fetches_them(polite_site: Site,
     site_stats = polite_site.stats()
     assert (site_stats["private_hits"], site_stats["robots_hits"]) == (3, 0)
     assert "robotstxt/forbidden" not in log_stats(output)
+    assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))
 
 
 @deferred_f_from_coro_f
@@ -236,7 +240,7 @@ async def test_a_distributed_node_retries_under_the_same_lease(
     polite_site.stats(reset=True)
     busy = "/page/9?push_back=429&retry_after=1&times=1"
     crawler = await crawl(links_page(polite_site, [busy, "/page/10"]), REDIS_URL=redis_url,
-                          REDIS_IDLE_TIMEOUT=5, **stores(tmp_path))
+                          REDIS_IDLE_TIMEOUT=5, **local_stores(tmp_path))
 
     assert len(arrivals(polite_site, path=busy)) == 2
     docs = docs_by_url(tmp_path)
@@ -244,6 +248,7 @@ async def test_a_distributed_node_retries_under_the_same_lease(
     assert len(docs) == 2
     stats = crawler.stats.get_stats()
     assert stats["politeness/retry_after/retried"] == 1
+    assert_children_recorded(stats, len(records(tmp_path)))
     client = redis.Redis.from_url(redis_url)
     try:  # everything acknowledged: nothing left queued, leased or dead
         assert client.zcard("listing:requests") == client.hlen("listing:leased") == 0

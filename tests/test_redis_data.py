@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from scraper.distributed.codec import MAX_ENTRY_BYTES
-from tests.conftest import assert_stored_once, log_stats
+from tests.conftest import assert_children_recorded, assert_stored_once, log_stats, records
 from tests.test_distributed import ENV, seed
 
 if TYPE_CHECKING:
@@ -116,6 +116,7 @@ def test_planted_entries_are_rejected_logged_and_run_no_code(
     stats: dict[str, Any] = log_stats(text)
     assert stats["finish_reason"] == "finished"
     assert_stored_once(site, tmp_path, 300)
+    assert_children_recorded(stats, len(records(tmp_path)))
     rejected = {key.rsplit("/", 1)[1]: n for key, n in stats.items()
                 if key.startswith("distributed/rejected/")}
     assert rejected == {"start_urls": 8, "requests": 14, "leased": 4, "leases": 1, "nodes": 5}

@@ -13,7 +13,17 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 from scraper.stores import StoreError
 from scraper.stores.body import FSBodyStore, S3BodyStore
 from scraper.testsite import render_child
-from tests.conftest import S3_CREDENTIALS, Server, Site, crawl, read_jsonl, s3_client
+from tests.conftest import (
+    S3_CREDENTIALS,
+    Server,
+    Site,
+    assert_children_recorded,
+    crawl,
+    mongo_collection,
+    read_jsonl,
+    records,
+    s3_client,
+)
 from tests.tcpproxy import TcpProxy
 
 if TYPE_CHECKING:
@@ -53,6 +63,7 @@ async def test_bodies_in_s3_are_byte_equal_under_prefix_and_fingerprint(
         assert obj["Body"].read() == render_child(doc["url"].rsplit("/", 1)[1])
         assert obj["ContentType"] == "text/html; charset=utf-8"
     assert crawler.stats.get_value("body_store/stored") == 300
+    assert_children_recorded(crawler.stats.get_stats(), len(docs))
 
 
 @deferred_f_from_coro_f
@@ -60,8 +71,8 @@ async def test_gzip_bodies_are_marked_and_unzip_to_the_page(
     site: Site, moto: Server, bucket: str, tmp_path: Path
 ) -> None:
     endpoint = f"http://127.0.0.1:{moto.port}"
-    await crawl(site.listing_url(20), BODY_STORE_GZIP=True,
-                **s3_settings(endpoint, bucket, "", tmp_path))
+    crawler = await crawl(site.listing_url(20), BODY_STORE_GZIP=True,
+                          **s3_settings(endpoint, bucket, "", tmp_path))
 
     client = s3_client(endpoint)
     docs = read_jsonl(tmp_path / "meta.jsonl")
@@ -71,6 +82,7 @@ async def test_gzip_bodies_are_marked_and_unzip_to_the_page(
         obj = client.get_object(Bucket=bucket, Key=doc["body_key"])
         assert obj["ContentEncoding"] == "gzip"
         assert gzip.decompress(obj["Body"].read()) == render_child(doc["url"].rsplit("/", 1)[1])
+    assert_children_recorded(crawler.stats.get_stats(), len(docs))
 
 
 @deferred_f_from_coro_f
@@ -115,6 +127,7 @@ async def test_s3_outage_mid_crawl_loses_no_body(
     assert outage["stored_before"] < 400 and outage["stored_during"] <= 100  # it hit mid-crawl
     assert crawler.stats.get_value("body_store/retries") > 0
     assert crawler.stats.get_value("body_store/failed") is None
+    assert_children_recorded(crawler.stats.get_stats(), len(docs))
 
 
 @deferred_f_from_coro_f
@@ -129,6 +142,7 @@ async def test_missing_bucket_stops_the_crawl_at_start(
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [f"BODY_STORE unusable, crawl stopped: S3 bucket s3://no-such-bucket at "
                       f"{endpoint} does not exist"]
+    assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
 def test_s3_store_never_lets_a_key_name_another_object(moto: Server, bucket: str) -> None:
@@ -198,3 +212,5 @@ async def test_no_s3_or_mongo_call_runs_on_the_reactor_thread(
     assert all(t.startswith("body-store") for t in threads["s3"])
     assert threads["mongo"] == {"meta-store_0"}
     assert len(threads["s3"]) > 4  # S3 uploads use BODY_STORE_THREADS, not the folder's cap
+    assert_children_recorded(crawler.stats.get_stats(),
+                             mongo_collection(mongo_uri).count_documents({}))

@@ -29,8 +29,10 @@ from tests.conftest import (
     ROOT,
     Server,
     Site,
+    assert_children_recorded,
     assert_stored_once,
     log_stats,
+    records,
     running_site,
     wait_for_lines,
 )
@@ -185,6 +187,7 @@ def test_deploy_schedule_and_crawl_with_the_embedded_stores(
     stats = log_stats(scrapyd.log(job))
     assert stats["finish_reason"] == "finished"
     assert stats["meta_store/written"] == stats["body_store/stored"] == 500
+    assert_children_recorded(stats, len(records(tmp_path)))  # stats from the job's log
 
 
 def test_two_scrapyds_share_one_crawl_from_one_redis(
@@ -210,6 +213,7 @@ def test_two_scrapyds_share_one_crawl_from_one_redis(
     assert [s["finish_reason"] for s in stats] == ["finished", "finished"]
     assert all(s["meta_store/written"] > 0 for s in stats)  # both took part
     assert sum(s["meta_store/written"] for s in stats) == 2000
+    assert_children_recorded(stats, len(records(tmp_path)))
 
 
 def test_a_cancelled_job_hands_back_its_work_and_another_job_finishes_it(
@@ -238,6 +242,8 @@ def test_a_cancelled_job_hands_back_its_work_and_another_job_finishes_it(
     # had in flight finished there. Nothing waited for a lease to expire.
     assert finished.get("distributed/reclaimed", 0) == 0
     assert stored_first + finished["meta_store/written"] == 3000
+    # Two jobs into one store: what each counted, summed, is what the store holds.
+    assert_children_recorded([cancelled, finished], len(records(tmp_path)))
 
 
 def test_scrapyd_with_auth_refuses_a_deploy_without_credentials(

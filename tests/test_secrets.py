@@ -30,10 +30,12 @@ from scraper.testsite import free_port
 from tests.conftest import (
     Server,
     Site,
+    assert_children_recorded,
     crawl,
     log_stats,
     mongo_collection,
     read_jsonl,
+    records,
     redis_server,
     scrapy_crawl,
 )
@@ -95,6 +97,7 @@ def test_a_distributed_crawl_to_s3_logs_no_secret(
     assert stats["finish_reason"] == "finished"
     assert stats["body_store/stored"] == stats["meta_store/written"] == 60
     assert len(read_jsonl(tmp_path / "meta.jsonl")) == 60
+    assert_children_recorded(stats, len(read_jsonl(tmp_path / "meta.jsonl")))
     # The secrets were there to leak: Scrapy echoes -s settings, and DEBUG shows S3 requests.
     assert "Overridden settings" in output and "redis://:***@127.0.0.1" in output
     assert "'AWS_SECRET_ACCESS_KEY': '***'" in output
@@ -127,6 +130,9 @@ def test_stores_that_fail_show_their_error_without_secrets(
     assert expected in output
     assert log_stats(output)["finish_reason"].endswith("_unusable")
     assert_no_secret(output)
+    # The crawl never started: 0 children, 0 records (with Mongo failing, its server is not
+    # even listening; else the meta file under tmp_path).
+    assert_children_recorded(log_stats(output), 0 if failing == "mongo" else len(records(tmp_path)))
 
 
 @deferred_f_from_coro_f
@@ -157,6 +163,7 @@ async def test_a_crawl_into_mongo_with_a_password_logs_no_secret(
     assert stats["finish_reason"] == "finished"
     assert stats["meta_store/written"] == 40
     assert mongo_collection(uri).count_documents({}) == 40
+    assert_children_recorded(stats, mongo_collection(uri).count_documents({}))
     text = captured.getvalue()
     assert "Overridden settings" in text and "mongodb://crawler:***@127.0.0.1" in text
     assert_no_secret(text)

@@ -18,9 +18,11 @@ import redis
 from scraper.testsite import render_child
 from tests.conftest import (
     Site,
+    assert_children_recorded,
     assert_stored_once,
     log_stats,
     read_jsonl,
+    records,
     running_site,
     wait_for_lines,
 )
@@ -111,6 +113,12 @@ def test_sigterm_drains_a_single_node_crawl_and_exits_0(slow_site: Site, tmp_pat
     assert not [p for p in tmp_path.rglob("*.tmp")]
     assert not (tmp_path / "spool.jsonl").exists()
     assert seconds < 30
+    # What it found and left uncrawled is counted and said (a single node's queue is in
+    # the process: the crawl has to be started again).
+    assert_children_recorded(stats, len(docs))
+    assert stats["listing/children_not_crawled"] > 0
+    assert (f"{stats['listing/children_not_crawled']} discovered children were not crawled: "
+            "the crawl stopped (shutdown) first" in text)
 
 
 def test_sigterm_hands_a_nodes_leases_back_at_once(
@@ -142,6 +150,8 @@ def test_sigterm_hands_a_nodes_leases_back_at_once(
     assert_stored_once(slow_site, tmp_path, 800)
     # Nothing stored by the first node was crawled again.
     assert first["meta_store/written"] + second["meta_store/written"] == 800
+    # Two crawls into one store: what each counted, summed, is what the store holds.
+    assert_children_recorded([first, second], len(records(tmp_path)))
 
 
 def test_a_second_sigterm_stops_at_once_and_leases_expire(
@@ -169,4 +179,5 @@ def test_a_second_sigterm_stops_at_once_and_leases_expire(
     assert second["distributed/reclaimed"] > 0
     assert_stored_once(slow_site, tmp_path, 800)
     assert leases_in_redis(redis_url) == (0, 0)
-
+    # No children invariant: node0 stopped at once (a second SIGTERM), before flushing its
+    # records or dumping its stats.

@@ -24,10 +24,12 @@ from scraper.spiders.listing import ListingSpider
 from scraper.ssrf import AddressPolicy, AddressRefused, SsrfGuard, address_kind, parse_networks
 from scraper.testsite import render_child
 from tests.conftest import (
+    assert_children_recorded,
     crawl,
     local_stores,
     log_stats,
     read_jsonl,
+    records,
     running_site,
     scrapy_crawl,
 )
@@ -213,6 +215,7 @@ async def test_a_refused_list_page_is_logged_and_never_fetched(
     assert own_site.stats()["hits"] == 0
     assert f"List page {url} failed: AddressRefused: {why}" in caplog.text
     assert not (tmp_path / "meta.jsonl").exists() or not read_jsonl(tmp_path / "meta.jsonl")
+    assert_children_recorded(stats, len(records(tmp_path)))
 
 
 @deferred_f_from_coro_f
@@ -255,6 +258,7 @@ async def test_redirects_to_refused_addresses_each_end_as_one_record(
     assert stats["downloader/request_count"] == fetched + 1
     assert own_site.stats()["hits"] == fetched
     assert own_site.stats()["robots_hits"] == 1
+    assert_children_recorded(stats, len(read_jsonl(tmp_path / "meta.jsonl")))
 
 
 @deferred_f_from_coro_f
@@ -272,6 +276,7 @@ async def test_a_name_in_an_allowed_network_is_crawled_with_one_lookup(
     stats = crawler.stats.get_stats()
     assert stats["ssrf/hosts_resolved"] == 1
     assert "ssrf/refused" not in stats
+    assert_children_recorded(stats, len(docs))
 
 
 @deferred_f_from_coro_f
@@ -285,6 +290,7 @@ async def test_a_bad_allowed_networks_stops_the_crawl_before_any_request(
     assert ("ALLOWED_NETWORKS unusable, crawl stopped: '127.0.0.1/33' is not a network "
             "(CIDR, e.g. 10.0.0.0/8 or fd00::/8)") in caplog.text
     assert own_site.stats()["hits"] == 0
+    assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
 @pytest.mark.parametrize(("env", "stored"), [
@@ -308,3 +314,4 @@ def test_scrapy_crawl_reads_allowed_networks_from_the_environment(
         assert stats["ssrf/refused"] == 1
         assert (f"List page {url} failed: AddressRefused: 127.0.0.1 is a loopback address, "
                 "not in ALLOWED_NETWORKS") in output
+    assert_children_recorded(stats, len(records(tmp_path / "data")))

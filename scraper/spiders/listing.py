@@ -106,6 +106,7 @@ class ListingSpider(Spider):
         self.sitemap = sitemap
         self.list_pages = 0  # list pages parsed
         self.children_found = 0  # children yielded here (dupefilter drops counted back)
+        self.children_done = 0  # children whose callback or errback gave their item
         self.argument_error: str | None = None
         self.sitemap_filter: re.Pattern[str] | None = None
         self.start_urls_expanded: list[str] = []
@@ -393,9 +394,13 @@ class ListingSpider(Spider):
         yield from self._children(urls, response.url)
 
     def closed(self, reason: str) -> None:
-        """Say it when the crawl probably missed pages or found none to take."""
-        if reason != "finished" or self.crawler.settings.get("REDIS_URL"):
-            return  # distributed: a node sees only its share of the list pages
+        """Say it when children were left uncrawled, or the crawl probably missed pages or
+        found none to take. Distributed: a node sees only its share, so it says nothing."""
+        if self.crawler.settings.get("REDIS_URL"):
+            return
+        self._check_children(reason)
+        if reason != "finished":
+            return
         page = self.first_page
         if page is not None and self.list_pages == 1 and page.suspects:
             logger.warning(
@@ -413,6 +418,23 @@ class ListingSpider(Spider):
                 "navigation (-s LISTING_CHILDREN=all takes them)?",
                 {"n": self.list_pages, "skipped": skipped or "none"})
 
+    def _check_children(self, reason: str) -> None:
+        """Every child counted must have ended as a record: those that did not are
+        counted (``listing/children_not_crawled``) and said."""
+        missing = self.children_found - self.children_done
+        if missing <= 0:
+            return
+        self.crawler.stats.set_value("listing/children_not_crawled", missing)
+        if reason == "finished":
+            logger.error("%(n)d discovered children ended without a record although the crawl "
+                         "finished: a bug, please report it with this log", {"n": missing})
+        else:
+            logger.warning(
+                "%(n)d discovered children were not crawled: the crawl stopped (%(reason)s) "
+                "first. Start it again (records are upserts: nothing is stored twice), or "
+                "run with -s JOBDIR=<folder> to resume where it stopped",
+                {"n": missing, "reason": reason})
+
     def list_failed(self, failure: Failure) -> None:
         """A list page that could not be fetched: its links are lost, so say it loudly."""
         self.crawler.stats.inc_value("listing/list_failed")
@@ -423,6 +445,7 @@ class ListingSpider(Spider):
 
     def parse_child(self, response: Response, listing_url: str, fingerprint: str) -> PageItem:
         """A fetched child page (2xx, or 3xx that was not followed)."""
+        self.children_done += 1
         body = response.body
         encoding = response.encoding if isinstance(response, TextResponse) else "utf-8"
         return PageItem(
@@ -445,6 +468,7 @@ class ListingSpider(Spider):
 
     def child_failed(self, failure: Failure) -> PageItem:
         """A child that could not be fetched still ends as one record, with the reason."""
+        self.children_done += 1
         request = failure.request
         item = PageItem(
             fingerprint=request.cb_kwargs["fingerprint"],
