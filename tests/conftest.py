@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
 from scrapy.crawler import Crawler
 from scrapy.settings import Settings
 
@@ -84,7 +85,7 @@ class Site:
 
 @pytest.fixture
 def nodes() -> Iterator[list[Any]]:
-    """Crawler nodes a test starts (tests.test_distributed.Node): stopped at teardown."""
+    """Crawler nodes a test starts (Node): stopped at teardown."""
     started: list[Any] = []
     yield started
     for node in started:
@@ -127,6 +128,77 @@ def moto(logs: Path) -> Iterator[Server]:
     server.stop()
 
 
+#: The environment of a `scrapy` command a test runs as a user would.
+ENV = {**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
+
+
+def scrapy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scrapy", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+class Node:
+    """One crawler process of a distributed crawl, logging to its own file."""
+
+    def __init__(self, name: str, redis_url: str, tmp_path: Path, *settings: str,
+                 wrap: list[str] | None = None, env: dict[str, str] | None = None,
+                 url: str | None = None, spider_args: dict[str, str] | None = None) -> None:
+        """``wrap``: a command the node runs under (``ip netns exec <ns>``);
+        ``env``: variables added to the node's environment; ``url``: ``-a url=``;
+        ``spider_args``: more ``-a name=value``."""
+        self.log = tmp_path / f"{name}.log"
+        args = [*(wrap or []), sys.executable, "-m", "scrapy", "crawl", "listing",
+                "-s", f"REDIS_URL={redis_url}",
+                "-s", f"BODY_STORE={tmp_path / 'bodies'}", "-s",
+                f"META_STORE={tmp_path / 'meta.jsonl'}", "-s", "REDIS_LEASE_SECONDS=3",
+                "-s", "CONCURRENT_REQUESTS=100", "-s", f"LOG_FILE={self.log}",
+                "-s", "PROGRESS_INTERVAL=1"]
+        for setting in settings:
+            args += ["-s", setting]
+        for name, value in (({"url": url} if url else {}) | (spider_args or {})).items():
+            args += ["-a", f"{name}={value}"]
+        self.proc = subprocess.Popen(args, cwd=tmp_path, env={**ENV, **(env or {})},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait(self, timeout: float = 240) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
+
+    def stats(self) -> dict[str, Any]:
+        return log_stats(self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def seed(site: Site, redis_url: str, tmp_path: Path, n: int) -> None:
+    result = scrapy("seed", "listing", site.listing_url(n), "-s", f"REDIS_URL={redis_url}",
+                    cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "listing:start_urls += 1 URL(s)" in result.stdout
+
+
+def wait_for_leases_of(node: Node, redis_url: str, timeout: float = 60) -> None:
+    """Until the node holds leases (lease tokens are "<host>:<pid>:<id>:<n>")."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if any(f":{node.proc.pid}:".encode() in token
+                   for token in client.hkeys("listing:leased")):
+                return
+            time.sleep(0.02)
+    finally:
+        client.close()
+    raise AssertionError(f"node {node.proc.pid} never held a lease")
+
+
 def redis_server(port: int, log: Path, *extra: str) -> Server:
     """A redis-server (Debian's package) on 127.0.0.1:port; extra args e.g. for persistence."""
     return Server(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -144,8 +216,6 @@ def redis_session(logs: Path) -> Iterator[Server]:
 @pytest.fixture
 def redis_url(redis_session: Server) -> str:
     """The session's redis-server, emptied for this test."""
-    import redis
-
     client = redis.Redis(port=redis_session.port)
     client.flushall()
     client.close()

@@ -18,14 +18,18 @@ from scraper.fingerprint import ListingFingerprinter
 from scraper.spiders.listing import ListingSpider
 from scraper.testsite import free_port
 from tests.conftest import (
+    ENV,
     ROOT,
+    Node,
     Site,
     assert_children_recorded,
     assert_stored_once,
-    log_stats,
     records,
     redis_server,
     running_site,
+    scrapy,
+    seed,
+    wait_for_leases_of,
     wait_for_lines,
 )
 
@@ -33,7 +37,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-ENV = {**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
 
 
 @pytest.fixture(scope="module")
@@ -41,72 +44,6 @@ def dist_site(logs: Path) -> Iterator[Site]:
     """A test site with 50 ms latency, so that a crawl lasts long enough to be disturbed."""
     with running_site(logs / "dist-site.log", "--latency-ms", "50") as site:
         yield site
-
-
-def scrapy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "scrapy", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=60, check=False)
-
-
-class Node:
-    """One crawler process of a distributed crawl, logging to its own file."""
-
-    def __init__(self, name: str, redis_url: str, tmp_path: Path, *settings: str,
-                 wrap: list[str] | None = None, env: dict[str, str] | None = None,
-                 url: str | None = None) -> None:
-        """``wrap``: a command the node runs under (``ip netns exec <ns>``);
-        ``env``: variables added to the node's environment; ``url``: ``-a url=``."""
-        self.log = tmp_path / f"{name}.log"
-        args = [*(wrap or []), sys.executable, "-m", "scrapy", "crawl", "listing",
-                "-s", f"REDIS_URL={redis_url}",
-                "-s", f"BODY_STORE={tmp_path / 'bodies'}", "-s",
-                f"META_STORE={tmp_path / 'meta.jsonl'}", "-s", "REDIS_LEASE_SECONDS=3",
-                "-s", "CONCURRENT_REQUESTS=100", "-s", f"LOG_FILE={self.log}",
-                "-s", "PROGRESS_INTERVAL=1"]
-        for setting in settings:
-            args += ["-s", setting]
-        if url:
-            args += ["-a", f"url={url}"]
-        self.proc = subprocess.Popen(args, cwd=tmp_path, env={**ENV, **(env or {})},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def wait(self, timeout: float = 240) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise
-
-    def stats(self) -> dict[str, Any]:
-        return log_stats(self.log.read_text())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def seed(site: Site, redis_url: str, tmp_path: Path, n: int) -> None:
-    result = scrapy("seed", "listing", site.listing_url(n), "-s", f"REDIS_URL={redis_url}",
-                    cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "listing:start_urls += 1 URL(s)" in result.stdout
-
-
-def wait_for_leases_of(node: Node, redis_url: str, timeout: float = 60) -> None:
-    """Until the node holds leases (lease tokens are "<host>:<pid>:<id>:<n>")."""
-    client = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if any(f":{node.proc.pid}:".encode() in token
-                   for token in client.hkeys("listing:leased")):
-                return
-            time.sleep(0.02)
-    finally:
-        client.close()
-    raise AssertionError(f"node {node.proc.pid} never held a lease")
 
 
 def test_three_nodes_share_one_crawl_and_close_by_themselves(

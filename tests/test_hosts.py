@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import assert_children_recorded, assert_stored_once, records, stop
+from tests.conftest import Node, assert_children_recorded, assert_stored_once, records, stop
 from tests.netns import SUBNET, Host, NetnsUnavailable, Network
-from tests.test_distributed import Node
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

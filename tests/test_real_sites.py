@@ -14,7 +14,7 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 
 from scraper.testsite import Listing, render_child
 from scraper.testsite_shapes import IDIOM, Expected, canonical_of, expected, root
-from tests.conftest import assert_children_recorded, crawl, local_stores, records
+from tests.conftest import Node, assert_children_recorded, crawl, local_stores, records
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -279,3 +279,28 @@ async def test_bad_arguments_stop_the_crawl_with_one_line(
     assert crawler.stats.get_value("finish_reason") == "arguments_unusable"
     assert [r for r in caplog.records if error in r.getMessage()]
     assert not records(tmp_path)
+
+
+def test_distributed_nodes_take_each_source_and_keep_one_body_per_canonical_url(
+    site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    """Same records, same stores in distributed mode: one node starts from a shop's first
+    list page, the other from a sitemap index; with DEDUP_CANONICAL the nodes agree in
+    Redis which child holds each canonical URL's body."""
+    shop, sitemap = expected("shop", 60, 10), expected("sitemap", 40, 10)
+    nodes += [Node("node0", redis_url, tmp_path, "DEDUP_CANONICAL=True",
+                   url=site.base + shop.start),
+              Node("node1", redis_url, tmp_path, "DEDUP_CANONICAL=True",
+                   spider_args={"sitemap": site.base + sitemap.start})]
+    assert [node.wait() for node in nodes] == [0, 0]
+
+    docs = records(tmp_path)
+    assert sorted(path_of(d["url"]) for d in docs) == sorted(shop.children | sitemap.children)
+    assert_children_recorded([node.stats() for node in nodes], len(docs))
+    owners = [d for d in docs if d["duplicate_of"] is None]
+    assert len({d["canonical_url"] for d in owners if d["canonical_url"]}) == 60
+    assert len(owners) == 60 + len(sitemap.children)  # sitemap pages declare no canonical
+    fingerprints = {d["fingerprint"] for d in owners}
+    assert all(d["duplicate_of"] in fingerprints and d["body_key"] is None
+               for d in docs if d["duplicate_of"])
+    assert sum(1 for p in (tmp_path / "bodies").rglob("*") if p.is_file()) == len(owners)

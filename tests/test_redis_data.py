@@ -19,8 +19,14 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from scraper.distributed.codec import MAX_ENTRY_BYTES
-from tests.conftest import assert_children_recorded, assert_stored_once, log_stats, records
-from tests.test_distributed import ENV, seed
+from tests.conftest import (
+    ENV,
+    assert_children_recorded,
+    assert_stored_once,
+    log_stats,
+    records,
+    seed,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import Site

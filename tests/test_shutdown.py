@@ -17,6 +17,8 @@ import redis
 
 from scraper.testsite import render_child
 from tests.conftest import (
+    ENV,
+    Node,
     Site,
     assert_children_recorded,
     assert_stored_once,
@@ -24,9 +26,10 @@ from tests.conftest import (
     read_jsonl,
     records,
     running_site,
+    seed,
+    wait_for_leases_of,
     wait_for_lines,
 )
-from tests.test_distributed import ENV, Node, seed, wait_for_leases_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
