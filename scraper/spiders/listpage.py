@@ -131,6 +131,10 @@ class _Reader:
         self.take_children = take_children  # False: a link_css/link_xpath chooses them
         self.root = response.selector.root
         self.page = ListPage(response.url, pagination.position(response.url))
+        # A link can be a page of this listing only if it starts like its key (the key is
+        # the URL with the page number taken out): the others need no position.
+        key = urlsplit(self.page.here.key)
+        self.listing_prefix = f"{key.scheme}://{key.netloc}{key.path.rstrip('/')}"
         self.site = urlsplit(response.url).hostname
         self.encoding = http_content_type_encoding(
             (response.headers.get(b"Content-Type") or b"").decode("latin-1")) or "utf-8"
@@ -171,14 +175,14 @@ class _Reader:
                     page.suspects.append(_describe(el))
                 self.skip(reason)
                 continue
-            pos = pagination.position(url)
+            pos = pagination.position(url) if url.startswith(self.listing_prefix) else None
             if url == page.url or pos == page.here:
                 self.skip("self")
                 continue
-            same_listing = pos.key == page.here.key
+            same_listing = pos is not None and pos.key == page.here.key
             if idiom or other == "rel" or region.pager or (same_listing and other == "pager"):
                 self.pager(url, idiom, pos)
-                if same_listing:
+                if same_listing and pos is not None:
                     self.candidates["numbered"].append((url, pos))
                 elif not idiom:
                     page.suspects.append(_describe(el))  # in a pager, but no idiom we know

@@ -79,18 +79,27 @@ class Position(NamedTuple):
 FIRST = -1
 
 
+# Each check first looks for a plain substring: most class names have none of them, and a
+# list page has a thousand links (spiders/listpage.py checks each one and its parents).
+
 def says_next(value: str | None) -> bool:
     """A class, id or rel value with a "next" token (``next``, ``pagination-next``...)."""
-    return bool(value) and any(_NEXT_TOKEN.search(t) for t in value.lower().split())
+    if not value or "next" not in (value := value.lower()):
+        return False
+    return any(_NEXT_TOKEN.search(t) for t in value.split())
 
 
 def says_prev(value: str | None) -> bool:
-    return bool(value) and any(_PREV_TOKEN.search(t) for t in value.lower().split())
+    if not value or "prev" not in (value := value.lower()):
+        return False
+    return any(_PREV_TOKEN.search(t) for t in value.split())
 
 
 def is_pager_block(value: str | None) -> bool:
     """A class or id that names a pager (``pagination``, ``pager``, ``page-numbers``)."""
-    return bool(value) and any(_PAGER_TOKEN.search(t) for t in value.lower().split())
+    if not value or not ("pag" in (value := value.lower()) or "nav-links" in value):
+        return False
+    return any(_PAGER_TOKEN.search(t) for t in value.split())
 
 
 def label_says_next(label: str | None) -> bool:
