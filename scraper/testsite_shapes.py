@@ -132,12 +132,17 @@ def _cursor(page: int) -> str:
     return "".join("abcdefghij"[int(d)] for d in str(page * 7919))
 
 
-def _page_of_cursor(cursor: str) -> int | None:
+def _cursor_page(cursor: str | None, n: int, per_page: int) -> int:
+    """The page a cursor names (no cursor: the first); 404 for any other cursor."""
+    if cursor is None:
+        return 1
     try:
         value = int("".join(str("abcdefghij".index(c)) for c in cursor))
     except ValueError:
-        return None
-    return value // 7919 if value % 7919 == 0 and value else None
+        raise web.HTTPNotFound() from None
+    if value % 7919 or not 1 <= value // 7919 <= _pages(n, per_page):
+        raise web.HTTPNotFound()
+    return value // 7919
 
 
 def _doc(title: str, body: str, head: str = "") -> web.Response:
@@ -307,10 +312,7 @@ def _numbered(shape: str) -> Callable[..., web.Response | str]:
 def _api(r: str, n: int, pp: int, rest: str, q: dict[str, str]) -> web.Response | str:
     if rest != "items":
         return "child"
-    last = _pages(n, pp)
-    page = _page_of_cursor(q["cursor"]) if "cursor" in q else 1
-    if page is None or not 1 <= page <= last:
-        raise web.HTTPNotFound()
+    page, last = _cursor_page(q.get("cursor"), n, pp), _pages(n, pp)
     links = [f'<{r}/items>; rel="first"']
     if page < last:
         links.insert(0, f'<{r}/items?cursor={_cursor(page + 1)}>; rel="next"')
@@ -345,10 +347,7 @@ def _catalog(r: str, n: int, pp: int, rest: str, q: dict[str, str],
 def _feed(r: str, n: int, pp: int, rest: str, q: dict[str, str]) -> web.Response | str:
     if rest != "feed":
         return "child"
-    last = _pages(n, pp)
-    page = _page_of_cursor(q["after"]) if "after" in q else 1
-    if page is None or not 1 <= page <= last:
-        raise web.HTTPNotFound()
+    page, last = _cursor_page(q.get("after"), n, pp), _pages(n, pp)
     stories = "\n".join(f'<div class="story">{_a(f"{r}/story/{i}", f"Story {i}")}</div>'
                         for i in _items(n, pp, page))
     more = ""
