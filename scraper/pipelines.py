@@ -64,7 +64,8 @@ async def _open_store(
         if size > 0:
             executor = ThreadPoolExecutor(size,
                                           thread_name_prefix=setting.lower().replace("_", "-"))
-        await _call(executor, store.open)
+        # Opening may reach a server (a bucket check): never on the reactor thread.
+        await asyncio.get_running_loop().run_in_executor(executor, store.open)
     except StoreError as exc:
         if executor is not None:
             executor.shutdown(wait=False)
@@ -157,6 +158,10 @@ class BodyStorePipeline:
     async def _put(self, key: str, body: bytes, content_type: str | None) -> str:
         store = self.store
         assert store is not None
+        put_async = getattr(store, "put_async", None)
+        if put_async is not None:  # the store awaits its own I/O (obstore's S3 client)
+            stored_key, data, encoding = self._stored_form(key, body)
+            return str(await put_async(stored_key, data, content_type, encoding))
 
         def put() -> str:  # runs in an upload thread (if the store has any), gzip included
             stored_key, data, encoding = self._stored_form(key, body)

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 os.environ["SCRAPER_ALLOWED_NETWORKS"] = "127.0.0.1/32"
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The S3 clients a body store can use (BODY_STORE_S3_CLIENT): the S3 tests run with each.
+S3_CLIENTS = ["obstore", "boto3"]
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret-key"}
 
 
@@ -197,6 +199,17 @@ def wait_for_leases_of(node: Node, redis_url: str, timeout: float = 60) -> None:
     finally:
         client.close()
     raise AssertionError(f"node {node.proc.pid} never held a lease")
+
+
+@pytest.fixture(scope="session")
+def s3sink(logs: Path) -> Iterator[Server]:
+    """bench/s3sink.py: a fast S3-compatible server that counts who signed each request."""
+    port = free_port()
+    server = Server([sys.executable, "-m", "bench.s3sink", "--port", str(port)], port,
+                    logs / "s3sink.log")
+    server.start()
+    yield server
+    server.stop()
 
 
 def redis_server(port: int, log: Path, *extra: str) -> Server:

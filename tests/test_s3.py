@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import threading
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
 from scraper.stores import StoreError
-from scraper.stores.body import FSBodyStore, S3BodyStore
+from scraper.stores.body import FSBodyStore
+from scraper.stores.s3 import Boto3S3BodyStore, ObstoreS3BodyStore
 from scraper.testsite import render_child
 from tests.conftest import (
+    S3_CLIENTS,
     S3_CREDENTIALS,
     Server,
     Site,
@@ -30,8 +34,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def s3_settings(endpoint: str, bucket: str, prefix: str, tmp_path: Path) -> dict[str, Any]:
+def s3_settings(endpoint: str, bucket: str, prefix: str, tmp_path: Path,
+                client: str = "obstore") -> dict[str, Any]:
     return {"BODY_STORE": f"s3://{bucket}/{prefix}", "AWS_ENDPOINT_URL": endpoint,
+            "BODY_STORE_S3_CLIENT": client,
             "AWS_REGION_NAME": "us-east-1", **S3_CREDENTIALS,
             "META_STORE": str(tmp_path / "meta.jsonl"),
             "META_STORE_SPOOL": str(tmp_path / "spool.jsonl")}
@@ -45,13 +51,14 @@ def all_objects(client: Any, bucket: str) -> dict[str, dict[str, Any]]:
     return objects
 
 
+@pytest.mark.parametrize("client", S3_CLIENTS)
 @deferred_f_from_coro_f
 async def test_bodies_in_s3_are_byte_equal_under_prefix_and_fingerprint(
-    site: Site, moto: Server, bucket: str, tmp_path: Path
+    site: Site, moto: Server, bucket: str, tmp_path: Path, client: str
 ) -> None:
     endpoint = f"http://127.0.0.1:{moto.port}"
     crawler = await crawl(site.listing_url(300), CONCURRENT_REQUESTS=300,
-                          **s3_settings(endpoint, bucket, "run-1", tmp_path))
+                          **s3_settings(endpoint, bucket, "run-1", tmp_path, client=client))
 
     docs = read_jsonl(tmp_path / "meta.jsonl")
     client = s3_client(endpoint)
@@ -85,9 +92,10 @@ async def test_gzip_bodies_are_marked_and_unzip_to_the_page(
     assert_children_recorded(crawler.stats.get_stats(), len(docs))
 
 
+@pytest.mark.parametrize("client", S3_CLIENTS)
 @deferred_f_from_coro_f
 async def test_s3_outage_mid_crawl_loses_no_body(
-    site: Site, moto: Server, bucket: str, tmp_path: Path
+    site: Site, moto: Server, bucket: str, tmp_path: Path, client: str
 ) -> None:
     """S3 drops off the network for 3 s mid-crawl, then comes back: every body is stored."""
     proxy = TcpProxy(("127.0.0.1", moto.port))
@@ -111,7 +119,7 @@ async def test_s3_outage_mid_crawl_loses_no_body(
     from tests.conftest import project_settings
 
     crawler = Crawler(ListingSpider, project_settings(
-        CONCURRENT_REQUESTS=100, **s3_settings(endpoint, bucket, "o", tmp_path)))
+        CONCURRENT_REQUESTS=100, **s3_settings(endpoint, bucket, "o", tmp_path, client=client)))
     watcher = asyncio.ensure_future(cut_when_some_are_stored(crawler))
     try:
         await crawler.crawl_async(url=site.listing_url(400))
@@ -130,13 +138,14 @@ async def test_s3_outage_mid_crawl_loses_no_body(
     assert_children_recorded(crawler.stats.get_stats(), len(docs))
 
 
+@pytest.mark.parametrize("client", S3_CLIENTS)
 @deferred_f_from_coro_f
 async def test_missing_bucket_stops_the_crawl_at_start(
-    site: Site, moto: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    site: Site, moto: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture, client: str
 ) -> None:
     endpoint = f"http://127.0.0.1:{moto.port}"
     crawler = await crawl(site.listing_url(10),
-                          **s3_settings(endpoint, "no-such-bucket", "", tmp_path))
+                          **s3_settings(endpoint, "no-such-bucket", "", tmp_path, client=client))
     assert crawler.stats.get_value("finish_reason") == "body_store_unusable"
     assert crawler.stats.get_value("item_scraped_count") is None
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
@@ -145,8 +154,11 @@ async def test_missing_bucket_stops_the_crawl_at_start(
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
-def test_s3_store_never_lets_a_key_name_another_object(moto: Server, bucket: str) -> None:
-    store = S3BodyStore(f"s3://{bucket}/p", endpoint_url=f"http://127.0.0.1:{moto.port}",
+@pytest.mark.parametrize("store_class", [ObstoreS3BodyStore, Boto3S3BodyStore])
+def test_s3_store_never_lets_a_key_name_another_object(
+    moto: Server, bucket: str, store_class: type[ObstoreS3BodyStore | Boto3S3BodyStore]
+) -> None:
+    store = store_class(f"s3://{bucket}/p", endpoint_url=f"http://127.0.0.1:{moto.port}",
                         region_name="us-east-1",
                         credentials={k.lower(): v for k, v in S3_CREDENTIALS.items()})
     store.open()
@@ -185,14 +197,14 @@ async def test_no_s3_or_mongo_call_runs_on_the_reactor_thread(
     reactor_thread = threading.current_thread()
     threads: dict[str, set[str]] = {"s3": set(), "mongo": set()}
 
-    original_open = S3BodyStore.open
+    original_open = Boto3S3BodyStore.open
 
-    def open_and_watch(self: S3BodyStore) -> None:
+    def open_and_watch(self: Boto3S3BodyStore) -> None:
         original_open(self)
         self.client.meta.events.register(
             "before-send.s3", lambda **_: threads["s3"].add(threading.current_thread().name))
 
-    monkeypatch.setattr(S3BodyStore, "open", open_and_watch)
+    monkeypatch.setattr(Boto3S3BodyStore, "open", open_and_watch)
     for name in ("open", "write", "close"):
         original = getattr(MongoMetaStore, name)
 
@@ -203,7 +215,8 @@ async def test_no_s3_or_mongo_call_runs_on_the_reactor_thread(
         monkeypatch.setattr(MongoMetaStore, name, watched)
 
     endpoint = f"http://127.0.0.1:{moto.port}"
-    settings = {**s3_settings(endpoint, bucket, "", tmp_path), "META_STORE": mongo_uri}
+    settings = {**s3_settings(endpoint, bucket, "", tmp_path), "META_STORE": mongo_uri,
+                "BODY_STORE_S3_CLIENT": "boto3"}  # obstore's own I/O is in Rust: next test
     crawler = await crawl(site.listing_url(100), **settings)
 
     assert crawler.stats.get_value("meta_store/written") == 100
@@ -214,3 +227,82 @@ async def test_no_s3_or_mongo_call_runs_on_the_reactor_thread(
     assert len(threads["s3"]) > 4  # S3 uploads use BODY_STORE_THREADS, not the folder's cap
     assert_children_recorded(crawler.stats.get_stats(),
                              mongo_collection(mongo_uri).count_documents({}))
+
+
+@deferred_f_from_coro_f
+async def test_obstore_uploads_are_awaited_on_the_loop_and_bounded(
+    site: Site, moto: Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default client: every PUT is obstore's put_async, awaited on the event loop (its
+    HTTP runs in Rust threads), never a blocking call on the reactor thread, and at most
+    BODY_STORE_THREADS are in flight."""
+    import obstore
+
+    calls = {"async": 0, "sync": 0, "in_flight": 0, "most": 0}
+    original = obstore.put_async
+
+    async def watched(*args: Any, **kwargs: Any) -> Any:
+        calls["async"] += 1
+        calls["in_flight"] += 1
+        calls["most"] = max(calls["most"], calls["in_flight"])
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            calls["in_flight"] -= 1
+
+    def sync_put(*args: Any, **kwargs: Any) -> Any:
+        calls["sync"] += 1
+        raise AssertionError("a blocking PUT during a crawl")
+
+    monkeypatch.setattr(obstore, "put_async", watched)
+    monkeypatch.setattr(obstore, "put", sync_put)
+    endpoint = f"http://127.0.0.1:{moto.port}"
+    crawler = await crawl(site.listing_url(120), BODY_STORE_THREADS=8, CONCURRENT_REQUESTS=100,
+                          **s3_settings(endpoint, bucket, "", tmp_path))
+
+    assert crawler.stats.get_value("body_store/stored") == 120
+    assert calls["async"] == 120 and calls["sync"] == 0
+    assert 1 < calls["most"] <= 8
+    assert len(all_objects(s3_client(endpoint), bucket)) == 120
+    assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
+
+
+@pytest.mark.parametrize("source", ["environment", "profile"])
+@pytest.mark.parametrize("client", S3_CLIENTS)
+@deferred_f_from_coro_f
+async def test_credentials_come_from_boto3s_chain(
+    site: Site, s3sink: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: str,
+    source: str,
+) -> None:
+    """No credential in the settings: boto3's chain finds them (environment variables, or
+    a profile of a shared credentials file, session token included), whichever client
+    sends the PUTs; the server sees them sign every request."""
+    endpoint = f"http://127.0.0.1:{s3sink.port}"
+    bucket = f"creds-{source}-{client}"
+    s3_client(endpoint).create_bucket(Bucket=bucket)  # before the environment changes
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    key_id, token = f"AKIA{source.upper()}{client.upper()}", f"token-{source}-{client}"
+    if source == "environment":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+        monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    else:
+        (tmp_path / "credentials").write_text(
+            f"[crawler]\naws_access_key_id = {key_id}\naws_secret_access_key = secret\n"
+            f"aws_session_token = {token}\n")
+        monkeypatch.setenv("AWS_PROFILE", "crawler")
+
+    crawler = await crawl(site.listing_url(30), BODY_STORE=f"s3://{bucket}/",
+                          AWS_ENDPOINT_URL=endpoint, AWS_REGION_NAME="eu-west-1",
+                          BODY_STORE_S3_CLIENT=client, META_STORE=str(tmp_path / "meta.jsonl"))
+
+    assert crawler.stats.get_value("body_store/stored") == 30
+    with urllib.request.urlopen(f"{endpoint}/_stats", timeout=10) as r:
+        seen = json.loads(r.read())
+    assert seen["signed_by"][key_id] >= 31  # the bucket check and 30 PUTs
+    assert seen["tokens"][token] == seen["signed_by"][key_id]
+    assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))

@@ -24,8 +24,8 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 
 from scraper.logsetup import LogSetup
 from scraper.stores import StoreError
-from scraper.stores.body import S3BodyStore
 from scraper.stores.meta import MongoMetaStore
+from scraper.stores.s3 import Boto3S3BodyStore, ObstoreS3BodyStore
 from scraper.testsite import free_port
 from tests.conftest import (
     Server,
@@ -175,11 +175,12 @@ def test_store_errors_carry_no_secret() -> None:
     errors: list[BaseException] = []
     mongo = MongoMetaStore(f"mongodb://crawler:{MONGO_PASSWORD}@127.0.0.1:{closed}/crawl",
                            connect_timeout_ms=300)
-    s3 = S3BodyStore("s3://bucket/crawl/", endpoint_url=f"http://127.0.0.1:{closed}",
-                     region_name="us-east-1", max_attempts=1, timeout=2,
-                     credentials={"aws_access_key_id": KEY_ID,
-                                  "aws_secret_access_key": SECRET_KEY})
-    for store in (mongo, s3):
+    s3 = [store_class("s3://bucket/crawl/", endpoint_url=f"http://127.0.0.1:{closed}",
+                      region_name="us-east-1", max_attempts=1, timeout=2,
+                      credentials={"aws_access_key_id": KEY_ID,
+                                   "aws_secret_access_key": SECRET_KEY})
+          for store_class in (Boto3S3BodyStore, ObstoreS3BodyStore)]
+    for store in (mongo, *s3):
         with pytest.raises(StoreError) as info:
             store.open()
         errors.append(info.value)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 BODY_STORES_BASE = {
     "": "scraper.stores.body.FSBodyStore",
     "file": "scraper.stores.body.FSBodyStore",
-    "s3": "scraper.stores.body.S3BodyStore",
+    "s3": "scraper.stores.s3.S3BodyStore",
 }
 META_STORES_BASE = {
     "": "scraper.stores.meta.JsonLinesMetaStore",
@@ -55,7 +55,9 @@ class BodyStore(Protocol):
         """Check that the store can be written to; raise StoreError if not."""
 
     def put(self, key: str, body: bytes, content_type: str | None, encoding: str | None) -> str:
-        """Store ``body`` under ``key`` (overwriting) and return where it went."""
+        """Store ``body`` under ``key`` (overwriting) and return where it went. A store may
+        also have ``async def put_async(...)`` (same arguments): the pipeline then awaits
+        it on the event loop instead of calling ``put`` in a thread."""
 
     def close(self) -> None:
         """Release connections."""

@@ -1,0 +1,163 @@
+"""A small, fast S3-compatible server for the benchmarks: what a crawl's S3 path costs
+the crawler, without measuring an emulator (moto takes ~275 PUTs/s on its own here).
+
+    python -m bench.s3sink --port 9000        # http://127.0.0.1:9000, path-style
+
+Objects live in memory. No signature is checked: any credentials are accepted, but the
+access key ids and session tokens that signed requests are counted (for the tests of the
+credential chain). Only what the bench and its clients use is served: create/head/delete
+bucket, put/get/head object (aws-chunked bodies decoded), ListObjectsV2 (one page),
+DeleteObjects, and ``GET /_stats`` (PUTs, bytes, signers). Its CPU per PUT is reported
+beside every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import html
+import re
+import signal
+from typing import Any
+
+from aiohttp import web
+
+_DELETE_KEY = re.compile(rb"<Key>(.*?)</Key>", re.DOTALL)
+_KEY_ID = re.compile(r"Credential=([^/,\s]+)/")
+
+
+def decode_aws_chunked(data: bytes) -> bytes:
+    """The payload of an ``aws-chunked`` body: ``<hex size>[;ext]\\r\\n<data>\\r\\n``... ``0``."""
+    out, pos = bytearray(), 0
+    while True:
+        end = data.index(b"\r\n", pos)
+        size = int(data[pos:end].split(b";", 1)[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += data[end + 2:end + 2 + size]
+        pos = end + 2 + size + 2
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.buckets: dict[str, dict[str, tuple[bytes, str, str | None]]] = {}
+        self.puts = 0
+        self.bytes = 0
+        self.signed_by: dict[str, int] = {}  # access key id -> requests
+        self.tokens: dict[str, int] = {}  # x-amz-security-token -> requests
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30, middlewares=[self.who])
+        app.router.add_get("/_stats", self.stats)
+        app.router.add_route("*", "/{bucket}", self.bucket)
+        app.router.add_route("*", "/{bucket}/{key:.+}", self.object)
+        return app
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"puts": self.puts, "bytes": self.bytes,
+                                  "objects": sum(len(b) for b in self.buckets.values()),
+                                  "signed_by": self.signed_by, "tokens": self.tokens})
+
+    @web.middleware
+    async def who(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Count who signed the request (not checked: any credentials are accepted)."""
+        key_id = _KEY_ID.search(request.headers.get("Authorization", ""))
+        if key_id:
+            self.signed_by[key_id.group(1)] = self.signed_by.get(key_id.group(1), 0) + 1
+        token = request.headers.get("x-amz-security-token")
+        if token:
+            self.tokens[token] = self.tokens.get(token, 0) + 1
+        return await handler(request)
+
+    async def bucket(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["bucket"]
+        objects = self.buckets.get(name)
+        if request.method == "PUT":
+            self.buckets.setdefault(name, {})
+            return web.Response()
+        if objects is None:
+            return _error(404, "NoSuchBucket")
+        if request.method == "HEAD":
+            return web.Response()
+        if request.method == "DELETE":
+            del self.buckets[name]
+            return web.Response(status=204)
+        if request.method == "POST" and "delete" in request.query:
+            for key in _DELETE_KEY.findall(await request.read()):
+                objects.pop(html.unescape(key.decode()), None)
+            return _xml("<DeleteResult></DeleteResult>")
+        prefix = request.query.get("prefix", "")
+        keys = sorted(k for k in objects if k.startswith(prefix))
+        contents = "".join(f"<Contents><Key>{html.escape(k)}</Key><Size>{len(objects[k][0])}"
+                           f"</Size></Contents>" for k in keys)
+        return _xml(f"<ListBucketResult><Name>{name}</Name><Prefix>{html.escape(prefix)}"
+                    f"</Prefix><KeyCount>{len(keys)}</KeyCount><MaxKeys>{len(keys)}</MaxKeys>"
+                    f"<IsTruncated>false</IsTruncated>{contents}</ListBucketResult>")
+
+    async def object(self, request: web.Request) -> web.StreamResponse:
+        objects = self.buckets.get(request.match_info["bucket"])
+        if objects is None:
+            return _error(404, "NoSuchBucket")
+        key = request.match_info["key"]
+        if request.method == "PUT":
+            data = await request.read()
+            encoding = request.headers.get("Content-Encoding")
+            if (encoding and "aws-chunked" in encoding) or request.headers.get(
+                    "x-amz-content-sha256", "").startswith("STREAMING-"):
+                data = decode_aws_chunked(data)
+                encoding = ",".join(e for e in (encoding or "").split(",")
+                                    if e.strip() != "aws-chunked") or None
+            objects[key] = (data, request.headers.get("Content-Type",
+                                                      "application/octet-stream"), encoding)
+            self.puts += 1
+            self.bytes += len(data)
+            return web.Response(headers={"ETag": f'"{hashlib.md5(data).hexdigest()}"'})
+        found = objects.get(key)
+        if found is None:
+            return _error(404, "NoSuchKey")
+        if request.method == "DELETE":
+            del objects[key]
+            return web.Response(status=204)
+        data, content_type, encoding = found
+        headers = {"ETag": f'"{hashlib.md5(data).hexdigest()}"', "Content-Type": content_type}
+        if encoding:
+            headers["Content-Encoding"] = encoding
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(data))
+            return web.Response(headers=headers)
+        return web.Response(body=data, headers=headers)
+
+
+def _xml(text: str) -> web.Response:
+    return web.Response(text='<?xml version="1.0" encoding="UTF-8"?>\n' + text,
+                        content_type="application/xml")
+
+
+def _error(status: int, code: str) -> web.Response:
+    return web.Response(status=status, content_type="application/xml",
+                        text=f"<Error><Code>{code}</Code><Message>{code}</Message></Error>")
+
+
+async def serve(port: int) -> None:
+    # auto_decompress off: Content-Encoding of a PUT is the object's metadata, not transport.
+    runner = web.AppRunner(Sink().app(), access_log=None, auto_decompress=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096, reuse_address=True).start()
+    print(f"S3 sink on http://127.0.0.1:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=9000)
+    asyncio.run(serve(parser.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()
