@@ -6,9 +6,9 @@ The setup, as users ran it and as reconstructed here:
   (prefetch multiplier, acks, no result backend); started here as a child process.
 - One task per child URL (``bench.celery_tasks.fetch_page``): ``requests.get(url)`` with
   no session, then one S3 ``put_object`` (boto3 client per worker process, default
-  botocore config) and one MongoDB ``replace_one(upsert=True)``: no batching. With
-  ``--profile local`` the same two writes go to a file per body and a line appended to
-  ``meta.jsonl``, opened per write.
+  botocore config) and one MongoDB ``replace_one(upsert=True)``: no batching
+  (``--profile services``). ``--profile s3`` keeps the S3 PUT and appends the meta line
+  to ``meta.jsonl``; ``--profile local`` writes a file per body and that line.
 - A producer script (this process) fetches the list page with ``requests.get``, follows
   ``rel="next"`` and calls ``fetch_page.delay(url)`` for each child link as it finds it.
 
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", required=True, help="first list page")
     p.add_argument("--n", type=int, required=True, help="child pages expected")
     p.add_argument("--concurrency", type=int, default=1000, help="gevent greenlets")
-    p.add_argument("--profile", choices=("local", "services"), default="local")
+    p.add_argument("--profile", choices=("local", "s3", "services"), default="local")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--redis-url", required=True)
     p.add_argument("--s3-endpoint")
@@ -64,8 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mongo-uri")
     p.add_argument("--timeout", type=float, default=600, help="seconds for the whole run")
     args = p.parse_args(argv)
-    if args.profile == "services" and not (args.s3_endpoint and args.bucket):
-        p.error("--profile services needs --s3-endpoint and --bucket")
+    if args.profile in ("s3", "services") and not (args.s3_endpoint and args.bucket):
+        p.error(f"--profile {args.profile} needs --s3-endpoint and --bucket")
     return args
 
 
@@ -76,9 +76,9 @@ def prepare(args: argparse.Namespace, r: redis.Redis) -> None:
     for name in ("meta.jsonl", "mongo_count.json", "worker_stats.json", "report.json"):
         (args.out / name).unlink(missing_ok=True)
     r.delete(celery_tasks.STORED_KEY, celery_tasks.ERRORS_KEY, celery_tasks.READY_KEY)
-    if args.profile != "services":
+    if args.profile == "local":
         return
-    # moto accepts any credentials; real ones from the environment win.
+    # moto and bench/s3sink.py accept any credentials; real ones from the environment win.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     import boto3
@@ -86,7 +86,7 @@ def prepare(args: argparse.Namespace, r: redis.Redis) -> None:
     s3 = boto3.client("s3", endpoint_url=args.s3_endpoint, region_name="us-east-1")
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket=args.bucket)
-    if args.mongo_uri:
+    if args.mongo_uri and args.profile == "services":
         import pymongo
 
         with pymongo.MongoClient(args.mongo_uri) as client:
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> dict:
     if report["wall_seconds"] and fetch_seconds is not None:
         # Little's law: the mean number of requests.get calls really in flight.
         report["mean_fetching"] = round(fetch_seconds / report["wall_seconds"], 1)
-    if args.profile == "local":
+    if args.profile in ("local", "s3"):  # meta in a JSON Lines file
         with contextlib.suppress(FileNotFoundError), open(args.out / "meta.jsonl", "rb") as f:
             report["meta_docs"] = sum(1 for _ in f)
     return report

@@ -1,7 +1,8 @@
 """The Celery app and the one task of the baseline that ``bench.celery_gevent`` runs.
 
-One task per child URL: ``requests.get(url)``, then the body to S3 (or a file) and the
-metadata to MongoDB (or a JSON Lines file), one write each, no batching; then an INCR
+One task per child URL: ``requests.get(url)``, then the body to S3 (profiles ``s3`` and
+``services``) or a file, and the metadata to MongoDB (``services``) or a JSON Lines
+file, one write each, no batching; then an INCR
 on a Redis counter so the producer knows when every page is stored.
 
 The worker is started as ``celery -A bench.celery_tasks worker --pool=gevent ...``:
@@ -51,7 +52,7 @@ _gauge = {"in_flight": 0, "max_in_flight": 0, "fetching": 0, "max_fetching": 0,
 
 @signals.worker_init.connect
 def _open_stores(**_: Any) -> None:
-    if _env("PROFILE") != "services":
+    if _env("PROFILE") == "local":
         Path(_env("OUT"), "bodies").mkdir(parents=True, exist_ok=True)
         return
     import boto3
@@ -59,6 +60,8 @@ def _open_stores(**_: Any) -> None:
     # One client per worker process, default botocore config (max_pool_connections=10).
     _stores["s3"] = boto3.client("s3", endpoint_url=_env("S3_ENDPOINT"),
                                  region_name="us-east-1")
+    if _env("PROFILE") == "s3":  # bodies to S3, meta to a JSON Lines file
+        return
     if _env("MONGO_URI"):
         import pymongo
 
@@ -119,17 +122,19 @@ def fetch_page(url: str) -> None:
             "title": title.group(1).decode(resp.encoding or "utf-8", "replace") if title else None,
             "fetched_at": datetime.now(UTC).isoformat(),
         }
-        if _env("PROFILE") == "services":
+        out = Path(_env("OUT"))
+        if _env("PROFILE") == "local":
+            meta["body_key"] = f"bodies/{key}"
+            (out / meta["body_key"]).write_bytes(body)
+        else:
             meta["body_key"] = f"celery/{key}"
             _stores["s3"].put_object(
                 Bucket=_env("BUCKET"), Key=meta["body_key"], Body=body,
                 ContentType=resp.headers.get("Content-Type", "application/octet-stream"),
             )
+        if _env("PROFILE") == "services":
             _stores["meta"].replace_one({"_id": url}, meta, upsert=True)
         else:
-            meta["body_key"] = f"bodies/{key}"
-            out = Path(_env("OUT"))
-            (out / meta["body_key"]).write_bytes(body)
             with open(out / "meta.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(meta) + "\n")
         _redis.incr(STORED_KEY)

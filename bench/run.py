@@ -1,6 +1,6 @@
 """The benchmark: every contender on the same work, side by side, in one run.
 
-    python -m bench.run --n 2000 10000 --concurrency 100 1000 --profiles local services \
+    python -m bench.run --n 2000 10000 --concurrency 100 1000 --profiles local s3 services \
         --repeats 3 --latency-ms 100
 
 Contenders (each its own process, crawling the project's test site, itself its own process):
@@ -11,8 +11,10 @@ Contenders (each its own process, crawling the project's test site, itself its o
   celery-gevent    the Celery + gevent 1000 + Redis setup we replace (bench/celery_gevent.py)
   bare             aiohttp with a semaphore: fetch and discard (the limit)
 
-Storage profiles: ``local`` (our embedded defaults: a folder and a JSON Lines file) and
-``services`` (S3 = moto's server in its own process; Mongo = mongomock in the contender's
+Storage profiles: ``local`` (our embedded defaults: a folder and a JSON Lines file),
+``s3`` (bodies to S3 = bench/s3sink.py, a fast S3-compatible server in its own process
+whose CPU per PUT is reported; meta to a JSON Lines file) and ``services`` (S3 = moto's
+server, ~275 PUTs/s: these rows measure moto; Mongo = mongomock in the contender's
 process, or SCRAPER_BENCH_MONGO_URI). Within one repeat every contender runs once, in
 turn, so ratios come from the same minutes of this shared, noisy machine.
 
@@ -50,8 +52,8 @@ from scraper.testsite import Listing, free_port, render_child, wait_for_port
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 CONTENDERS = ("ours", "ours-no-storage", "celery-gevent", "bare", "ours-impolite")
-#: Not in the default run: only to measure what the politeness defaults cost.
-IMPOLITE = ["ROBOTSTXT_OBEY=False", "RETRY_AFTER_ENABLED=False"]
+#: ours-<name>: ours with these settings. Not in the default run; --variant adds more.
+VARIANTS = {"impolite": ["ROBOTSTXT_OBEY=False", "RETRY_AFTER_ENABLED=False"]}
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -118,7 +120,8 @@ class Bench:
 
     site: Service
     site_url: str
-    moto: Service | None
+    #: The S3 server of each profile that has one: "s3" bench/s3sink.py, "services" moto.
+    s3_servers: dict[str, Service]
     logs: Path
     timeout: float
     extra_settings: list[str]
@@ -126,6 +129,8 @@ class Bench:
     per_page: int = 100
     #: "ours@REV" contenders: REV's code, checked out in its own folder (--baseline).
     baselines: dict[str, Path] = field(default_factory=dict)
+    #: "ours-<name>" contenders: ours with these settings (VARIANTS, --variant).
+    variants: dict[str, list[str]] = field(default_factory=lambda: dict(VARIANTS))
 
     def listing_url(self, n: int, per_page: int = 100) -> str:
         return self.site_url + Listing(n, per_page).query(1)
@@ -140,21 +145,23 @@ class Bench:
         url = self.listing_url(n, self.per_page)
         mongo = os.environ.get("SCRAPER_BENCH_MONGO_URI")
         code = self.baselines.get(contender)  # ours, as it was at an earlier commit
-        contender_kind = "ours" if code is not None else contender
-        if profile == "services" and contender_kind in ("ours", "ours-impolite", "celery-gevent"):
-            assert self.moto is not None
+        variant = self.variants.get(contender.removeprefix("ours-"), [])
+        contender_kind = "ours" if code is not None or variant else contender
+        server = self.s3_servers.get(profile)
+        endpoint = f"http://127.0.0.1:{server.port}" if server else ""
+        if server and contender_kind in ("ours", "celery-gevent"):
             bucket = f"bench-{uuid.uuid4().hex[:10]}"
-            s3(self.s3_endpoint).create_bucket(Bucket=bucket)
-        if contender_kind in ("ours", "ours-no-storage", "ours-impolite"):
+            s3(endpoint).create_bucket(Bucket=bucket)
+        if contender_kind in ("ours", "ours-no-storage"):
             cmd += ["bench.run_ours", "--url", url, "--concurrency", str(c), "--out", str(out)]
             if contender == "ours-no-storage":
                 cmd.append("--no-storage")
-            if contender == "ours-impolite":
-                cmd += [x for setting in IMPOLITE for x in ("-s", setting)]
+            cmd += [x for setting in variant for x in ("-s", setting)]
             if bucket:
                 prefix = "ours/"
                 cmd += ["--body-store", f"s3://{bucket}/{prefix}",
-                        "-s", f"AWS_ENDPOINT_URL={self.s3_endpoint}"]
+                        "-s", f"AWS_ENDPOINT_URL={endpoint}"]
+            if bucket and profile == "services":
                 cmd += ["--meta-store", f"{mongo.rstrip('/')}/bench_{uuid.uuid4().hex[:8]}"] \
                     if mongo else ["--meta-store", "mongodb://127.0.0.1:27017/bench", "--mongomock"]
             for setting in self.extra_settings:
@@ -169,15 +176,15 @@ class Bench:
                     "--redis-url", f"redis://127.0.0.1:{port}/0"]
             if bucket:
                 prefix = "celery/"
-                cmd += ["--s3-endpoint", self.s3_endpoint, "--bucket", bucket]
-                if mongo:
+                cmd += ["--s3-endpoint", endpoint, "--bucket", bucket]
+                if mongo and profile == "services":
                     cmd += ["--mongo-uri", f"{mongo.rstrip('/')}/bench_{uuid.uuid4().hex[:8]}"]
         elif contender == "bare":
             cmd += ["bench.bare", "--url", url, "--concurrency", str(c), "--out", str(out)]
         else:
             raise ValueError(contender)
 
-        site_cpu, sink_cpu = self.site.cpu(), self.moto.cpu() if self.moto else 0.0
+        site_cpu, sink_cpu = self.site.cpu(), server.cpu() if server else 0.0
         try:
             status, usage, process_wall, peak_rss = measure(
                 [cmd], out / "output.log", self.timeout, cwd=code or ROOT)[0]
@@ -193,27 +200,23 @@ class Bench:
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
             "peak_rss_mb": peak_rss,
             "site_cpu_seconds": self.site.cpu() - site_cpu,
-            "sink_cpu_seconds": (self.moto.cpu() - sink_cpu) if self.moto else 0.0,
+            "sink_cpu_seconds": (server.cpu() - sink_cpu) if server else 0.0,
             "errors": report.get("errors"),
         }
-        row["verified"] = self.verify(contender, profile, n, out, report, bucket, prefix)
+        row["verified"] = self.verify(contender, profile, n, out, report, bucket, prefix,
+                                      endpoint)
         row["ok"] = status == 0 and row["stored"] >= n and row["verified"] is not False
         if row["ok"]:
             row["pages_per_second"] = n / row["wall_seconds"]
             row["cpu_ms_per_page"] = 1000 * row["cpu_seconds"] / n
-        if bucket and self.moto is not None:
-            self._drop_bucket(bucket)
+        if bucket:
+            self._drop_bucket(endpoint, bucket)
         if row["ok"]:
             shutil.rmtree(out, ignore_errors=True)  # keep failed runs' files to look at
         return row
 
-    @property
-    def s3_endpoint(self) -> str:
-        assert self.moto is not None
-        return f"http://127.0.0.1:{self.moto.port}"
-
     def verify(self, contender: str, profile: str, n: int, out: Path, report: dict[str, Any],
-               bucket: str | None, prefix: str | None) -> bool | None:
+               bucket: str | None, prefix: str | None, endpoint: str) -> bool | None:
         """Do the stores hold N pages, 20 sampled bodies byte-equal? None: nothing stored."""
         if contender in ("ours-no-storage", "bare") or not report:
             return None
@@ -227,25 +230,27 @@ class Bench:
                 return RequestFingerprinter().fingerprint(Request(url)).hex()
             return hashlib.sha1(url.encode()).hexdigest()
 
-        if profile == "local":
+        if profile == "services":  # meta in Mongo (mongomock dies with the contender)
+            if report.get("meta_docs") != n:
+                return False
+        else:
             lines = (out / "meta.jsonl").read_text().splitlines()
             if len(lines) != n or len({json.loads(line)["url"] for line in lines}) != n:
                 return False
+        if profile == "local":
             root = out / "bodies"
             paths = {i: root / (f"{key(i)[:2]}/{key(i)}" if ours else key(i))
                      for i in sample}
             return all(p.read_bytes() == render_child(i) for i, p in paths.items())
-        if report.get("meta_docs") != n:
-            return False
-        client = s3(self.s3_endpoint)
+        client = s3(endpoint)
         count = sum(page.get("KeyCount", 0) for page in client.get_paginator(
             "list_objects_v2").paginate(Bucket=bucket, Prefix=prefix))
         return count == n and all(
             client.get_object(Bucket=bucket, Key=f"{prefix}{key(i)}")["Body"].read()
             == render_child(i) for i in sample)
 
-    def _drop_bucket(self, bucket: str) -> None:
-        client = s3(self.s3_endpoint)
+    def _drop_bucket(self, endpoint: str, bucket: str) -> None:
+        client = s3(endpoint)
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             for i in range(0, len(keys), 1000):
@@ -321,6 +326,37 @@ def s3_capacity(endpoint: str, seconds: float = 8, threads: int = 32, size: int 
     return sum(counts) / (time.monotonic() - started)
 
 
+def sink_capacity(sink: Service, seconds: float, size: int = 35_000) -> tuple[float, float]:
+    """PUTs/s bench/s3sink.py takes from obstore (32 in flight), and its CPU ms per PUT."""
+    import asyncio
+
+    import obstore
+
+    from bench.s3_clients import obstore_store
+
+    endpoint = f"http://127.0.0.1:{sink.port}"
+    bucket = f"capacity-{uuid.uuid4().hex[:8]}"
+    s3(endpoint).create_bucket(Bucket=bucket)
+    store, body = obstore_store(endpoint, bucket), os.urandom(size)
+    count = 0
+
+    async def put(deadline: float) -> None:
+        nonlocal count
+        while time.monotonic() < deadline:
+            await obstore.put_async(store, f"{count:040x}", body)
+            count += 1
+
+    async def run() -> None:
+        deadline = time.monotonic() + seconds
+        await asyncio.gather(*(put(deadline) for _ in range(32)))
+
+    cpu, started = sink.cpu(), time.monotonic()
+    asyncio.run(run())
+    rate, cpu_ms = count / (time.monotonic() - started), 1000 * (sink.cpu() - cpu) / count
+    s3(endpoint).delete_bucket(Bucket=bucket)  # the sink drops a bucket and its objects
+    return rate, cpu_ms
+
+
 def fs_capacity(folder: Path, seconds: float = 5, size: int = 35_000) -> float:
     """Files/s one thread creates in ``folder`` (write to a temporary name, rename)."""
     target = folder / f"capacity-{uuid.uuid4().hex[:8]}"
@@ -354,10 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[2000, 10000])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--profiles", nargs="+", default=["local", "services"],
-                        choices=["local", "services"])
+    parser.add_argument("--profiles", nargs="+", default=["local", "s3", "services"],
+                        choices=["local", "s3", "services"])
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS[:4]),
-                        choices=CONTENDERS)
+                        help=f"of {', '.join(CONTENDERS)}, and ours-<name> of each --variant")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:SETTING=VALUE",
+                        help="contender ours-NAME: ours with these settings (repeat the "
+                        "option for more settings; NAME:SETTING=VALUE each)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=100)
     parser.add_argument("--timeout", type=float, default=900, help="per run, seconds")
@@ -392,22 +431,40 @@ def main(argv: list[str] | None = None) -> int:
     site = Service([sys.executable, "-m", "scraper.testsite", "--port", str(port), "--pages",
                     str(max(args.n)), "--latency-ms", str(args.latency_ms)], port,
                    logs / "site.log")
-    moto = None
+    s3_servers: dict[str, Service] = {}
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        capacity = None
+        capacity: dict[str, float] = {}
         sinks = {"runs_dir": str(args.runs_dir),
                  "runs_dir_files_per_second": fs_capacity(args.runs_dir, args.sink_seconds),
                  "project_disk_files_per_second": fs_capacity(OUT, args.sink_seconds)}
         print(f"sinks alone: {sinks}", flush=True)
+        if "s3" in args.profiles:
+            sink_port = free_port()
+            s3_servers["s3"] = Service([sys.executable, "-m", "bench.s3sink", "--port",
+                                        str(sink_port)], sink_port, logs / "s3sink.log")
+            capacity["s3"], sinks["s3sink_cpu_ms_per_put"] = sink_capacity(
+                s3_servers["s3"], args.sink_seconds)
+            print(f"s3sink alone: {capacity['s3']:.0f} PUTs/s of 35 KB from obstore, "
+                  f"{sinks['s3sink_cpu_ms_per_put']:.2f} ms of its CPU per PUT", flush=True)
         if "services" in args.profiles:
             moto_port = free_port()
-            moto = Service([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                            str(moto_port)], moto_port, logs / "moto.log")
-            capacity = s3_capacity(f"http://127.0.0.1:{moto_port}", args.sink_seconds)
-            print(f"moto alone: {capacity:.0f} PUTs/s of 50 KB from 32 threads", flush=True)
-        bench = Bench(site, f"http://127.0.0.1:{port}", moto, logs, args.timeout, args.settings,
+            s3_servers["services"] = Service([sys.executable, "-m", "moto.server", "-H",
+                                              "127.0.0.1", "-p", str(moto_port)], moto_port,
+                                             logs / "moto.log")
+            capacity["services"] = s3_capacity(f"http://127.0.0.1:{moto_port}",
+                                               args.sink_seconds)
+            print(f"moto alone: {capacity['services']:.0f} PUTs/s of 50 KB from 32 threads",
+                  flush=True)
+        bench = Bench(site, f"http://127.0.0.1:{port}", s3_servers, logs, args.timeout,
+                      args.settings,
                       args.runs_dir, args.per_page)
+        for spec in args.variant:
+            name, _, setting = spec.partition(":")
+            bench.variants.setdefault(name, []).append(setting)
+        known = {*CONTENDERS, *(f"ours-{name}" for name in bench.variants)}
+        if unknown := set(args.contenders) - known:
+            parser.error(f"unknown contenders {sorted(unknown)}: choose from {sorted(known)}")
         if args.baseline:
             name = f"ours@{args.baseline}"
             bench.baselines[name] = checkout(args.baseline, OUT / f"baseline-{args.baseline}")
@@ -422,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                             row = bench.run(contender, profile, n, c, repeat)
                             row["latency_ms"] = args.latency_ms
                             row["per_page"] = args.per_page
-                            row["s3_capacity_puts_per_second"] = capacity
+                            row["s3_capacity_puts_per_second"] = capacity.get(profile)
                             row.update(sinks)
                             rows.append(row)
                             with args.rows.open("a") as f:
@@ -438,8 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(r["ok"] for r in rows) else 1
     finally:
         site.stop()
-        if moto is not None:
-            moto.stop()
+        for server in s3_servers.values():
+            server.stop()
         if args.baseline:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(OUT / f"baseline-{args.baseline}")], check=False)

@@ -1,4 +1,4 @@
-"""The benchmark harness at N=50, every contender and both profiles: so it cannot rot.
+"""The benchmark harness at N=50, every contender and every profile: so it cannot rot.
 
 This is not a measurement (bench/RESULTS.md is); it checks that each contender runs,
 stores what it should, and that the harness verifies and reports it.
@@ -29,7 +29,7 @@ def test_harness_runs_every_contender_and_verifies_the_stores(tmp_path: Path) ->
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
     assert {(r["profile"], r["contender"]) for r in rows} == {
-        (p, c) for p in ("local", "services")
+        (p, c) for p in ("local", "s3", "services")
         for c in ("ours", "ours-no-storage", "celery-gevent", "bare")}
     for row in rows:
         assert row["ok"] and row["stored"] == 50, row
@@ -37,7 +37,9 @@ def test_harness_runs_every_contender_and_verifies_the_stores(tmp_path: Path) ->
         storing = row["contender"] in ("ours", "celery-gevent")
         assert row["verified"] is (True if storing else None), row
     text = results.read_text()
-    assert text.count("| local | 50 | 10 |") == 4 and text.count("| services | 50 | 10 |") == 4
+    for profile in ("local", "s3", "services"):
+        assert text.count(f"| {profile} | 50 | 10 |") == 4, profile
+    assert "the sink alone takes" in text and "measure moto's capacity" in text
     assert "FAILED" not in text
     assert (tmp_path / "results.png").stat().st_size > 10_000
     # No children invariant: the harness deletes a successful run's stores and log, and its
@@ -52,7 +54,7 @@ def test_verification_catches_a_wrong_body_and_a_missing_record(tmp_path: Path) 
     from scraper.testsite import render_child
 
     site = "http://127.0.0.1:1"
-    bench = Bench(None, site, None, tmp_path, 1, [], tmp_path)  # type: ignore[arg-type]
+    bench = Bench(None, site, {}, tmp_path, 1, [], tmp_path)  # type: ignore[arg-type]
     n = 30
     lines = []
     for i in range(n):
@@ -63,15 +65,15 @@ def test_verification_catches_a_wrong_body_and_a_missing_record(tmp_path: Path) 
         lines.append(json.dumps({"url": f"{site}/page/{i}", "fingerprint": fp}))
     (tmp_path / "meta.jsonl").write_text("\n".join(lines) + "\n")
     report = {"stored": n}
-    assert bench.verify("ours", "local", n, tmp_path, report, None, None) is True
+    assert bench.verify("ours", "local", n, tmp_path, report, None, None, "") is True
 
     for fp_path in (tmp_path / "bodies").rglob("*"):
         if fp_path.is_file():
             fp_path.write_bytes(b"not what the site served")
-    assert bench.verify("ours", "local", n, tmp_path, report, None, None) is False
+    assert bench.verify("ours", "local", n, tmp_path, report, None, None, "") is False
 
     (tmp_path / "meta.jsonl").write_text("\n".join(lines[:-1]) + "\n")
-    assert bench.verify("ours", "local", n, tmp_path, report, None, None) is False
+    assert bench.verify("ours", "local", n, tmp_path, report, None, None, "") is False
 
 
 def test_soak_samples_memory_checks_the_bound_and_the_stores(tmp_path: Path) -> None:
