@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scrapy.crawler import CrawlerProcess
+from scrapy.crawler import AsyncCrawlerProcess
 from scrapy.utils.project import get_project_settings
 
 from scraper.spiders.listing import ListingSpider
@@ -72,7 +72,10 @@ def main() -> None:
     settings.setdict(overrides, priority="cmdline")
     client = use_mongomock() if args.mongomock else None
 
-    process = CrawlerProcess(settings)
+    # As `scrapy crawl` runs it with the asyncio reactor (scrapy/cmdline.py): the crawl
+    # starts inside the running event loop (a download handler built on asyncio, such as
+    # aiohttp's, needs one; with CrawlerProcess the engine starts before the loop runs).
+    process = AsyncCrawlerProcess(settings)
     crawler = process.create_crawler(ListingSpider)
     process.crawl(crawler, url=args.url)
     process.start()
