@@ -99,9 +99,13 @@ DEDUP_CANONICAL = False
 # a URL linked both ways is crawled once as each.
 REQUEST_FINGERPRINTER_CLASS = "scraper.fingerprint.ListingFingerprinter"
 
-# Scrapy's experimental aiohttp download handler costs ~20% less CPU per page (measured in
-# bench/). Switch it on per run with -s DOWNLOAD_HANDLERS='{"http": "scrapy.core.downloader.
-# handlers._aiohttp.AiohttpDownloadHandler"}'; the standard handler stays the default.
+# Downloads through Scrapy's aiohttp handler (scraper/handlers.py): less CPU per page than
+# the standard one (bench/RESULTS.md). -s DOWNLOAD_HANDLERS={} brings the standard one back.
+DOWNLOAD_HANDLERS = {"http": "scraper.handlers.AiohttpHandler",
+                     "https": "scraper.handlers.AiohttpHandler"}
+
+# Scrapy's stats without its per-access deprecation shim (scraper/stats.py: 3% of the CPU).
+STATS_CLASS = "scraper.stats.StatsCollector"
 
 # --- What a listing crawl does not use (each costs CPU per page) --------------------------
 COOKIES_ENABLED = False
