@@ -82,6 +82,30 @@ def table(lines: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def across_profiles(rows: list[dict[str, Any]], contender: str = "ours",
+                    base: str = "local") -> list[str]:
+    """Per other profile: ``contender`` there against ``contender`` in ``base``, pages/s and
+    CPU per page, one ratio per repeat (the same minutes), then the median."""
+    out = []
+    for profile in sorted({r["profile"] for r in rows} - {base}):
+        for n, c in sorted({(r["n"], r["c"]) for r in rows}):
+            pairs: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+            for r in rows:
+                if (r["contender"], r["n"], r["c"]) == (contender, n, c) and r["ok"] and \
+                        r["profile"] in (profile, base):
+                    pairs[r["repeat"]][r["profile"]] = r
+            both = [p for p in pairs.values() if profile in p and base in p]
+            if not both:
+                continue
+            speed = [p[profile]["pages_per_second"] / p[base]["pages_per_second"] for p in both]
+            cpu = [p[profile]["cpu_ms_per_page"] / p[base]["cpu_ms_per_page"] for p in both]
+            out.append(f"`{contender}` in `{profile}` against `{base}` (N={n}, c={c}), per "
+                       f"repeat: pages/s {', '.join(f'{x:.2f}' for x in speed)} (median "
+                       f"**{_median(speed):.2f}x**); CPU per page "
+                       f"{', '.join(f'{x:.2f}' for x in cpu)} (median **{_median(cpu):.2f}x**).")
+    return out
+
+
 def plot(lines: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -135,6 +159,7 @@ def write_results(rows: list[dict[str, Any]], command: str, path: Path,
         "",
         table(lines),
         "",
+        *[line + "\n" for line in across_profiles(rows)],
         f"Profile `s3`: bodies to bench/s3sink.py (its own process), meta to a JSON Lines "
         f"file; the sink alone takes {capacity['s3']:.0f} PUTs/s of 35 KB from obstore (32 "
         f"in flight) at {sink_cpu:.2f} ms of its CPU per PUT." if "s3" in capacity else "",

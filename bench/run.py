@@ -471,10 +471,12 @@ def main(argv: list[str] | None = None) -> int:
             args.contenders.insert(args.contenders.index("ours") + 1
                                    if "ours" in args.contenders else 0, name)
         rows = []
-        for profile in args.profiles:
-            for n in args.n:
-                for c in args.concurrency:
-                    for repeat in range(args.repeats):
+        # Each repeat runs every profile, then the next repeat: ratios across profiles (ours
+        # with S3 against ours with a folder) come from the same minutes too.
+        for n in args.n:
+            for c in args.concurrency:
+                for repeat in range(args.repeats):
+                    for profile in args.profiles:
                         for contender in args.contenders:
                             row = bench.run(contender, profile, n, c, repeat)
                             row["latency_ms"] = args.latency_ms

@@ -6,7 +6,8 @@ Each client sends the same PUTs to bench/s3sink.py (its own process; its CPU per
 reported apart) from ``--concurrency`` callers at once: boto3 ``put_object`` from a
 thread pool (as the boto3 body store does), the same with checksums and parameter
 validation off, and obstore's ``put_async`` on an asyncio loop (as the obstore body store
-does). CPU is this process's own (threads included: boto3's and obstore's Rust runtime).
+does), also with an unsigned payload (no SHA-256 of the body in the signature, as AWS
+SDKs do over TLS). CPU is this process's own (threads included: boto3's and obstore's Rust runtime).
 """
 
 from __future__ import annotations
@@ -49,19 +50,21 @@ def run_boto3(endpoint: str, bucket: str, body: bytes, puts: int, concurrency: i
     client.close()
 
 
-def obstore_store(endpoint: str, bucket: str) -> Any:
+def obstore_store(endpoint: str, bucket: str, unsigned_payload: bool = False) -> Any:
     from obstore.store import S3Store
 
     return S3Store(bucket, endpoint=endpoint, region="us-east-1",
+                   unsigned_payload=unsigned_payload,
                    access_key_id=CREDENTIALS["aws_access_key_id"],
                    secret_access_key=CREDENTIALS["aws_secret_access_key"],
                    virtual_hosted_style_request=False, client_options={"allow_http": True})
 
 
-def run_obstore(endpoint: str, bucket: str, body: bytes, puts: int, concurrency: int) -> None:
+def run_obstore(endpoint: str, bucket: str, body: bytes, puts: int, concurrency: int,
+                unsigned_payload: bool = False) -> None:
     import obstore
 
-    store = obstore_store(endpoint, bucket)
+    store = obstore_store(endpoint, bucket, unsigned_payload)
 
     async def main() -> None:
         gate = asyncio.Semaphore(concurrency)
@@ -76,7 +79,7 @@ def run_obstore(endpoint: str, bucket: str, body: bytes, puts: int, concurrency:
     asyncio.run(main())
 
 
-CLIENTS = ("boto3", "boto3-lean", "obstore")
+CLIENTS = ("boto3", "boto3-lean", "obstore", "obstore-unsigned")
 
 
 def main() -> int:
@@ -104,8 +107,9 @@ def main() -> int:
                 boto3_client(endpoint, 1, True).create_bucket(Bucket=bucket)
                 cpu, sink_cpu, wall = time.process_time(), cpu_seconds(sink.proc.pid), \
                     time.monotonic()
-                if client == "obstore":
-                    run_obstore(endpoint, bucket, body, args.puts, args.concurrency)
+                if client.startswith("obstore"):
+                    run_obstore(endpoint, bucket, body, args.puts, args.concurrency,
+                                unsigned_payload=client == "obstore-unsigned")
                 else:
                     run_boto3(endpoint, bucket, body, args.puts, args.concurrency,
                               client == "boto3-lean")
