@@ -90,7 +90,9 @@ class Sink:
         prefix = request.query.get("prefix", "")
         keys = sorted(k for k in objects if k.startswith(prefix))
         contents = "".join(f"<Contents><Key>{html.escape(k)}</Key><Size>{len(objects[k][0])}"
-                           f"</Size></Contents>" for k in keys)
+                           f"</Size><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+                           f"<ETag>&quot;{hashlib.md5(objects[k][0]).hexdigest()}&quot;</ETag>"
+                           f"</Contents>" for k in keys)
         return _xml(f"<ListBucketResult><Name>{name}</Name><Prefix>{html.escape(prefix)}"
                     f"</Prefix><KeyCount>{len(keys)}</KeyCount><MaxKeys>{len(keys)}</MaxKeys>"
                     f"<IsTruncated>false</IsTruncated>{contents}</ListBucketResult>")

@@ -108,6 +108,10 @@ class _S3Store:
         with self.lock:
             return max(0, self.attempts - self.puts)
 
+    def _count_attempt(self, **_: Any) -> None:  # as a botocore hook: returns None
+        with self.lock:
+            self.attempts += 1
+
     def object_key(self, key: str) -> str:
         with self.lock:
             self.puts += 1
@@ -156,10 +160,6 @@ class Boto3S3BodyStore(_S3Store):
         self.client = self.boto3_client(self.session(), self.concurrency)
         self.client.meta.events.register("before-send.s3.PutObject", self._count_attempt)
         self.check_bucket(self.client)
-
-    def _count_attempt(self, **_: Any) -> None:  # returns None: botocore sends the request
-        with self.lock:
-            self.attempts += 1
 
     def put(self, key: str, body: bytes, content_type: str | None, encoding: str | None) -> str:
         object_key = self.object_key(key)
@@ -253,10 +253,16 @@ class ObstoreS3BodyStore(_S3Store):
             attributes["Content-Encoding"] = encoding
         return attributes
 
-    def _refusal(self, object_key: str, exc: BaseException) -> StoreError:
-        return StoreError(f"S3 refused s3://{self.bucket}/{object_key}: {type(exc).__name__}")
-
-    def _pause(self, attempt: int) -> float:
+    def _after_failure(self, object_key: str, attempt: int, exc: Exception) -> float:
+        """Raise what a failed try means for the upload, or return the pause before the
+        next try: refused (StoreError), out of tries (S3PutError), or not ours (as is)."""
+        if isinstance(exc, self.refused):
+            raise StoreError(f"S3 refused s3://{self.bucket}/{object_key}: "
+                             f"{type(exc).__name__}") from None
+        if not isinstance(exc, self.retryable):
+            raise exc
+        if attempt + 1 == self.max_attempts:
+            raise _put_error(object_key, exc) from None
         return min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.0)
 
     async def put_async(self, key: str, body: bytes, content_type: str | None,
@@ -269,17 +275,13 @@ class ObstoreS3BodyStore(_S3Store):
             self.gate = asyncio.Semaphore(self.concurrency)
         async with self.gate:
             for attempt in range(self.max_attempts):
-                with self.lock:
-                    self.attempts += 1
+                self._count_attempt()
                 try:
                     await obstore.put_async(self.store, object_key, body, attributes=attributes)
                     return object_key
-                except self.refused as exc:
-                    raise self._refusal(object_key, exc) from None
-                except self.retryable as exc:
-                    if attempt + 1 == self.max_attempts:
-                        raise _put_error(object_key, exc) from None
-                await asyncio.sleep(self._pause(attempt))
+                except Exception as exc:  # sorted by _after_failure
+                    pause = self._after_failure(object_key, attempt, exc)
+                await asyncio.sleep(pause)
         raise AssertionError("unreachable")
 
     def put(self, key: str, body: bytes, content_type: str | None, encoding: str | None) -> str:
@@ -289,17 +291,13 @@ class ObstoreS3BodyStore(_S3Store):
         object_key = self.object_key(key)
         attributes = self._attributes(content_type, encoding)
         for attempt in range(self.max_attempts):
-            with self.lock:
-                self.attempts += 1
+            self._count_attempt()
             try:
                 obstore.put(self.store, object_key, body, attributes=attributes)
                 return object_key
-            except self.refused as exc:
-                raise self._refusal(object_key, exc) from None
-            except self.retryable as exc:
-                if attempt + 1 == self.max_attempts:
-                    raise _put_error(object_key, exc) from None
-            time.sleep(self._pause(attempt))
+            except Exception as exc:  # sorted by _after_failure
+                pause = self._after_failure(object_key, attempt, exc)
+            time.sleep(pause)
         raise AssertionError("unreachable")
 
     def close(self) -> None:
