@@ -471,28 +471,33 @@ def main(argv: list[str] | None = None) -> int:
             args.contenders.insert(args.contenders.index("ours") + 1
                                    if "ours" in args.contenders else 0, name)
         rows = []
-        # Each repeat runs every profile, then the next repeat: ratios across profiles (ours
-        # with S3 against ours with a folder) come from the same minutes too.
+        # Each repeat runs every contender in every profile before the next repeat, each
+        # contender's profiles back to back, in the opposite order every other repeat: the
+        # ratios within a repeat (ours with S3 against ours with a folder, ours against
+        # Celery) come from neighbouring minutes, and a drift in the machine's speed does
+        # not always favour the same side.
         for n in args.n:
             for c in args.concurrency:
                 for repeat in range(args.repeats):
-                    for profile in args.profiles:
-                        for contender in args.contenders:
-                            row = bench.run(contender, profile, n, c, repeat)
-                            row["latency_ms"] = args.latency_ms
-                            row["per_page"] = args.per_page
-                            row["s3_capacity_puts_per_second"] = capacity.get(profile)
-                            row.update(sinks)
-                            rows.append(row)
-                            with args.rows.open("a") as f:
-                                f.write(json.dumps(row) + "\n")
-                            print(f"{profile:8} n={n:<6} c={c:<5} #{repeat} {contender:16} "
-                                  + (f"{row['pages_per_second']:7.0f} pages/s "
-                                     f"{row['cpu_ms_per_page']:5.2f} ms CPU/page "
-                                     f"{row['peak_rss_mb']:5.0f} MB"
-                                     if row["ok"] else f"FAILED ({row['stored']}/{n} stored, "
-                                     f"exit {row['exit']}, verified {row['verified']})"),
-                                  flush=True)
+                    profiles = args.profiles if repeat % 2 == 0 else args.profiles[::-1]
+                    for contender, profile in ((contender, profile)
+                                               for contender in args.contenders
+                                               for profile in profiles):
+                        row = bench.run(contender, profile, n, c, repeat)
+                        row["latency_ms"] = args.latency_ms
+                        row["per_page"] = args.per_page
+                        row["s3_capacity_puts_per_second"] = capacity.get(profile)
+                        row.update(sinks)
+                        rows.append(row)
+                        with args.rows.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
+                        print(f"{profile:8} n={n:<6} c={c:<5} #{repeat} {contender:16} "
+                              + (f"{row['pages_per_second']:7.0f} pages/s "
+                                 f"{row['cpu_ms_per_page']:5.2f} ms CPU/page "
+                                 f"{row['peak_rss_mb']:5.0f} MB"
+                                 if row["ok"] else f"FAILED ({row['stored']}/{n} stored, "
+                                 f"exit {row['exit']}, verified {row['verified']})"),
+                              flush=True)
         write_results(rows, command, args.results, args.section)
         return 0 if all(r["ok"] for r in rows) else 1
     finally:
