@@ -5,7 +5,8 @@ the crawler, without measuring an emulator (moto takes ~275 PUTs/s on its own he
 
 Objects live in memory. No signature is checked: any credentials are accepted, but the
 access key ids and session tokens that signed requests are counted (for the tests of the
-credential chain). Only what the bench and its clients use is served: create/head/delete
+credential chain), and the key ids given with ``--refuse-key`` get 403 InvalidAccessKeyId.
+Only what the bench and its clients use is served: create/head/delete
 bucket, put/get/head object (aws-chunked bodies decoded), ListObjectsV2 (one page),
 DeleteObjects, and ``GET /_stats`` (PUTs, bytes, signers). Its CPU per PUT is reported
 beside every row.
@@ -40,7 +41,8 @@ def decode_aws_chunked(data: bytes) -> bytes:
 
 
 class Sink:
-    def __init__(self) -> None:
+    def __init__(self, refused: frozenset[str] = frozenset()) -> None:
+        self.refused = refused
         self.buckets: dict[str, dict[str, tuple[bytes, str, str | None]]] = {}
         self.puts = 0
         self.bytes = 0
@@ -61,10 +63,13 @@ class Sink:
 
     @web.middleware
     async def who(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Count who signed the request (not checked: any credentials are accepted)."""
+        """Count who signed the request (not checked: any credentials but the refused are
+        accepted)."""
         key_id = _KEY_ID.search(request.headers.get("Authorization", ""))
         if key_id:
             self.signed_by[key_id.group(1)] = self.signed_by.get(key_id.group(1), 0) + 1
+            if key_id.group(1) in self.refused:
+                return _error(403, "InvalidAccessKeyId")
         token = request.headers.get("x-amz-security-token")
         if token:
             self.tokens[token] = self.tokens.get(token, 0) + 1
@@ -141,9 +146,9 @@ def _error(status: int, code: str) -> web.Response:
                         text=f"<Error><Code>{code}</Code><Message>{code}</Message></Error>")
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, refused: frozenset[str] = frozenset()) -> None:
     # auto_decompress off: Content-Encoding of a PUT is the object's metadata, not transport.
-    runner = web.AppRunner(Sink().app(), access_log=None, auto_decompress=False)
+    runner = web.AppRunner(Sink(refused).app(), access_log=None, auto_decompress=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=4096, reuse_address=True).start()
     print(f"S3 sink on http://127.0.0.1:{port}", flush=True)
@@ -158,7 +163,10 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=9000)
-    asyncio.run(serve(parser.parse_args().port))
+    parser.add_argument("--refuse-key", action="append", default=[],
+                        help="answer 403 InvalidAccessKeyId to requests this key id signed")
+    args = parser.parse_args()
+    asyncio.run(serve(args.port, frozenset(args.refuse_key)))
 
 
 if __name__ == "__main__":

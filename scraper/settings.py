@@ -19,11 +19,12 @@ NEWSPIDER_MODULE = "scraper.spiders"
 # --- Storage -------------------------------------------------------------------------------
 # Where bodies go: "s3://bucket/prefix" or a local folder (the embedded default).
 BODY_STORE = os.environ.get("SCRAPER_BODY_STORE", "data/bodies")
-BODY_STORE_THREADS = 32        # S3 uploads in flight (boto3: its threads and connection pool)
+BODY_STORE_THREADS = 32        # S3 uploads in flight with boto3 (its threads and connections)
 # How PUTs reach S3 (scraper/stores/s3.py): "obstore" (Rust, awaited on the event loop: ~0.3 ms
 # of CPU per 35 KB PUT) or "boto3" (put_object in threads: ~3 ms). Both are configured by
 # boto3's settings and credential chain.
 BODY_STORE_S3_CLIENT = "obstore"
+BODY_STORE_S3_IN_FLIGHT = 256  # obstore's PUTs in flight: no thread each (scraper/stores/s3.py)
 BODY_STORE_FS_THREADS = 0      # a local folder is written on the reactor thread: cheaper than a
                                # thread hand-off per file; >0 for a network filesystem
 BODY_STORE_GZIP = False        # gzip bodies (key gets ".gz", S3 ContentEncoding: gzip)

@@ -201,11 +201,16 @@ def wait_for_leases_of(node: Node, redis_url: str, timeout: float = 60) -> None:
     raise AssertionError(f"node {node.proc.pid} never held a lease")
 
 
+REFUSED_KEY_ID = "AKIAREFUSED"
+
+
 @pytest.fixture(scope="session")
 def s3sink(logs: Path) -> Iterator[Server]:
-    """bench/s3sink.py: a fast S3-compatible server that counts who signed each request."""
+    """bench/s3sink.py: a fast S3-compatible server that counts who signed each request,
+    and refuses the key id REFUSED_KEY_ID."""
     port = free_port()
-    server = Server([sys.executable, "-m", "bench.s3sink", "--port", str(port)], port,
+    server = Server([sys.executable, "-m", "bench.s3sink", "--port", str(port),
+                     "--refuse-key", REFUSED_KEY_ID], port,
                     logs / "s3sink.log")
     server.start()
     yield server

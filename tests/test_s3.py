@@ -17,6 +17,7 @@ from scraper.stores.body import FSBodyStore
 from scraper.stores.s3 import Boto3S3BodyStore, ObstoreS3BodyStore
 from scraper.testsite import render_child
 from tests.conftest import (
+    REFUSED_KEY_ID,
     S3_CLIENTS,
     S3_CREDENTIALS,
     Server,
@@ -154,6 +155,27 @@ async def test_missing_bucket_stops_the_crawl_at_start(
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
+@pytest.mark.parametrize("client", S3_CLIENTS)
+@deferred_f_from_coro_f
+async def test_refused_credentials_stop_the_crawl_at_start(
+    site: Site, s3sink: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture, client: str
+) -> None:
+    endpoint = f"http://127.0.0.1:{s3sink.port}"
+    bucket = f"refused-{client}"
+    s3_client(endpoint).create_bucket(Bucket=bucket)
+    crawler = await crawl(site.listing_url(10), BODY_STORE=f"s3://{bucket}/",
+                          AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=REFUSED_KEY_ID,
+                          AWS_SECRET_ACCESS_KEY="wrong-secret", BODY_STORE_S3_CLIENT=client,
+                          META_STORE=str(tmp_path / "meta.jsonl"))
+    assert crawler.stats.get_value("finish_reason") == "body_store_unusable"
+    assert crawler.stats.get_value("item_scraped_count") is None
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"BODY_STORE unusable, crawl stopped: S3 bucket s3://{bucket} at "
+                      f"{endpoint}: access denied for these credentials"]
+    assert "wrong-secret" not in caplog.text
+    assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
+
+
 @pytest.mark.parametrize("store_class", [ObstoreS3BodyStore, Boto3S3BodyStore])
 def test_s3_store_never_lets_a_key_name_another_object(
     moto: Server, bucket: str, store_class: type[ObstoreS3BodyStore | Boto3S3BodyStore]
@@ -235,7 +257,7 @@ async def test_obstore_uploads_are_awaited_on_the_loop_and_bounded(
 ) -> None:
     """The default client: every PUT is obstore's put_async, awaited on the event loop (its
     HTTP runs in Rust threads), never a blocking call on the reactor thread, and at most
-    BODY_STORE_THREADS are in flight."""
+    BODY_STORE_S3_IN_FLIGHT are in flight."""
     import obstore
 
     calls = {"async": 0, "sync": 0, "in_flight": 0, "most": 0}
@@ -257,7 +279,8 @@ async def test_obstore_uploads_are_awaited_on_the_loop_and_bounded(
     monkeypatch.setattr(obstore, "put_async", watched)
     monkeypatch.setattr(obstore, "put", sync_put)
     endpoint = f"http://127.0.0.1:{moto.port}"
-    crawler = await crawl(site.listing_url(120), BODY_STORE_THREADS=8, CONCURRENT_REQUESTS=100,
+    crawler = await crawl(site.listing_url(120), BODY_STORE_S3_IN_FLIGHT=8,
+                          CONCURRENT_REQUESTS=100,
                           **s3_settings(endpoint, bucket, "", tmp_path))
 
     assert crawler.stats.get_value("body_store/stored") == 120

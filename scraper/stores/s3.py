@@ -7,6 +7,10 @@
   (bench/s3_clients.py, bench/RESULTS.md): ~0.3 ms of the crawling process's CPU per
   35 KB PUT against ~3 ms for boto3, which made S3 cost a crawl more than everything else
   it does.
+  Up to ``BODY_STORE_S3_IN_FLIGHT`` PUTs are in flight: each costs a pending future, not
+  a thread, and its completion waits for the GIL, which a busy crawl hands over only every
+  few milliseconds (PUTs to a local sink took 40-70 ms from call to return at c=1000), so
+  a window of 32 kept thousands of bodies queued in memory.
 - ``boto3``: boto3's ``put_object`` on a pool of ``BODY_STORE_THREADS`` threads.
 
 Both take their configuration from boto3, which users already configure and trust:
@@ -57,7 +61,7 @@ class S3BodyStore:
         store_class = ObstoreS3BodyStore if client == "obstore" else Boto3S3BodyStore
         return store_class(
             uri,
-            concurrency=s.getint("BODY_STORE_THREADS"),
+            concurrency=s.getint(store_class.concurrency_setting),
             endpoint_url=s.get("AWS_ENDPOINT_URL") or None,
             region_name=s.get("AWS_REGION_NAME") or None,
             credentials={name.lower(): s.get(name) for name in
@@ -152,6 +156,7 @@ class Boto3S3BodyStore(_S3Store):
     """PUTs through boto3's ``put_object``, from the pipeline's upload threads."""
 
     transient_errors: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
+    concurrency_setting = "BODY_STORE_THREADS"
     max_threads = 1024  # uploads wait on the network: BODY_STORE_THREADS decides
 
     client: Any = None
@@ -191,13 +196,18 @@ _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([^<]{1,64})</Code>")
 
 
-def _put_error(object_key: str, exc: BaseException) -> S3PutError:
-    """obstore's message holds the whole request and S3's XML; keep what says why."""
+def _why(exc: BaseException) -> tuple[str, str]:
+    """(HTTP status or "", one short line): obstore's message holds the whole request and
+    S3's XML; keep what says why."""
     text = str(exc)
     status, code = _STATUS.search(text), _CODE.search(text)
     why = " ".join(m.group(1) for m in (status, code) if m) or \
-        text.rsplit(":", 1)[-1].strip()[:120] or type(exc).__name__
-    return S3PutError(f"PUT {object_key}: {why}")
+        text.split("\n", 1)[0].rsplit(":", 1)[-1].strip()[:120] or type(exc).__name__
+    return (status.group(1) if status else ""), why
+
+
+def _put_error(object_key: str, exc: BaseException) -> S3PutError:
+    return S3PutError(f"PUT {object_key}: {_why(exc)[1]}")
 
 
 def _obstore_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
@@ -211,8 +221,9 @@ def _obstore_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseE
 
 class ObstoreS3BodyStore(_S3Store):
     """PUTs through obstore, awaited on the event loop (``put_async``): no thread per
-    upload; ``BODY_STORE_THREADS`` bounds the uploads in flight."""
+    upload; ``BODY_STORE_S3_IN_FLIGHT`` bounds the uploads in flight."""
 
+    concurrency_setting = "BODY_STORE_S3_IN_FLIGHT"
     max_threads = 0  # the pipeline awaits put_async on the loop; open() runs in a thread
 
     def __init__(self, uri: str, **kwargs: Any) -> None:
@@ -227,11 +238,6 @@ class ObstoreS3BodyStore(_S3Store):
         from obstore.store import S3Store
 
         session = self.session()
-        client = self.boto3_client(session, 1)
-        try:
-            self.check_bucket(client)
-        finally:
-            client.close()
         # Where boto3 would send it: the setting, else boto3's own environment variables.
         endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") \
             or os.environ.get("AWS_ENDPOINT_URL")
@@ -246,6 +252,28 @@ class ObstoreS3BodyStore(_S3Store):
                             "connect_timeout": timedelta(seconds=self.timeout)},
             retry_config={"max_retries": 0},  # ours, below: counted, and short
         )
+        self._check_bucket()
+
+    def _check_bucket(self) -> None:
+        """What boto3's head_bucket tells (the same s3:ListBucket permission), through a
+        one-key listing: a boto3 client would cost ~0.2 s of CPU to build, for one call."""
+        import obstore
+
+        try:
+            next(iter(obstore.list(self.store, prefix=self.prefix or None, chunk_size=1)), None)
+        except Exception as exc:
+            from obstore import exceptions as e
+
+            status, why = _why(exc)
+            if isinstance(exc, e.NotFoundError) or status == "404":
+                raise StoreError(f"S3 bucket {self.where} does not exist") from None
+            if isinstance(exc, e.PermissionDeniedError | e.UnauthenticatedError) or \
+                    status in ("401", "403"):
+                raise StoreError(f"S3 bucket {self.where}: access denied for these "
+                                 "credentials") from None
+            if status:
+                raise StoreError(f"S3 bucket {self.where}: {why}") from None
+            raise StoreError(f"S3 bucket {self.where} unreachable: {why}") from None
 
     def _attributes(self, content_type: str | None, encoding: str | None) -> dict[str, str]:
         attributes = {"Content-Type": content_type or "application/octet-stream"}
