@@ -20,6 +20,7 @@ from urllib.parse import urldefrag, urljoin
 from itemadapter import ItemAdapter
 from scrapy.exceptions import NotConfigured
 
+from scraper.distributed.queue import Keys
 from scraper.spiders.pagination import link_header
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class CanonicalDedupPipeline:
             assert spider is not None
             self.canonicals = RedisCanonicals(
                 Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5),
-                f"{spider.name}:canonical")
+                Keys.of(spider.name).canonical)
 
     async def close_spider(self) -> None:
         await self.canonicals.close()

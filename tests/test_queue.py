@@ -80,9 +80,9 @@ async def test_start_urls_are_leased_when_the_queue_is_empty(redis_url: str) -> 
         await queue.seed(["http://x/list", "http://y/list"])
         await queue.enqueue([("fp", 0, "r")])
         first = await queue.lease("node", 10, 60_000, start_n=10)
-        assert [e.kind for e in first] == ["r"]  # requests first
+        assert [e.kind for e in first] == ["request"]  # requests first
         starts = await queue.lease("node", 10, 60_000, start_n=1)
-        assert [(e.kind, e.payload) for e in starts] == [("s", "http://x/list")]
+        assert [(e.kind, e.payload) for e in starts] == [("start", "http://x/list")]
         assert await queue.release([starts[0].token]) == 1  # handed back to start_urls
         sync = redis.Redis.from_url(redis_url)
         assert sync.lrange("listing:start_urls", 0, -1) == [b"http://y/list", b"http://x/list"]

@@ -165,7 +165,9 @@ def test_the_egg_holds_every_module_and_the_settings_entry_point(project: Path,
     assert result.returncode == 0, result.stderr
 
     names = set(zipfile.ZipFile(egg).namelist())
-    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "scraper").rglob("*.py")}
+    modules = {str(p.relative_to(ROOT)) for pattern in ("*.py", "*.lua")
+               for p in (ROOT / "scraper").rglob(pattern)}
+    assert any(m.endswith(".lua") for m in modules)
     assert modules <= names, sorted(modules - names)
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
     entry_points = zipfile.ZipFile(egg).read("EGG-INFO/entry_points.txt").decode()

@@ -18,6 +18,7 @@ Keys (``<spider>`` is the spider name; the first three as in scrapy-redis):
 ``<spider>:canonical``   HASH  canonical URL -> fingerprint of the child holding its body
                                (DEDUP_CANONICAL, scraper/canonical.py)
 
+The scripts are in ``lua/``, each naming its KEYS and ARGV at the top.
 A request taken by a node is not popped: LEASE moves it to ``leased`` with a deadline,
 and only ACK removes it. RECLAIM, run by every node, puts back what a dead node held.
 All deadlines use Redis's own clock (TIME), never a node's.
@@ -28,8 +29,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Literal
 
 from scraper.distributed.codec import MAX_ENTRY_BYTES
 
@@ -40,207 +42,14 @@ if TYPE_CHECKING:
 
 SCORE_SCALE = 10**12
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
 
-# The dedup check and record, in one step. A key is a fingerprint (SADD to the set), ""
-# for dont_filter, or "#p1,p2,..." Bloom filter bit positions: new if any bit was 0.
-_IS_NEW = """
-local function is_new(key, set_key, bloom_key, bloom_count)
-  if key == '' then return true end
-  if string.byte(key, 1) == 35 then
-    local new = false
-    for pos in string.gmatch(key, '%d+') do
-      if redis.call('SETBIT', bloom_key, pos, 1) == 0 then new = true end
-    end
-    if new then redis.call('INCR', bloom_count) end
-    return new
-  end
-  return redis.call('SADD', set_key, key) == 1
-end
-"""
-
-# KEYS: requests, dupefilter, seq, bloom, bloom_count. ARGV: triples of dedup key,
-# priority, request JSON. Returns the positions (from 0) of the entries already seen.
-ENQUEUE = _IS_NEW + """
-local seen = {}
-for i = 1, #ARGV, 3 do
-  if is_new(ARGV[i], KEYS[2], KEYS[4], KEYS[5]) then
-    local seq = redis.call('INCR', KEYS[3])
-    redis.call('ZADD', KEYS[1], -tonumber(ARGV[i + 1]) * 1e12 + seq, seq .. ' ' .. ARGV[i + 2])
-  else
-    seen[#seen + 1] = (i - 1) / 3
-  end
-end
-return seen
-"""
-
-# KEYS: dupefilter, seq, leases, leased, bloom, bloom_count. ARGV: lease_ms, then
-# quadruples of dedup key,
-# priority, request JSON, token. Like ENQUEUE, but each new request is leased at once to
-# the node that found it (under the token it chose) instead of queued: that node crawls
-# it now. Returns the tokens of the requests that were already seen (not leased).
-ENQUEUE_LEASED = _NOW + _IS_NEW + """
-local seen = {}
-for i = 2, #ARGV, 4 do
-  if is_new(ARGV[i], KEYS[1], KEYS[5], KEYS[6]) then
-    local seq = redis.call('INCR', KEYS[2])
-    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[1]), ARGV[i + 3])
-    redis.call('HSET', KEYS[4], ARGV[i + 3],
-               (-tonumber(ARGV[i + 1]) * 1e12 + seq) .. ' ' .. seq .. ' ' .. ARGV[i + 2])
-  else
-    seen[#seen + 1] = ARGV[i + 3]
-  end
-end
-return seen
-"""
-
-# KEYS: requests, leases, leased, seq, start_urls. ARGV: n, node, lease_ms, start_n.
-# Leases up to n requests, best first, then up to start_n start URLs if the queue was short.
-# Returns a flat list of token, kind ("r" or "s"), payload.
-LEASE = _NOW + """
-local out = {}
-local items = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
-for i = 1, #items, 2 do
-  redis.call('ZREM', KEYS[1], items[i])
-  local token = ARGV[2] .. ':' .. redis.call('INCR', KEYS[4])
-  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), token)
-  redis.call('HSET', KEYS[3], token, items[i + 1] .. ' ' .. items[i])
-  out[#out + 1] = token; out[#out + 1] = 'r'; out[#out + 1] = items[i]
-end
-if #items == 0 and tonumber(ARGV[4]) > 0 then
-  local urls = redis.call('LRANGE', KEYS[5], 0, tonumber(ARGV[4]) - 1)
-  if #urls > 0 then redis.call('LTRIM', KEYS[5], #urls, -1) end
-  for _, url in ipairs(urls) do
-    local token = ARGV[2] .. ':' .. redis.call('INCR', KEYS[4])
-    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), token)
-    redis.call('HSET', KEYS[3], token, 'start ' .. url)
-    out[#out + 1] = token; out[#out + 1] = 's'; out[#out + 1] = url
-  end
-end
-return out
-"""
-
-# KEYS: leases, leased, attempts. ARGV: tokens. A token no longer leased (it expired and
-# was reclaimed) is refused: the request is someone else's now. Returns {acked, refused}.
-ACK = """
-local acked, refused = 0, 0
-for _, token in ipairs(ARGV) do
-  local data = redis.call('HGET', KEYS[2], token)
-  if data then
-    redis.call('HDEL', KEYS[2], token)
-    redis.call('ZREM', KEYS[1], token)
-    local seq = string.match(data, '^%S+ (%d+) ')
-    if seq then redis.call('HDEL', KEYS[3], seq) end
-    acked = acked + 1
-  else
-    refused = refused + 1
-  end
-end
-return {acked, refused}
-"""
-
-# KEYS: leases, leased, requests, attempts, dead, start_urls. ARGV: max_attempts, limit,
-# then (for RELEASE) tokens. Without tokens: every lease past its deadline goes back.
-# With tokens: those leases go back now (a node handing back what it will not start),
-# without counting an attempt. Lease data that is not "<score> <member>" or "start <url>"
-# was not written by these scripts: it goes to dead as it is, and its token is returned.
-# Returns {returned, dead, tokens of unreadable lease data}.
-RECLAIM = _NOW + """
-local tokens = {}
-if #ARGV > 2 then
-  for i = 3, #ARGV do tokens[#tokens + 1] = ARGV[i] end
-else
-  tokens = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-end
-local returned, dead, bad = 0, 0, {}
-for _, token in ipairs(tokens) do
-  local data = redis.call('HGET', KEYS[2], token)
-  redis.call('ZREM', KEYS[1], token)
-  if data then
-    redis.call('HDEL', KEYS[2], token)
-    local score, member = string.match(data, '^(%S+) (.*)$')
-    local number = tonumber(score)
-    if score == 'start' then
-      redis.call('RPUSH', KEYS[6], member)
-      returned = returned + 1
-    elseif not number or number ~= number then
-      redis.call('RPUSH', KEYS[5], data)
-      bad[#bad + 1] = token
-    else
-      local seq = string.match(member, '^(%d+) ')
-      local n = 0
-      if #ARGV == 2 and seq then
-        if not tonumber(redis.call('HGET', KEYS[4], seq) or '0') then
-          redis.call('HDEL', KEYS[4], seq)
-        end
-        n = redis.call('HINCRBY', KEYS[4], seq, 1)
-      end
-      if n > tonumber(ARGV[1]) then
-        redis.call('RPUSH', KEYS[5], member)
-        redis.call('HDEL', KEYS[4], seq)
-        dead = dead + 1
-      else
-        redis.call('ZADD', KEYS[3], number, member)
-        returned = returned + 1
-      end
-    end
-  end
-end
-return {returned, dead, bad}
-"""
-
-# KEYS: leases, leased, dead, sweeper. ARGV: node, ms. Every script writes a lease's
-# deadline and its data together, so a deadline without data, or data without a deadline,
-# was put there by someone else: the first would hold the crawl open forever, the second
-# is never read. Deadlines without data are dropped, data without a deadline goes to dead.
-# One sweep per ms crawl-wide (it reads every lease): the first node to ask takes the turn.
-# Returns {dropped, sent to dead}.
-SWEEP = """
-if not redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return {{}, {}} end
-local dropped, kept = {}, {}
-for _, token in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if redis.call('HEXISTS', KEYS[2], token) == 0 then
-    redis.call('ZREM', KEYS[1], token)
-    dropped[#dropped + 1] = token
-  end
-end
-for _, token in ipairs(redis.call('HKEYS', KEYS[2])) do
-  if not redis.call('ZSCORE', KEYS[1], token) then
-    redis.call('RPUSH', KEYS[3], redis.call('HGET', KEYS[2], token))
-    redis.call('HDEL', KEYS[2], token)
-    kept[#kept + 1] = token
-  end
-end
-return {dropped, kept}
-"""
-
-# KEYS: leases. ARGV: lease_ms, tokens. Pushes the deadlines of leases still held; returns
-# the tokens that are no longer leased (they expired and another node reclaimed them).
-EXTEND = _NOW + """
-local lost = {}
-for i = 2, #ARGV do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
-  else
-    lost[#lost + 1] = ARGV[i]
-  end
-end
-return lost
-"""
-
-# KEYS: nodes. ARGV: node, heartbeat JSON, stale_ms. Records this node, forgets stale ones.
-HEARTBEAT = _NOW + """
-redis.call('HSET', KEYS[1], ARGV[1], now .. ' ' .. ARGV[2])
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local seen = tonumber(string.match(all[i + 1], '^(%d+)'))
-  if seen and now - seen > tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], all[i]) end
-end
-return now
-"""
+def lua(name: str, *preludes: str) -> str:
+    """The script ``lua/<name>.lua`` after its preludes (``now``, ``is_new``): Redis runs
+    each script as one atomic step, and a script cannot call another. Read as package
+    data, so that it is found in scrapyd's zipped egg too."""
+    folder = resources.files(__package__).joinpath("lua")
+    return "\n".join(folder.joinpath(f"{part}.lua").read_text("utf-8")
+                     for part in (*preludes, name))
 
 
 class BloomFilter:
@@ -271,22 +80,41 @@ class BloomFilter:
 
 @dataclass(frozen=True)
 class Keys:
-    """The Redis keys of one spider's crawl."""
+    """The Redis keys of one spider's crawl (the module docstring says what each holds)."""
 
-    prefix: str
+    requests: str
+    dupefilter: str
+    bloom: str
+    bloom_count: str
+    start_urls: str
+    leases: str
+    leased: str
+    attempts: str
+    dead: str
+    nodes: str
+    seq: str
+    sweeper: str
+    canonical: str
 
-    def __getattr__(self, name: str) -> str:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return f"{self.prefix}:{name}"
+    @classmethod
+    def of(cls, spider_name: str) -> Keys:
+        return cls(**{f.name: f"{spider_name}:{f.name}" for f in fields(cls)})
+
+    def all(self) -> list[str]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+#: What a lease holds: a queued request's entry, or a start URL (list page) to seed from.
+LeaseKind = Literal["request", "start"]
+_KINDS: dict[str, LeaseKind] = {"r": "request", "s": "start"}  # as lease.lua returns them
 
 
 @dataclass
 class Leased:
-    """One leased entry: a request's JSON, or a start URL."""
+    """One leased entry: a request's queue entry, or a start URL."""
 
     token: str
-    kind: str  # "r": request, "s": start URL
+    kind: LeaseKind
     payload: str
     error: str | None = None  # why the entry cannot be read (then payload is "")
 
@@ -316,16 +144,16 @@ class CrawlQueue:
 
     def __init__(self, redis: Redis, spider_name: str, bloom: BloomFilter | None = None) -> None:
         self.redis = redis
-        self.keys = Keys(spider_name)
+        self.keys = Keys.of(spider_name)
         self.bloom = bloom
-        self._enqueue = redis.register_script(ENQUEUE)
-        self._enqueue_leased = redis.register_script(ENQUEUE_LEASED)
-        self._lease = redis.register_script(LEASE)
-        self._ack = redis.register_script(ACK)
-        self._reclaim = redis.register_script(RECLAIM)
-        self._extend = redis.register_script(EXTEND)
-        self._heartbeat = redis.register_script(HEARTBEAT)
-        self._sweep = redis.register_script(SWEEP)
+        self._enqueue = redis.register_script(lua("enqueue", "is_new"))
+        self._enqueue_leased = redis.register_script(lua("enqueue_leased", "now", "is_new"))
+        self._lease = redis.register_script(lua("lease", "now"))
+        self._ack = redis.register_script(lua("ack"))
+        self._reclaim = redis.register_script(lua("reclaim", "now"))
+        self._extend = redis.register_script(lua("extend", "now"))
+        self._heartbeat = redis.register_script(lua("heartbeat", "now"))
+        self._sweep = redis.register_script(lua("sweep"))
 
     async def enqueue(self, entries: list[tuple[str, int, str]]) -> list[int]:
         """Add (fingerprint or "", priority, JSON) entries not seen before; return the
@@ -444,10 +272,7 @@ class CrawlQueue:
 
     async def reset(self) -> None:
         """Forget the crawl: queue, dedup set, leases, start URLs, nodes, canonical URLs."""
-        k = self.keys
-        await self.redis.delete(k.requests, k.dupefilter, k.start_urls, k.leases, k.leased,
-                                k.attempts, k.dead, k.nodes, k.seq, k.bloom, k.bloom_count,
-                                k.sweeper, k.canonical)
+        await self.redis.delete(*self.keys.all())
 
 
 def _text(value: bytes | str) -> str:
@@ -461,8 +286,8 @@ def _leased(token: str, kind: str, payload: bytes | str) -> Leased:
         try:
             payload = payload.decode("utf-8")
         except UnicodeDecodeError:
-            return Leased(token, kind, "", error=f"not UTF-8 text: {payload[:60]!r}")
-    return Leased(token, kind, payload)
+            return Leased(token, _KINDS[kind], "", error=f"not UTF-8 text: {payload[:60]!r}")
+    return Leased(token, _KINDS[kind], payload)
 
 
 def _heartbeat_of(value: bytes | str) -> tuple[int, dict[str, Any]]:

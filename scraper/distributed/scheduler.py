@@ -485,10 +485,10 @@ class DistributedScheduler:
             return False
         for entry in leased:
             if entry.error is not None:
-                self._reject(entry.token, "start_urls" if entry.kind == "s" else "requests",
+                self._reject(entry.token, "start_urls" if entry.kind == "start" else "requests",
                              BadEntry(entry.error))
                 continue
-            if entry.kind == "s":
+            if entry.kind == "start":
                 self._start(entry.token, entry.payload)
                 continue
             try:
