@@ -83,7 +83,7 @@ class DistributedScheduler:
     """A Scrapy scheduler over Redis with leased requests and batched, off-path I/O."""
 
     def __init__(
-        self, crawler: Crawler, redis_url: str, *, prefetch: int = 200,
+        self, crawler: Crawler, redis_url: str, *, prefetch: int = 100,
         lease_seconds: float = 120, max_attempts: int = 5, idle_timeout: float = 30,
         wait_for_start_urls: bool = False, batch: int = 500, bloom: BloomFilter | None = None,
     ) -> None:

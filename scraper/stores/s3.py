@@ -74,11 +74,13 @@ class S3BodyStore:
 class _S3Store:
     """What both clients share: where the objects go, and the check at open."""
 
+    concurrency_setting: str  # the setting that bounds this client's PUTs in flight
+
     def __init__(
         self,
         uri: str,
         *,
-        concurrency: int = 32,
+        concurrency: int | None = None,  # None: settings.py's value of concurrency_setting
         endpoint_url: str | None = None,
         region_name: str | None = None,
         credentials: dict[str, str] | None = None,
@@ -92,6 +94,10 @@ class _S3Store:
         self.prefix = parts.path.lstrip("/")
         if self.prefix and not self.prefix.endswith("/"):
             self.prefix += "/"
+        if concurrency is None:
+            from scraper import settings as defaults
+
+            concurrency = int(getattr(defaults, self.concurrency_setting))
         self.concurrency = max(1, concurrency)
         self.endpoint_url = endpoint_url
         self.region_name = region_name
