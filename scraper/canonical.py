@@ -94,7 +94,8 @@ class RedisCanonicals:
 
     async def claim(self, canonical: str, fingerprint: str) -> str:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(self.key, canonical, fingerprint).hget(self.key, canonical)
+            pipe.hsetnx(self.key, canonical, fingerprint)
+            pipe.hget(self.key, canonical)
             _, owner = await pipe.execute()
         return owner.decode() if isinstance(owner, bytes) else str(owner)
 

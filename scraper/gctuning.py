@@ -62,4 +62,5 @@ class GcThresholds:
         generation = f"gen{info['generation']}"
         self.stats.inc_value(f"gc/collections/{generation}")
         seconds = time.perf_counter() - self.began
-        self.stats.inc_value(f"gc/seconds/{generation}", seconds, start=0.0)
+        key = f"gc/seconds/{generation}"
+        self.stats.set_value(key, self.stats.get_value(key, 0.0) + seconds)

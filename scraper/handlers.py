@@ -32,7 +32,7 @@ class AiohttpHandler(AiohttpDownloadHandler):
     """
 
     experimental: ClassVar[bool] = False
-    lazy: ClassVar[bool] = False
+    lazy = False
 
     def __init__(self, crawler: Crawler) -> None:
         super().__init__(crawler)

@@ -303,6 +303,7 @@ class MetaStorePipeline:
         store, executor = self.store, self.executor
         assert stats is not None and store is not None
         failed: list[dict[str, Any]] = docs
+        error: Exception
         try:
             await with_backoff(lambda: _call(executor, store.write, docs),
                                what="meta_store", timeout=self.retry_timeout, stats=stats,

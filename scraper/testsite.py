@@ -390,13 +390,13 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with code {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with code {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{proc.args} did not listen on port {port} within {timeout} s")
+    raise RuntimeError(f"{proc.args!r} did not listen on port {port} within {timeout} s")
 
 
 def free_port() -> int:

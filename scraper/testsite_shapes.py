@@ -213,7 +213,7 @@ def _blog(r: str, n: int, pp: int, rest: str, q: dict[str, str]) -> web.Response
         + "</div></article>" for i in _items(n, pp, page))
     # WordPress's numbered pager: 1 2 3 ... last, with "Older posts"/"Newer posts" beside.
     shown = sorted({1, 2, 3, page - 1, page, page + 1, last} & set(range(1, last + 1)))
-    numbers = []
+    numbers: list[tuple[str, str]] = []
     for p in shown:
         if numbers and p > int(numbers[-1][1]) + 1:
             numbers.append(("dots", "…"))

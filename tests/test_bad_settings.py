@@ -85,6 +85,39 @@ def test_unreachable_mongo_with_password_in_uri(site: Site, tmp_path: Path) -> N
     assert_children_recorded(log_stats(output), 0)  # never started: its Mongo is unreachable
 
 
+def test_mongo_refusing_the_crawl_says_why_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that answers but refuses (wrong password, no rights): its error's name,
+    and the URI without its password."""
+    from pymongo.errors import OperationFailure
+
+    from scraper.stores import StoreError
+    from scraper.stores.meta import MongoMetaStore
+
+    class Refusing:
+        def __init__(self, uri: str, **_: object) -> None:
+            self.admin = self
+
+        def __getitem__(self, name: str) -> Refusing:
+            return self
+
+        def get_default_database(self) -> Refusing:
+            return self
+
+        def command(self, name: str) -> None:
+            raise OperationFailure("Authentication failed.", code=18,
+                                   details={"codeName": "AuthenticationFailed"})
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(MongoMetaStore, "client_class", Refusing)
+    store = MongoMetaStore("mongodb://crawler:s3cret@127.0.0.1:27017/crawl")
+    with pytest.raises(StoreError) as refused:
+        store.open()
+    assert str(refused.value) == ("MongoDB at mongodb://crawler:***@127.0.0.1:27017/crawl "
+                                  "refused: AuthenticationFailed")
+
+
 def test_redact_hides_uri_passwords() -> None:
     assert redact("mongodb://u:p%40ss@h:1/db") == "mongodb://u:***@h:1/db"
     assert redact("redis://:pw@h/0") == "redis://:***@h/0"

@@ -27,6 +27,7 @@ from scrapy import Spider
 from scrapy.commands import ScrapyCommand
 from scrapy.crawler import Crawler
 from scrapy.exceptions import UsageError
+from scrapy.settings import Settings
 from scrapy.statscollectors import StatsCollector
 from scrapy.utils.log import configure_logging
 
@@ -75,6 +76,8 @@ class _Stores:
     """The two stores, each opened on first use, with the threads that call them."""
 
     def __init__(self, settings: BaseSettings) -> None:
+        if not isinstance(settings, Settings):
+            settings = Settings(settings)
         self.crawler = Crawler(Spider, settings)  # store factories read crawler.settings only
         self.stats = StatsCollector(self.crawler)
         self.meta: MetaStore | None = None
@@ -199,7 +202,7 @@ async def _replay_bodies(stores: _Stores, spool: BodySpool, threads: int, timeou
     executor = stores.body_threads
 
     async def upload(entry: SpooledBody) -> str:
-        return await with_backoff(  # type: ignore[no-any-return]
+        return await with_backoff(
             lambda: stores.call(executor, store.put, entry.key, entry.body,
                                 entry.content_type, entry.encoding),
             what="body_store", timeout=timeout, stats=stores.stats,

@@ -159,7 +159,9 @@ class CrawlQueue:
         """Add (fingerprint or "", priority, JSON) entries not seen before; return the
         positions in ``entries`` of those that were seen (duplicates, not added)."""
         k = self.keys
-        args = [x for fp, *rest in entries for x in (self._dedup_key(fp), *rest)]
+        args: list[str | int] = []
+        for fingerprint, priority, request in entries:
+            args += (self._dedup_key(fingerprint), priority, request)
         seen = await self._enqueue(
             keys=[k.requests, k.dupefilter, k.seq, k.bloom, k.bloom_count], args=args)
         return [int(i) for i in seen]
@@ -247,11 +249,15 @@ class CrawlQueue:
         each time would grow as nodes squared (docs/scaling.md)."""
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zcard(k.requests).zcard(k.leases).llen(k.start_urls).scard(k.dupefilter)
+            pipe.zcard(k.requests)
+            pipe.zcard(k.leases)
+            pipe.llen(k.start_urls)
+            pipe.scard(k.dupefilter)
             pipe.llen(k.dead)
             if nodes:
                 pipe.hgetall(k.nodes)
-            pipe.time().get(k.bloom_count)
+            pipe.time()
+            pipe.get(k.bloom_count)
             queued, leased, start_urls, seen, dead, *heartbeats, now, bloomed = \
                 await pipe.execute()
         with contextlib.suppress(ValueError):  # a count this crawl did not write: ignored

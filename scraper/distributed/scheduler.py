@@ -466,12 +466,12 @@ class DistributedScheduler:
                 self._drop_unstarted(set(seen))  # if not started yet, not crawled here too
         while queued_n > 0:
             batch = self.outbox[:min(self.batch, queued_n)]
-            seen = await self.queue.enqueue([entry[:3] for entry in batch])
+            positions = await self.queue.enqueue([entry[:3] for entry in batch])
             del self.outbox[:len(batch)]
             queued_n -= len(batch)
-            self.stats.inc_value("distributed/filtered", len(seen))
+            self.stats.inc_value("distributed/filtered", len(positions))
             self.stats.inc_value("distributed/redis_calls")
-            for i in seen:  # as Scrapy's engine does when its dupefilter drops a request
+            for i in positions:  # as Scrapy's engine does when its dupefilter drops a request
                 self.crawler.signals.send_catch_log(signals.request_dropped,
                                                     request=batch[i][3], spider=self.spider)
         return worked
@@ -527,8 +527,9 @@ class DistributedScheduler:
         self.acks.append(token)
 
     def _log_rejected(self, key: str, why: str) -> None:
+        assert self.queue is not None
         logger.error("Skipped an entry of %(key)s that is not ours: %(error)s",
-                     {"key": f"{self.crawler.spider.name}:{key}", "error": why})
+                     {"key": getattr(self.queue.keys, key), "error": why})
         self.stats.inc_value(f"distributed/rejected/{key}")
 
     def _stop(self, reason: str) -> None:

@@ -377,11 +377,11 @@ class ListingSpider(Spider):
             return
         urls = []
         for loc in entries:
-            url, reason = resolve(loc, response.url, site)
-            if url is None:
+            found, reason = resolve(loc, response.url, site)
+            if found is None:
                 stats.inc_value(f"listing/links_skipped/{reason}")
                 continue
-            urls.append(self.strip(url))
+            urls.append(self.strip(found))
         if sitemap.type == "sitemapindex":
             for url in urls:
                 if position(url) not in self.list_positions and self._may_follow():
@@ -438,10 +438,11 @@ class ListingSpider(Spider):
     def list_failed(self, failure: Failure) -> None:
         """A list page that could not be fetched: its links are lost, so say it loudly."""
         self.crawler.stats.inc_value("listing/list_failed")
+        request = _request_of(failure)
         logger.error("List page %(url)s failed: %(error)s",
-                     {"url": failure.request.url, "error": _describe(failure)})
+                     {"url": request.url, "error": _describe(failure)})
         # No item will say this request is handled: say it (distributed mode acks it).
-        self.crawler.signals.send_catch_log(request_done, request=failure.request)
+        self.crawler.signals.send_catch_log(request_done, request=request)
 
     def parse_child(self, response: Response, listing_url: str, fingerprint: str) -> PageItem:
         """A fetched child page (2xx, or 3xx that was not followed)."""
@@ -469,7 +470,7 @@ class ListingSpider(Spider):
     def child_failed(self, failure: Failure) -> PageItem:
         """A child that could not be fetched still ends as one record, with the reason."""
         self.children_done += 1
-        request = failure.request
+        request = _request_of(failure)
         item = PageItem(
             fingerprint=request.cb_kwargs["fingerprint"],
             url=_original_url(request),
@@ -515,6 +516,12 @@ def _template_hint(url: str) -> str:
 def _original_url(request: Request) -> str:
     redirects = request.meta.get("redirect_urls")
     return str(redirects[0]) if redirects else request.url
+
+
+def _request_of(failure: Failure) -> Request:
+    """The request of an errback's failure: Scrapy sets it on the Failure it passes."""
+    request: Request = failure.request  # type: ignore[attr-defined]
+    return request
 
 
 def _describe(failure: Failure, maxsize: int = 0) -> str:

@@ -186,7 +186,8 @@ class MongoMetaStore:
             self.client.admin.command("ping")
             self.collection.create_index("fingerprint", unique=True)
         except OperationFailure as exc:
-            raise StoreError(f"MongoDB at {where} refused: {exc.code_name or exc.code}") from None
+            why = (exc.details or {}).get("codeName") or exc.code
+            raise StoreError(f"MongoDB at {where} refused: {why}") from None
         except (PyMongoError, ValueError) as exc:
             reason = type(exc).__name__
             if "ServerSelectionTimeout" in reason:

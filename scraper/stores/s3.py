@@ -43,7 +43,7 @@ from scraper.stores import StoreError, redact
 from scraper.stores.body import check_key
 
 if TYPE_CHECKING:
-
+    from obstore.store import S3Config
     from scrapy.crawler import Crawler
 
 CLIENTS = ("obstore", "boto3")
@@ -247,9 +247,10 @@ class ObstoreS3BodyStore(_S3Store):
         # Where boto3 would send it: the setting, else boto3's own environment variables.
         endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") \
             or os.environ.get("AWS_ENDPOINT_URL")
-        config: dict[str, Any] = {"region": session.region_name or "us-east-1"}
+        config: S3Config = {"region": session.region_name or "us-east-1"}
         if endpoint:  # an S3-compatible server: path-style, plain HTTP if it says so
-            config |= {"endpoint": endpoint, "virtual_hosted_style_request": False}
+            config["endpoint"] = endpoint
+            config["virtual_hosted_style_request"] = False
         self.store = S3Store(
             self.bucket, config=config,
             credential_provider=Boto3CredentialProvider(session),
