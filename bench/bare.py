@@ -46,14 +46,21 @@ async def crawl(url: str, concurrency: int) -> dict[str, float]:
             async with session.get(next_url) as response:
                 page = await response.read()
             base = next_url
-            tasks += [asyncio.create_task(fetch(urljoin(base, m.decode().replace("&amp;", "&"))))
-                      for m in CHILD.findall(page)]
+            tasks += [
+                asyncio.create_task(fetch(urljoin(base, m.decode().replace("&amp;", "&"))))
+                for m in CHILD.findall(page)
+            ]
             found = NEXT.search(page)
-            next_url = urljoin(base, found.group(1).decode().replace("&amp;", "&")) if found \
-                else None
+            next_url = (
+                urljoin(base, found.group(1).decode().replace("&amp;", "&")) if found else None
+            )
         await asyncio.gather(*tasks)
-    return {"stored": fetched, "bytes": nbytes, "errors": errors,
-            "wall_seconds": time.monotonic() - started}
+    return {
+        "stored": fetched,
+        "bytes": nbytes,
+        "errors": errors,
+        "wall_seconds": time.monotonic() - started,
+    }
 
 
 def main() -> None:

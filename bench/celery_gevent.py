@@ -94,13 +94,30 @@ def prepare(args: argparse.Namespace, r: redis.Redis) -> None:
 
 
 def start_worker(args: argparse.Namespace) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), BENCH_REDIS_URL=args.redis_url,
-               BENCH_PROFILE=args.profile, BENCH_OUT=str(args.out.resolve()),
-               BENCH_S3_ENDPOINT=args.s3_endpoint or "", BENCH_BUCKET=args.bucket or "",
-               BENCH_MONGO_URI=args.mongo_uri or "")
-    cmd = [sys.executable, "-m", "celery", "-A", "bench.celery_tasks", "worker",
-           "--pool=gevent", f"--concurrency={args.concurrency}", "--loglevel=WARNING",
-           "--purge", "-n", f"bench{os.getpid()}@%h"]
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        BENCH_REDIS_URL=args.redis_url,
+        BENCH_PROFILE=args.profile,
+        BENCH_OUT=str(args.out.resolve()),
+        BENCH_S3_ENDPOINT=args.s3_endpoint or "",
+        BENCH_BUCKET=args.bucket or "",
+        BENCH_MONGO_URI=args.mongo_uri or "",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench.celery_tasks",
+        "worker",
+        "--pool=gevent",
+        f"--concurrency={args.concurrency}",
+        "--loglevel=WARNING",
+        "--purge",
+        "-n",
+        f"bench{os.getpid()}@%h",
+    ]
     with open(args.out / "worker.log", "wb") as log:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -145,14 +162,21 @@ def run(args: argparse.Namespace) -> dict:
     celery_tasks.app.conf.broker_url = args.redis_url
     r = redis.Redis.from_url(args.redis_url)
     prepare(args, r)
-    report: dict = {"stored": 0, "meta_docs": 0, "wall_seconds": None,
-                    "startup_seconds": None, "errors": 0, "enqueued": 0}
+    report: dict = {
+        "stored": 0,
+        "meta_docs": 0,
+        "wall_seconds": None,
+        "startup_seconds": None,
+        "errors": 0,
+        "enqueued": 0,
+    }
     launched = time.monotonic()
     worker = start_worker(args)
     try:
         if not wait_for(lambda: r.exists(celery_tasks.READY_KEY), deadline, worker):
-            print(f"celery worker not ready (exit {worker.poll()}), see worker.log",
-                  file=sys.stderr)
+            print(
+                f"celery worker not ready (exit {worker.poll()}), see worker.log", file=sys.stderr
+            )
             return report
         t0 = time.monotonic()
         report["startup_seconds"] = round(t0 - launched, 3)

@@ -46,8 +46,13 @@ _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
 # Per worker process: one Redis client, and the stores (set up on worker_init).
 _redis = redis.Redis.from_url(_env("REDIS_URL", "redis://127.0.0.1:6379/0"))
 _stores: dict[str, Any] = {}
-_gauge = {"in_flight": 0, "max_in_flight": 0, "fetching": 0, "max_fetching": 0,
-          "fetch_seconds": 0.0}
+_gauge = {
+    "in_flight": 0,
+    "max_in_flight": 0,
+    "fetching": 0,
+    "max_fetching": 0,
+    "fetch_seconds": 0.0,
+}
 
 
 @signals.worker_init.connect
@@ -58,8 +63,7 @@ def _open_stores(**_: Any) -> None:
     import boto3
 
     # One client per worker process, default botocore config (max_pool_connections=10).
-    _stores["s3"] = boto3.client("s3", endpoint_url=_env("S3_ENDPOINT"),
-                                 region_name="us-east-1")
+    _stores["s3"] = boto3.client("s3", endpoint_url=_env("S3_ENDPOINT"), region_name="us-east-1")
     if _env("PROFILE") == "s3":  # bodies to S3, meta to a JSON Lines file
         return
     if _env("MONGO_URI"):
@@ -129,7 +133,9 @@ def fetch_page(url: str) -> None:
         else:
             meta["body_key"] = f"celery/{key}"
             _stores["s3"].put_object(
-                Bucket=_env("BUCKET"), Key=meta["body_key"], Body=body,
+                Bucket=_env("BUCKET"),
+                Key=meta["body_key"],
+                Body=body,
                 ContentType=resp.headers.get("Content-Type", "application/octet-stream"),
             )
         if _env("PROFILE") == "services":

@@ -59,8 +59,7 @@ CONTENDERS = ("in-memory", "distributed-1", "distributed-2", "scrapy-redis-1", "
 # commandstats ran inside a script or a MULTI block, except EXEC and the HDEL a node
 # sends once as it closes (counted as inside: one per node and crawl). The probe's own
 # commands (INFO, MEMORY USAGE, HLEN, its ZCARDs) are left out.
-TOP_LEVEL = {"evalsha", "eval", "multi", "ping", "script|load", "client|setinfo", "select",
-             "hello"}
+TOP_LEVEL = {"evalsha", "eval", "multi", "ping", "script|load", "client|setinfo", "select", "hello"}
 PROBE_COMMANDS = {"info", "memory", "hlen", "config"}
 
 
@@ -68,17 +67,23 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
     """The INFO counters a run's deltas are taken from."""
     info = client.info("all")
     return {
-        "commands": {name.removeprefix("cmdstat_"): (v["calls"], v["usec"])
-                     for name, v in client.info("commandstats").items()},
+        "commands": {
+            name.removeprefix("cmdstat_"): (v["calls"], v["usec"])
+            for name, v in client.info("commandstats").items()
+        },
         "cpu_seconds": info["used_cpu_sys"] + info["used_cpu_user"],
-        "net_in": info["total_net_input_bytes"], "net_out": info["total_net_output_bytes"],
-        "used_memory": info["used_memory"], "used_memory_peak": info["used_memory_peak"],
-        "connected_clients": info["connected_clients"], "at": time.monotonic(),
+        "net_in": info["total_net_input_bytes"],
+        "net_out": info["total_net_output_bytes"],
+        "used_memory": info["used_memory"],
+        "used_memory_peak": info["used_memory_peak"],
+        "connected_clients": info["connected_clients"],
+        "at": time.monotonic(),
     }
 
 
-def deltas(before: dict[str, Any], after: dict[str, Any],
-           probe_calls: dict[str, int] | None = None) -> dict[str, Any]:
+def deltas(
+    before: dict[str, Any], after: dict[str, Any], probe_calls: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Counter deltas between two snapshots; the probe's own ZCARDs are subtracted."""
     commands = {}
     for name, (calls, usec) in after["commands"].items():
@@ -87,17 +92,20 @@ def deltas(before: dict[str, Any], after: dict[str, Any],
         if calls > 0 and name.split("|")[0] not in PROBE_COMMANDS:
             commands[name] = {"calls": calls, "usec": usec - usec0}
     return {
-        "seconds": after["at"] - before["at"], "commands": commands,
+        "seconds": after["at"] - before["at"],
+        "commands": commands,
         "cpu_seconds": after["cpu_seconds"] - before["cpu_seconds"],
         "net_in": after["net_in"] - before["net_in"],
         "net_out": after["net_out"] - before["net_out"],
         "round_trips": sum(v["calls"] for c, v in commands.items() if c in TOP_LEVEL),
-        "inside": sum(v["calls"] for c, v in commands.items()
-                      if c not in TOP_LEVEL and c != "exec"),
+        "inside": sum(
+            v["calls"] for c, v in commands.items() if c not in TOP_LEVEL and c != "exec"
+        ),
         # Time in commands as clients see it: a script's or EXEC's usec covers the
         # commands run inside it, so only the top-level ones are summed.
-        "command_usec": sum(v["usec"] for c, v in commands.items()
-                            if c in TOP_LEVEL or c == "exec"),
+        "command_usec": sum(
+            v["usec"] for c, v in commands.items() if c in TOP_LEVEL or c == "exec"
+        ),
     }
 
 
@@ -121,9 +129,14 @@ class RedisProbe:
         while not self.done.wait(0.5):
             queued = self.client.zcard(f"{k}:requests")
             self.zcards += 1
-            self.samples.append((queued, self.client.hlen(f"{k}:leased"),
-                                 self.client.memory_usage(f"{k}:requests") or 0,
-                                 self.client.memory_usage(f"{k}:leased") or 0))
+            self.samples.append(
+                (
+                    queued,
+                    self.client.hlen(f"{k}:leased"),
+                    self.client.memory_usage(f"{k}:requests") or 0,
+                    self.client.memory_usage(f"{k}:leased") or 0,
+                )
+            )
 
     def stop(self, baseline_memory: int) -> dict[str, Any]:
         self.done.set()
@@ -131,27 +144,48 @@ class RedisProbe:
         after = snapshot(self.client)
         d = deltas(self.before, after, {"zcard": self.zcards})
         k = self.spider
-        seen = self.client.scard(f"{k}:dupefilter") + int(self.client.get(f"{k}:bloom_count")
-                                                          or 0)
-        keys = {key.decode(): self.client.memory_usage(key, samples=0)
-                for key in self.client.scan_iter(match=f"{k}:*")}
+        seen = self.client.scard(f"{k}:dupefilter") + int(self.client.get(f"{k}:bloom_count") or 0)
+        keys = {
+            key.decode(): self.client.memory_usage(key, samples=0)
+            for key in self.client.scan_iter(match=f"{k}:*")
+        }
         queued = max(self.samples, default=(0, 0, 0, 0), key=lambda x: x[0])
         leased = max(self.samples, default=(0, 0, 0, 0), key=lambda x: x[1])
-        d.update({
-            "seen": seen, "key_bytes": keys,
-            "used_memory_after": after["used_memory"] - baseline_memory,
-            "used_memory_peak": after["used_memory_peak"] - baseline_memory,
-            "peak_queue": {"queued": queued[0], "queued_bytes": queued[2],
-                           "leased": leased[1], "leased_bytes": leased[3]},
-        })
+        d.update(
+            {
+                "seen": seen,
+                "key_bytes": keys,
+                "used_memory_after": after["used_memory"] - baseline_memory,
+                "used_memory_peak": after["used_memory_peak"] - baseline_memory,
+                "peak_queue": {
+                    "queued": queued[0],
+                    "queued_bytes": queued[2],
+                    "leased": leased[1],
+                    "leased_bytes": leased[3],
+                },
+            }
+        )
         return d
 
 
 def redis_server(logs: Path) -> tuple[Service, int]:
     """A fresh redis-server on 127.0.0.1 (no persistence), and its port."""
     port = free_port()
-    return Service(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                    "--bind", "127.0.0.1"], port, logs / "redis.log"), port
+    return Service(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+        ],
+        port,
+        logs / "redis.log",
+    ), port
 
 
 def round_trips(stats: dict[str, Any], contender: str) -> int:
@@ -166,9 +200,18 @@ def round_trips(stats: dict[str, Any], contender: str) -> int:
     return sum(calls.values()) - inside_multi
 
 
-def run_one(bench: Bench, contender: str, n: int, c: int, repeat: int, logs: Path,
-            timeout: float, per_page: int, settings: list[str] | None = None,
-            redis_stats: bool = False) -> dict[str, Any]:
+def run_one(
+    bench: Bench,
+    contender: str,
+    n: int,
+    c: int,
+    repeat: int,
+    logs: Path,
+    timeout: float,
+    per_page: int,
+    settings: list[str] | None = None,
+    redis_stats: bool = False,
+) -> dict[str, Any]:
     out = bench.runs / f"dist-{n}-{c}-{contender}-{repeat}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -181,17 +224,32 @@ def run_one(bench: Bench, contender: str, n: int, c: int, repeat: int, logs: Pat
         node = out / f"node{i}"
         node.mkdir()
         stores = node if split else out
-        cmd = [sys.executable, "-m", "bench.run_ours", "--url",
-               bench.listing_url(n // procs if split else n, per_page), "--concurrency", str(c),
-               "--out", str(node), "--body-store", str(stores / "bodies"),
-               "--meta-store", str(stores / "meta.jsonl")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.run_ours",
+            "--url",
+            bench.listing_url(n // procs if split else n, per_page),
+            "--concurrency",
+            str(c),
+            "--out",
+            str(node),
+            "--body-store",
+            str(stores / "bodies"),
+            "--meta-store",
+            str(stores / "meta.jsonl"),
+        ]
         if not contender.startswith("in-memory"):
             cmd += ["-s", f"REDIS_URL={url}"]
         for setting in settings or []:
             cmd += ["-s", setting]
         if contender == "scrapy-redis-1":
-            cmd += ["-s", "SCHEDULER=scrapy_redis.scheduler.Scheduler",
-                    "-s", "DUPEFILTER_CLASS=scrapy_redis.dupefilter.RFPDupeFilter"]
+            cmd += [
+                "-s",
+                "SCHEDULER=scrapy_redis.scheduler.Scheduler",
+                "-s",
+                "DUPEFILTER_CLASS=scrapy_redis.dupefilter.RFPDupeFilter",
+            ]
         cmds.append(cmd)
     client = redis.Redis(port=port)
     client.config_resetstat()
@@ -214,27 +272,40 @@ def run_one(bench: Bench, contender: str, n: int, c: int, repeat: int, logs: Pat
         reports.append(json.loads(path.read_text()) if path.exists() else {})
     ok = all(code == 0 for code, *_ in results) and all(reports)
     row: dict[str, Any] = {
-        "contender": contender, "n": n, "c": c, "repeat": repeat, "processes": procs,
+        "contender": contender,
+        "n": n,
+        "c": c,
+        "repeat": repeat,
+        "processes": procs,
         "exit": [code for code, *_ in results],
         "stored": sum(r.get("stored", 0) for r in reports),
         "cpu_seconds": sum(u.ru_utime + u.ru_stime for _, u, _, _ in results),
         "peak_rss_mb": max(peak for *_, peak in results),
         "redis_cpu_seconds": 0.0 if split or contender == "in-memory" else redis_cpu,
-        "round_trips_per_page": 0.0 if split or contender == "in-memory"
+        "round_trips_per_page": 0.0
+        if split or contender == "in-memory"
         else round_trips(commandstats, contender) / n,
-        "redis_commands_per_page": 0.0 if split or contender == "in-memory"
+        "redis_commands_per_page": 0.0
+        if split or contender == "in-memory"
         else sum(v["calls"] for v in commandstats.values()) / n,
         "settings": settings or [],
     }
     if ops is not None:
         row["redis"] = ops
     if ok:
-        row["wall_seconds"] = (max(r["finished_at"] for r in reports)
-                               - min(r["started_at"] for r in reports))
-        row["verified"] = all(
-            bench.verify("ours", "local", n // procs, out / f"node{i}", {"stored": 1}, None, None)
-            for i in range(procs)) if split else bench.verify("ours", "local", n, out,
-                                                               {"stored": n}, None, None)
+        row["wall_seconds"] = max(r["finished_at"] for r in reports) - min(
+            r["started_at"] for r in reports
+        )
+        row["verified"] = (
+            all(
+                bench.verify(
+                    "ours", "local", n // procs, out / f"node{i}", {"stored": 1}, None, None
+                )
+                for i in range(procs)
+            )
+            if split
+            else bench.verify("ours", "local", n, out, {"stored": n}, None, None)
+        )
     row["ok"] = ok and row["stored"] >= n and row.get("verified") is True
     if row["ok"]:
         row["pages_per_second"] = n / row["wall_seconds"]
@@ -248,10 +319,12 @@ def _median(values: list[float]) -> float:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| N | c | contender | processes | pages/s median [min-max] | vs in-memory "
-             "| vs distributed-1 | CPU ms/page | peak RSS MB (per process) | Redis round trips "
-             "/ page | Redis commands / page | Redis CPU ms/page | stored & verified |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| N | c | contender | processes | pages/s median [min-max] | vs in-memory "
+        "| vs distributed-1 | CPU ms/page | peak RSS MB (per process) | Redis round trips "
+        "/ page | Redis commands / page | Redis CPU ms/page | stored & verified |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     points = sorted({(r["n"], r["c"]) for r in rows})
     for n, c in points:
         group = [r for r in rows if (r["n"], r["c"]) == (n, c)]
@@ -266,10 +339,10 @@ def table(rows: list[dict[str, Any]]) -> str:
                 continue
             rates = [r["pages_per_second"] for r in ok] or [float("nan")]
 
-            def ratio(base: str, of: str = contender,
-                      repeats: dict[int, dict[str, float]] = by_repeat) -> float:
-                return _median([v[of] / v[base] for v in repeats.values()
-                                if of in v and base in v])
+            def ratio(
+                base: str, of: str = contender, repeats: dict[int, dict[str, float]] = by_repeat
+            ) -> float:
+                return _median([v[of] / v[base] for v in repeats.values() if of in v and base in v])
 
             def med(key: str, of: list[dict[str, Any]] = ok) -> float:
                 return _median([r[key] for r in of])
@@ -282,20 +355,27 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{med('cpu_ms_per_page'):.2f} | {med('peak_rss_mb'):.0f} | "
                 f"{med('round_trips_per_page'):.3f} | {med('redis_commands_per_page'):.2f} | "
                 f"{1000 * med('redis_cpu_seconds') / n:.3f} | "
-                + (f"FAILED {failed}/{len(runs)}" if failed else
-                   f"{n} in each of {len(runs)} runs, 20 bodies byte-equal") + " |")
+                + (
+                    f"FAILED {failed}/{len(runs)}"
+                    if failed
+                    else f"{n} in each of {len(runs)} runs, 20 bodies byte-equal"
+                )
+                + " |"
+            )
     return "\n".join(lines)
 
 
 def redis_table(rows: list[dict[str, Any]]) -> str:
     """Per page seen, for each distributed run measured with --redis-stats."""
     runs = [r for r in rows if "redis" in r]
-    lines = ["| N | c | nodes | settings | pages/s (noisy) | pages seen | round trips /page "
-             "| commands inside /page | command usec /page (noisy) | Redis CPU ms /page "
-             "(noisy) | net in B/page | net out B/page | memory after B/seen page "
-             "| peak memory B/page | most queued: entries, bytes | most leased: entries, "
-             "bytes | status polls /node/s | ok |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| N | c | nodes | settings | pages/s (noisy) | pages seen | round trips /page "
+        "| commands inside /page | command usec /page (noisy) | Redis CPU ms /page "
+        "(noisy) | net in B/page | net out B/page | memory after B/seen page "
+        "| peak memory B/page | most queued: entries, bytes | most leased: entries, "
+        "bytes | status polls /node/s | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
         d, seen = r["redis"], max(r["redis"]["seen"], 1)
         q = d["peak_queue"]
@@ -309,44 +389,81 @@ def redis_table(rows: list[dict[str, Any]]) -> str:
             f"{q['queued']:,}, {q['queued_bytes']:,} | {q['leased']:,}, {q['leased_bytes']:,} | "
             f"{d['commands'].get('multi', {}).get('calls', 0) / d['seconds'] / r['processes']:.1f}"
             " | "
-            f"{'yes' if r['ok'] else 'FAILED'} |")
-    names = sorted({c for r in runs for c in r["redis"]["commands"]},
-                   key=lambda c: (c not in TOP_LEVEL, c))
-    head = " | ".join(f"{r['processes']} node{'s' if r['processes'] > 1 else ''}, c={r['c']}"
-                      + (f", {' '.join(r['settings'])}" if r["settings"] else "") for r in runs)
-    lines += ["", "Calls per page (usec per call, noisy) of each command; round trips first:",
-              "", f"| command | {head} |", "|---|" + "---|" * len(runs)]
+            f"{'yes' if r['ok'] else 'FAILED'} |"
+        )
+    names = sorted(
+        {c for r in runs for c in r["redis"]["commands"]}, key=lambda c: (c not in TOP_LEVEL, c)
+    )
+    head = " | ".join(
+        f"{r['processes']} node{'s' if r['processes'] > 1 else ''}, c={r['c']}"
+        + (f", {' '.join(r['settings'])}" if r["settings"] else "")
+        for r in runs
+    )
+    lines += [
+        "",
+        "Calls per page (usec per call, noisy) of each command; round trips first:",
+        "",
+        f"| command | {head} |",
+        "|---|" + "---|" * len(runs),
+    ]
     for name in names:
         cells = []
         for r in runs:
             v = r["redis"]["commands"].get(name)
-            cells.append(f"{v['calls'] / r['n']:.4f} ({v['usec'] / v['calls']:.1f})" if v
-                         else "-")
+            cells.append(f"{v['calls'] / r['n']:.4f} ({v['usec'] / v['calls']:.1f})" if v else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     keys = sorted({k for r in runs for k in r["redis"]["key_bytes"]})
-    lines += ["", "Keys left after the crawl (MEMORY USAGE, bytes):", "",
-              f"| key | {head} |", "|---|" + "---|" * len(runs)]
+    lines += [
+        "",
+        "Keys left after the crawl (MEMORY USAGE, bytes):",
+        "",
+        f"| key | {head} |",
+        "|---|" + "---|" * len(runs),
+    ]
     for key in keys:
-        lines.append(f"| {key} | " + " | ".join(
-            f"{r['redis']['key_bytes'].get(key, 0):,}" for r in runs) + " |")
+        lines.append(
+            f"| {key} | "
+            + " | ".join(f"{r['redis']['key_bytes'].get(key, 0):,}" for r in runs)
+            + " |"
+        )
     return "\n".join(lines)
 
 
-def idle_run(nodes: int, seconds: float, logs: Path, settings: list[str],
-             warmup: float = 5) -> dict[str, Any]:
+def idle_run(
+    nodes: int, seconds: float, logs: Path, settings: list[str], warmup: float = 5
+) -> dict[str, Any]:
     """Nodes started with nothing to crawl: what they cost Redis per node and second."""
     server, port = redis_server(logs)
     client = redis.Redis(port=port)
     env = {**os.environ, **CREDENTIALS, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
-    cmd = [sys.executable, "-m", "scrapy", "crawl", "listing", "-s",
-           f"REDIS_URL=redis://127.0.0.1:{port}/0", "-s", "REDIS_WAIT_FOR_START_URLS=True",
-           "-s", "LOG_LEVEL=WARNING", *(x for setting in settings for x in ("-s", setting))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scrapy",
+        "crawl",
+        "listing",
+        "-s",
+        f"REDIS_URL=redis://127.0.0.1:{port}/0",
+        "-s",
+        "REDIS_WAIT_FOR_START_URLS=True",
+        "-s",
+        "LOG_LEVEL=WARNING",
+        *(x for setting in settings for x in ("-s", setting)),
+    ]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with (logs / "idle-nodes.log").open("ab") as log:
-            procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-                     for _ in range(nodes)]
+            procs = [
+                subprocess.Popen(
+                    cmd,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                for _ in range(nodes)
+            ]
         deadline = time.monotonic() + 60
         while client.hlen("listing:nodes") < nodes:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
@@ -359,8 +476,14 @@ def idle_run(nodes: int, seconds: float, logs: Path, settings: list[str],
         after = snapshot(client)
         node_cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs, node_cpu, strict=True)]
         d = deltas(before, after)
-        d.update({"nodes": nodes, "settings": settings, "node_cpu_seconds": node_cpu,
-                  "connected_clients": after["connected_clients"]})
+        d.update(
+            {
+                "nodes": nodes,
+                "settings": settings,
+                "node_cpu_seconds": node_cpu,
+                "connected_clients": after["connected_clients"],
+            }
+        )
         return d
     finally:
         for p in procs:
@@ -377,10 +500,12 @@ def idle_run(nodes: int, seconds: float, logs: Path, settings: list[str],
 
 
 def idle_table(runs: list[dict[str, Any]]) -> str:
-    lines = ["| idle nodes | seconds | round trips /node/s | commands inside /node/s "
-             "| command usec /node/s (noisy) | Redis CPU ms /node/s (noisy) | net in B/node/s "
-             "| net out B/node/s | node CPU ms/s (noisy) | clients connected |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| idle nodes | seconds | round trips /node/s | commands inside /node/s "
+        "| command usec /node/s (noisy) | Redis CPU ms /node/s (noisy) | net in B/node/s "
+        "| net out B/node/s | node CPU ms/s (noisy) | clients connected |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for d in runs:
         per = d["nodes"] * d["seconds"]
         lines.append(
@@ -388,18 +513,25 @@ def idle_table(runs: list[dict[str, Any]]) -> str:
             f"{d['inside'] / per:.1f} | {d['command_usec'] / per:.0f} | "
             f"{1000 * d['cpu_seconds'] / per:.2f} | {d['net_in'] / per:.0f} | "
             f"{d['net_out'] / per:.0f} | "
-            f"{1000 * sum(d['node_cpu_seconds']) / per:.1f} | {d['connected_clients']} |")
-    names = sorted({c for d in runs for c in d["commands"]},
-                   key=lambda c: (c not in TOP_LEVEL, c))
-    lines += ["", "Calls per node per second (usec per call, noisy):", "",
-              "| command | " + " | ".join(f"{d['nodes']} idle nodes" for d in runs) + " |",
-              "|---|" + "---|" * len(runs)]
+            f"{1000 * sum(d['node_cpu_seconds']) / per:.1f} | {d['connected_clients']} |"
+        )
+    names = sorted({c for d in runs for c in d["commands"]}, key=lambda c: (c not in TOP_LEVEL, c))
+    lines += [
+        "",
+        "Calls per node per second (usec per call, noisy):",
+        "",
+        "| command | " + " | ".join(f"{d['nodes']} idle nodes" for d in runs) + " |",
+        "|---|" + "---|" * len(runs),
+    ]
     for name in names:
         cells = []
         for d in runs:
             v = d["commands"].get(name)
-            cells.append(f"{v['calls'] / d['nodes'] / d['seconds']:.2f} "
-                         f"({v['usec'] / v['calls']:.1f})" if v else "-")
+            cells.append(
+                f"{v['calls'] / d['nodes'] / d['seconds']:.2f} ({v['usec'] / v['calls']:.1f})"
+                if v
+                else "-"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -413,17 +545,24 @@ def _sample_entry(i: int) -> tuple[str, int, str]:
     from scraper.spiders.listing import ListingSpider
 
     spider = ListingSpider(url="http://127.0.0.1:40000/list")
-    fingerprint = RequestFingerprinter().fingerprint(
-        Request(f"http://127.0.0.1:40000/page/{i}")).hex()
-    request = Request(f"http://127.0.0.1:40000/page/{i}", callback=spider.parse_child,
-                      errback=spider.child_failed,
-                      cb_kwargs={"listing_url": "http://127.0.0.1:40000/list?n=10000&"
-                                 "per_page=1000&page=1", "fingerprint": fingerprint})
+    fingerprint = (
+        RequestFingerprinter().fingerprint(Request(f"http://127.0.0.1:40000/page/{i}")).hex()
+    )
+    request = Request(
+        f"http://127.0.0.1:40000/page/{i}",
+        callback=spider.parse_child,
+        errback=spider.child_failed,
+        cb_kwargs={
+            "listing_url": "http://127.0.0.1:40000/list?n=10000&per_page=1000&page=1",
+            "fingerprint": fingerprint,
+        },
+    )
     return fingerprint, 0, encode(request, spider)
 
 
-def drive(url: str, pages: int, worker: int, tasks: int = 4, batch: int = 500,
-          prefetch: int = 100) -> None:
+def drive(
+    url: str, pages: int, worker: int, tasks: int = 4, batch: int = 500, prefetch: int = 100
+) -> None:
     """One process of the synthetic load: the node's calls (ENQUEUE of 500, LEASE of 100,
     ACK of 100) on the real scripts, without crawling; ``tasks`` loops share the work."""
     import asyncio
@@ -438,8 +577,12 @@ def drive(url: str, pages: int, worker: int, tasks: int = 4, batch: int = 500,
     async def loop(q: CrawlQueue, node: str, start: int, n: int) -> None:
         for first in range(start, start + n, batch):
             count = min(batch, start + n - first)
-            await q.enqueue([(hashlib.sha1(f"{worker}/{i}".encode()).hexdigest(), 0, payload)
-                             for i in range(first, first + count)])
+            await q.enqueue(
+                [
+                    (hashlib.sha1(f"{worker}/{i}".encode()).hexdigest(), 0, payload)
+                    for i in range(first, first + count)
+                ]
+            )
             while True:
                 leased = await q.lease(node, prefetch, 120_000, 0)
                 if not leased:
@@ -449,8 +592,12 @@ def drive(url: str, pages: int, worker: int, tasks: int = 4, batch: int = 500,
     async def main() -> None:
         clients = [Redis.from_url(url) for _ in range(tasks)]
         share = pages // tasks
-        await asyncio.gather(*(loop(CrawlQueue(c, "listing"), f"w{worker}.{t}", t * share,
-                                    share) for t, c in enumerate(clients)))
+        await asyncio.gather(
+            *(
+                loop(CrawlQueue(c, "listing"), f"w{worker}.{t}", t * share, share)
+                for t, c in enumerate(clients)
+            )
+        )
         for c in clients:
             await c.aclose()
 
@@ -465,15 +612,32 @@ def synthetic_run(pages: int, procs: int, logs: Path) -> dict[str, Any]:
     try:
         before = snapshot(client)
         started = time.monotonic()
-        results = measure([[sys.executable, "-c", "import sys; from bench.distributed import "
-                            f"drive; drive({url!r}, {pages // procs}, int(sys.argv[1]))", str(i)]
-                           for i in range(procs)], logs / "synthetic.log", 600)
+        results = measure(
+            [
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from bench.distributed import "
+                    f"drive; drive({url!r}, {pages // procs}, int(sys.argv[1]))",
+                    str(i),
+                ]
+                for i in range(procs)
+            ],
+            logs / "synthetic.log",
+            600,
+        )
         wall = time.monotonic() - started
         d = deltas(before, snapshot(client))
-        d.update({"pages": pages // procs * procs, "procs": procs, "wall_seconds": wall,
-                  "exit": [code for code, *_ in results],
-                  "driver_cpu_seconds": sum(u.ru_utime + u.ru_stime for _, u, _, _ in results),
-                  "seen": client.scard("listing:dupefilter")})
+        d.update(
+            {
+                "pages": pages // procs * procs,
+                "procs": procs,
+                "wall_seconds": wall,
+                "exit": [code for code, *_ in results],
+                "driver_cpu_seconds": sum(u.ru_utime + u.ru_stime for _, u, _, _ in results),
+                "seen": client.scard("listing:dupefilter"),
+            }
+        )
         return d
     finally:
         client.close()
@@ -487,55 +651,88 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=100)
-    parser.add_argument("--per-page", type=int, default=1000,
-                        help="links per list page: with 100, the chain of list pages (one "
-                        "per ~110 ms) caps any number of processes near 900 pages/s")
+    parser.add_argument(
+        "--per-page",
+        type=int,
+        default=1000,
+        help="links per list page: with 100, the chain of list pages (one "
+        "per ~110 ms) caps any number of processes near 900 pages/s",
+    )
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--rows", type=Path, default=OUT / "distributed-rows.jsonl")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
-    parser.add_argument("--section", default="distributed",
-                        help="the marked block of --results to write the table into")
-    parser.add_argument("--runs-dir", type=Path, default=Path("/dev/shm/scraper-bench-dist")
-                        if Path("/dev/shm").is_dir() else OUT / "dist-runs")
-    parser.add_argument("-s", dest="settings", action="append", default=[],
-                        help="a setting for every crawler process (NAME=VALUE)")
-    parser.add_argument("--redis-stats", action="store_true",
-                        help="record what each distributed run costs Redis per page "
-                        "(commandstats, CPU, network bytes, memory) and write that table")
-    parser.add_argument("--idle-nodes", type=int, nargs="+",
-                        help="instead of crawling: start this many nodes with nothing to "
-                        "crawl and record what they cost Redis per node and second")
+    parser.add_argument(
+        "--section",
+        default="distributed",
+        help="the marked block of --results to write the table into",
+    )
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("/dev/shm/scraper-bench-dist")
+        if Path("/dev/shm").is_dir()
+        else OUT / "dist-runs",
+    )
+    parser.add_argument(
+        "-s",
+        dest="settings",
+        action="append",
+        default=[],
+        help="a setting for every crawler process (NAME=VALUE)",
+    )
+    parser.add_argument(
+        "--redis-stats",
+        action="store_true",
+        help="record what each distributed run costs Redis per page "
+        "(commandstats, CPU, network bytes, memory) and write that table",
+    )
+    parser.add_argument(
+        "--idle-nodes",
+        type=int,
+        nargs="+",
+        help="instead of crawling: start this many nodes with nothing to "
+        "crawl and record what they cost Redis per node and second",
+    )
     parser.add_argument("--idle-seconds", type=float, default=20)
-    parser.add_argument("--synthetic", type=int, metavar="PAGES",
-                        help="instead of crawling: drive Redis with the scripts' calls for "
-                        "PAGES pages (no crawler, no site) to see what Redis alone carries")
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="PAGES",
+        help="instead of crawling: drive Redis with the scripts' calls for "
+        "PAGES pages (no crawler, no site) to see what Redis alone carries",
+    )
     parser.add_argument("--synthetic-procs", type=int, default=2)
     args = parser.parse_args(argv)
 
     logs = OUT / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    command = "python -m bench.distributed " + " ".join(
-        argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.distributed " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.synthetic:
         d = synthetic_run(args.synthetic, args.synthetic_procs, logs)
         with args.rows.open("a") as f:
             f.write(json.dumps({"synthetic": d}) + "\n")
         n = d["pages"]
-        text = (f"{n} pages by {d['procs']} driver processes in {d['wall_seconds']:.1f} s: "
-                f"**{n / d['wall_seconds']:,.0f} pages/s** (noisy), exit codes {d['exit']}, "
-                f"{d['seen']} fingerprints in the set; Redis CPU {d['cpu_seconds']:.2f} s = "
-                f"{100 * d['cpu_seconds'] / d['wall_seconds']:.0f}% of one core, "
-                f"{1000 * d['cpu_seconds'] / n:.3f} ms per page; command time "
-                f"{d['command_usec'] / n:.1f} usec per page; {d['round_trips'] / n:.3f} round "
-                f"trips and {d['inside'] / n:.2f} commands inside per page; net in/out "
-                f"{d['net_in'] / n:.0f}/{d['net_out'] / n:.0f} B per page; the drivers' CPU "
-                f"{1000 * d['driver_cpu_seconds'] / n:.3f} ms per page.")
+        text = (
+            f"{n} pages by {d['procs']} driver processes in {d['wall_seconds']:.1f} s: "
+            f"**{n / d['wall_seconds']:,.0f} pages/s** (noisy), exit codes {d['exit']}, "
+            f"{d['seen']} fingerprints in the set; Redis CPU {d['cpu_seconds']:.2f} s = "
+            f"{100 * d['cpu_seconds'] / d['wall_seconds']:.0f}% of one core, "
+            f"{1000 * d['cpu_seconds'] / n:.3f} ms per page; command time "
+            f"{d['command_usec'] / n:.1f} usec per page; {d['round_trips'] / n:.3f} round "
+            f"trips and {d['inside'] / n:.2f} commands inside per page; net in/out "
+            f"{d['net_in'] / n:.0f}/{d['net_out'] / n:.0f} B per page; the drivers' CPU "
+            f"{1000 * d['driver_cpu_seconds'] / n:.3f} ms per page."
+        )
         print(text, flush=True)
-        write_section(args.results, args.section, f"Measured with:\n\n    {command}\n\n"
-                      "Each driver process: 4 connections, each looping ENQUEUE of 500 "
-                      "entries (a real encoded child request, ~360 B, distinct fingerprints), "
-                      "then LEASE 100 / ACK 100 until the queue is empty: the calls a node "
-                      "makes per page, with no crawling.\n\n" + text)
+        write_section(
+            args.results,
+            args.section,
+            f"Measured with:\n\n    {command}\n\n"
+            "Each driver process: 4 connections, each looping ENQUEUE of 500 "
+            "entries (a real encoded child request, ~360 B, distinct fingerprints), "
+            "then LEASE 100 / ACK 100 until the queue is empty: the calls a node "
+            "makes per page, with no crawling.\n\n" + text,
+        )
         return 0 if d["exit"] == [0] * d["procs"] else 1
     if args.idle_nodes:
         idle = []
@@ -544,52 +741,92 @@ def main(argv: list[str] | None = None) -> int:
             idle.append(d)
             with args.rows.open("a") as f:
                 f.write(json.dumps({"idle": d}) + "\n")
-            print(f"{nodes} idle nodes: {d['round_trips'] / nodes / d['seconds']:.1f} round "
-                  f"trips/node/s, {d['inside'] / nodes / d['seconds']:.1f} commands inside",
-                  flush=True)
-        write_section(args.results, args.section, f"Measured with:\n\n    {command}\n\n"
-                      "Each node: `scrapy crawl listing -s REDIS_URL=... -s "
-                      "REDIS_WAIT_FOR_START_URLS=True`, nothing seeded; deltas over "
-                      f"{args.idle_seconds:.0f} s after every node's first heartbeat + 5 s.\n\n"
-                      + idle_table(idle))
+            print(
+                f"{nodes} idle nodes: {d['round_trips'] / nodes / d['seconds']:.1f} round "
+                f"trips/node/s, {d['inside'] / nodes / d['seconds']:.1f} commands inside",
+                flush=True,
+            )
+        write_section(
+            args.results,
+            args.section,
+            f"Measured with:\n\n    {command}\n\n"
+            "Each node: `scrapy crawl listing -s REDIS_URL=... -s "
+            "REDIS_WAIT_FOR_START_URLS=True`, nothing seeded; deltas over "
+            f"{args.idle_seconds:.0f} s after every node's first heartbeat + 5 s.\n\n"
+            + idle_table(idle),
+        )
         return 0
     port = free_port()
-    site = Service([sys.executable, "-m", "scraper.testsite", "--port", str(port), "--pages",
-                    str(max(args.n)), "--latency-ms", str(args.latency_ms)], port,
-                   logs / "site.log")
+    site = Service(
+        [
+            sys.executable,
+            "-m",
+            "scraper.testsite",
+            "--port",
+            str(port),
+            "--pages",
+            str(max(args.n)),
+            "--latency-ms",
+            str(args.latency_ms),
+        ],
+        port,
+        logs / "site.log",
+    )
     rows = []
     try:
-        bench = Bench(site, f"http://127.0.0.1:{port}", None, logs, args.timeout, [],
-                      args.runs_dir)
+        bench = Bench(site, f"http://127.0.0.1:{port}", None, logs, args.timeout, [], args.runs_dir)
         for n in args.n:
             for c in args.concurrency:
                 for repeat in range(args.repeats):
                     for contender in args.contenders:
-                        row = run_one(bench, contender, n, c, repeat, logs, args.timeout,
-                                      args.per_page, args.settings, args.redis_stats)
+                        row = run_one(
+                            bench,
+                            contender,
+                            n,
+                            c,
+                            repeat,
+                            logs,
+                            args.timeout,
+                            args.per_page,
+                            args.settings,
+                            args.redis_stats,
+                        )
                         rows.append(row)
                         with args.rows.open("a") as f:
                             f.write(json.dumps(row) + "\n")
-                        print(f"n={n:<6} c={c:<5} #{repeat} {contender:15} " + (
-                            f"{row['pages_per_second']:6.0f} pages/s "
-                            f"{row['round_trips_per_page']:.3f} round trips/page"
-                            if row["ok"] else f"FAILED {row}"), flush=True)
+                        print(
+                            f"n={n:<6} c={c:<5} #{repeat} {contender:15} "
+                            + (
+                                f"{row['pages_per_second']:6.0f} pages/s "
+                                f"{row['round_trips_per_page']:.3f} round trips/page"
+                                if row["ok"]
+                                else f"FAILED {row}"
+                            ),
+                            flush=True,
+                        )
                         if "redis" in row:
                             d = row["redis"]
-                            print(f"    redis: {d['inside'] / n:.2f} commands inside/page, "
-                                  f"{1000 * d['cpu_seconds'] / n:.3f} ms CPU/page, "
-                                  f"{d['net_in'] / n:.0f}/{d['net_out'] / n:.0f} B in/out "
-                                  f"per page, {d['used_memory_after'] / max(d['seen'], 1):.0f}"
-                                  " B/seen page after", flush=True)
+                            print(
+                                f"    redis: {d['inside'] / n:.2f} commands inside/page, "
+                                f"{1000 * d['cpu_seconds'] / n:.3f} ms CPU/page, "
+                                f"{d['net_in'] / n:.0f}/{d['net_out'] / n:.0f} B in/out "
+                                f"per page, {d['used_memory_after'] / max(d['seen'], 1):.0f}"
+                                " B/seen page after",
+                                flush=True,
+                            )
                         time.sleep(0.5)
     finally:
         site.stop()
         if args.runs_dir.name == "scraper-bench-dist":
             shutil.rmtree(args.runs_dir, ignore_errors=True)
-    write_section(args.results, args.section, f"Measured with:\n\n    {command}\n\n"
-                  f"Test site latency {args.latency_ms} ms, {args.per_page} links per list "
-                  "page; local stores on tmpfs.\n\n"
-                  + (redis_table(rows) if args.redis_stats else table(rows)))
+    write_section(
+        args.results,
+        args.section,
+        f"Measured with:\n\n    {command}\n\n"
+        f"Test site latency {args.latency_ms} ms, {args.per_page} links per list "
+        "page; local stores on tmpfs.\n\n"
+        + (redis_table(rows) if args.redis_stats else table(rows)),
+    )
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -53,10 +53,13 @@ def measure(links: list[int]) -> dict[str, float]:
     from scraper.spiders.listing import extract_title
 
     child = render_child(7)
-    response = HtmlResponse("http://site.test/page/7", body=child,
-                            headers={"Content-Type": "text/html; charset=utf-8"})
-    for name, fn in (("canonical_url", lambda: canonical_url(response)),
-                     ("extract_title", lambda: extract_title(child, "utf-8"))):
+    response = HtmlResponse(
+        "http://site.test/page/7", body=child, headers={"Content-Type": "text/html; charset=utf-8"}
+    )
+    for name, fn in (
+        ("canonical_url", lambda: canonical_url(response)),
+        ("extract_title", lambda: extract_title(child, "utf-8")),
+    ):
         started = time.process_time()
         for _ in range(20000):
             fn()
@@ -82,17 +85,38 @@ def main() -> None:
         for name, code in runs.items():
             # Each in its own process, from its own checkout: this file may not exist at REV.
             result = subprocess.run(
-                [sys.executable, "-c", "import sys, runpy; sys.argv = sys.argv[1:]; "
-                 "runpy.run_path(sys.argv[0], run_name='__main__')", __file__, "--json",
-                 "--links", *map(str, args.links)],
-                cwd=code, env={"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin"},
-                capture_output=True, text=True, check=True)
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys, runpy; sys.argv = sys.argv[1:]; "
+                    "runpy.run_path(sys.argv[0], run_name='__main__')",
+                    __file__,
+                    "--json",
+                    "--links",
+                    *map(str, args.links),
+                ],
+                cwd=code,
+                env={"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin"},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             for key, value in json.loads(result.stdout).items():
                 print(f"{name:16} {key:36} {value:8.1f}")
     finally:
         if args.baseline:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(OUT / f"baseline-{args.baseline}")], check=False)
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(ROOT),
+                    "worktree",
+                    "remove",
+                    "--force",
+                    str(OUT / f"baseline-{args.baseline}"),
+                ],
+                check=False,
+            )
 
 
 if __name__ == "__main__":

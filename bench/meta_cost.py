@@ -29,23 +29,38 @@ from typing import Any
 def documents(n: int) -> list[dict[str, Any]]:
     """Meta documents as MetaStorePipeline hands them over (PageItem fields, no body)."""
     now = datetime.now(UTC)
-    return [{
-        "fingerprint": f"{i:040x}", "url": f"http://127.0.0.1:8347/page/{i}",
-        "listing_url": "http://127.0.0.1:8347/list?n=10000&per_page=1000&page=1",
-        "fetched_at": now, "final_url": f"http://127.0.0.1:8347/page/{i}", "status": 200,
-        "headers": {"Content-Type": "text/html; charset=utf-8", "Content-Length": "35210",
-                    "Server": "Python/3.11 aiohttp/3.14"},
-        "content_type": "text/html; charset=utf-8", "length": 35210, "sha256": "ab" * 32,
-        "title": f"Child page {i}", "elapsed": 0.1032, "error": None,
-        "canonical_url": None, "duplicate_of": None,
-        "body_key": f"{i:040x}"[:2] + f"/{i:040x}", "body_pending": False,
-    } for i in range(n)]
+    return [
+        {
+            "fingerprint": f"{i:040x}",
+            "url": f"http://127.0.0.1:8347/page/{i}",
+            "listing_url": "http://127.0.0.1:8347/list?n=10000&per_page=1000&page=1",
+            "fetched_at": now,
+            "final_url": f"http://127.0.0.1:8347/page/{i}",
+            "status": 200,
+            "headers": {
+                "Content-Type": "text/html; charset=utf-8",
+                "Content-Length": "35210",
+                "Server": "Python/3.11 aiohttp/3.14",
+            },
+            "content_type": "text/html; charset=utf-8",
+            "length": 35210,
+            "sha256": "ab" * 32,
+            "title": f"Child page {i}",
+            "elapsed": 0.1032,
+            "error": None,
+            "canonical_url": None,
+            "duplicate_of": None,
+            "body_key": f"{i:040x}"[:2] + f"/{i:040x}",
+            "body_pending": False,
+        }
+        for i in range(n)
+    ]
 
 
 def per_doc_us(fn: Any, docs: list[dict[str, Any]], batch: int) -> float:
     started = time.process_time()
     for k in range(0, len(docs), batch):
-        fn(docs[k:k + batch], k)
+        fn(docs[k : k + batch], k)
     return 1e6 * (time.process_time() - started) / len(docs)
 
 
@@ -65,23 +80,30 @@ def main() -> None:
     use_mongomock()
     results = {
         "bson": per_doc_us(lambda batch, _: [bson.encode(d) for d in batch], docs, args.batch),
-        "ops": per_doc_us(lambda batch, _: [
-            ReplaceOne({"_id": d["fingerprint"]}, {**d, "_id": d["fingerprint"]}, upsert=True)
-            for d in batch], docs, args.batch),
+        "ops": per_doc_us(
+            lambda batch, _: [
+                ReplaceOne({"_id": d["fingerprint"]}, {**d, "_id": d["fingerprint"]}, upsert=True)
+                for d in batch
+            ],
+            docs,
+            args.batch,
+        ),
     }
     stores = {}  # one database per batch, opened beforehand: an empty collection each
     for k in range(0, len(docs), args.batch):
         stores[k] = MongoMetaStore(f"mongodb://127.0.0.1:27017/meta_cost_{k}")
         stores[k].open()
     results["mongomock"] = per_doc_us(lambda batch, k: stores[k].write(batch), docs, args.batch)
-    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) \
-            as folder:
+    with tempfile.TemporaryDirectory(
+        dir="/dev/shm" if Path("/dev/shm").is_dir() else None
+    ) as folder:
         jsonl = JsonLinesMetaStore(Path(folder) / "meta.jsonl")
         jsonl.open()
         results["jsonl"] = per_doc_us(lambda batch, _: jsonl.write(batch), docs, args.batch)
         jsonl.close()
-    print(f"{args.docs} meta documents in batches of {args.batch}, CPU per document "
-          "(this process):")
+    print(
+        f"{args.docs} meta documents in batches of {args.batch}, CPU per document (this process):"
+    )
     print("| path | us per document |\n|---|---|")
     for name, value in results.items():
         print(f"| {name} | {value:.1f} |")

@@ -21,8 +21,10 @@ from pathlib import Path
 from bench.run import OUT, Service
 from scraper.testsite import Listing, free_port
 
-PACKAGE = re.compile(r"\((?:.*?/site-packages/|.*?/lib/python3\.\d+/|.*?/work/main/)?"
-                     r"([\w.-]+)")
+PACKAGE = re.compile(
+    r"\((?:.*?/site-packages/|.*?/lib/python3\.\d+/|.*?/work/main/)?"
+    r"([\w.-]+)"
+)
 
 
 def summarize(raw: Path, top: int = 15) -> str:
@@ -42,8 +44,12 @@ def summarize(raw: Path, top: int = 15) -> str:
                 if name not in seen:
                     seen.add(name)
                     ours[name] += n
-    lines = [f"{total} samples holding the GIL.", "", "| leaf frame's package | share |",
-             "|---|---|"]
+    lines = [
+        f"{total} samples holding the GIL.",
+        "",
+        "| leaf frame's package | share |",
+        "|---|---|",
+    ]
     lines += [f"| {p} | {100 * n / total:.1f}% |" for p, n in packages.most_common(top)]
     lines += ["", "| our function (inclusive: with what it calls) | share |", "|---|---|"]
     lines += [f"| `{f}` | {100 * n / total:.1f}% |" for f, n in ours.most_common(top)]
@@ -63,16 +69,45 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     port = free_port()
-    site = Service([sys.executable, "-m", "scraper.testsite", "--port", str(port), "--pages",
-                    str(args.n), "--latency-ms", str(args.latency_ms)], port,
-                   OUT / "profile-site.log")
+    site = Service(
+        [
+            sys.executable,
+            "-m",
+            "scraper.testsite",
+            "--port",
+            str(port),
+            "--pages",
+            str(args.n),
+            "--latency-ms",
+            str(args.latency_ms),
+        ],
+        port,
+        OUT / "profile-site.log",
+    )
     raw = OUT / "profile.txt"  # kept: the raw stacks, for a closer look
     try:
         spy = Path(sys.executable).with_name("py-spy")
-        cmd = [str(spy) if spy.exists() else "py-spy", "record", "--gil", "-r", str(args.rate),
-               "-f", "raw", "-o", str(raw), "--", sys.executable, "-m", "bench.run_ours",
-               "--url", f"http://127.0.0.1:{port}" + Listing(args.n, args.per_page).query(1),
-               "--concurrency", str(args.concurrency), "--out", str(out)]
+        cmd = [
+            str(spy) if spy.exists() else "py-spy",
+            "record",
+            "--gil",
+            "-r",
+            str(args.rate),
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            "--",
+            sys.executable,
+            "-m",
+            "bench.run_ours",
+            "--url",
+            f"http://127.0.0.1:{port}" + Listing(args.n, args.per_page).query(1),
+            "--concurrency",
+            str(args.concurrency),
+            "--out",
+            str(out),
+        ]
         for setting in args.settings:
             cmd += ["-s", setting]
         subprocess.run(cmd, check=True, capture_output=True)

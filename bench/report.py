@@ -44,46 +44,63 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             ok = [r for r in runs if r["ok"]]
             rates = [r["pages_per_second"] for r in ok]
-            lines.append({
-                "profile": profile, "n": n, "c": c, "contender": contender,
-                "runs": len(runs), "failed": len(runs) - len(ok),
-                "pages_per_second": _median(rates),
-                "min": min(rates, default=float("nan")), "max": max(rates, default=float("nan")),
-                "cpu_ms_per_page": _median([r["cpu_ms_per_page"] for r in ok]),
-                "peak_rss_mb": _median([r["peak_rss_mb"] for r in ok]),
-                "site_cpu_ms_per_page": _median([1000 * r["site_cpu_seconds"] / n for r in ok]),
-                "sink_cpu_ms_per_page": _median([1000 * r["sink_cpu_seconds"] / n for r in ok]),
-                "verified": all(r["verified"] is not False for r in runs),
-                "stores": "n/a" if all(r["verified"] is None for r in runs) else "yes",
-                "vs_celery": _median(_ratios(group, contender, "celery-gevent")),
-                "vs_no_storage": _median(_ratios(group, contender, "ours-no-storage")),
-                "vs_ours": _median(_ratios(group, contender, "ours")),
-                "s3_capacity": runs[0].get("s3_capacity_puts_per_second"),
-            })
+            lines.append(
+                {
+                    "profile": profile,
+                    "n": n,
+                    "c": c,
+                    "contender": contender,
+                    "runs": len(runs),
+                    "failed": len(runs) - len(ok),
+                    "pages_per_second": _median(rates),
+                    "min": min(rates, default=float("nan")),
+                    "max": max(rates, default=float("nan")),
+                    "cpu_ms_per_page": _median([r["cpu_ms_per_page"] for r in ok]),
+                    "peak_rss_mb": _median([r["peak_rss_mb"] for r in ok]),
+                    "site_cpu_ms_per_page": _median([1000 * r["site_cpu_seconds"] / n for r in ok]),
+                    "sink_cpu_ms_per_page": _median([1000 * r["sink_cpu_seconds"] / n for r in ok]),
+                    "verified": all(r["verified"] is not False for r in runs),
+                    "stores": "n/a" if all(r["verified"] is None for r in runs) else "yes",
+                    "vs_celery": _median(_ratios(group, contender, "celery-gevent")),
+                    "vs_no_storage": _median(_ratios(group, contender, "ours-no-storage")),
+                    "vs_ours": _median(_ratios(group, contender, "ours")),
+                    "s3_capacity": runs[0].get("s3_capacity_puts_per_second"),
+                }
+            )
     return lines
 
 
 def table(lines: list[dict[str, Any]]) -> str:
-    out = ["| profile | N | c | contender | pages/s median [min-max] | CPU ms/page | peak RSS MB "
-           "| vs celery | vs no-storage | vs ours | stored & verified | site CPU ms/page "
-           "| S3 server CPU ms/page |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| profile | N | c | contender | pages/s median [min-max] | CPU ms/page | peak RSS MB "
+        "| vs celery | vs no-storage | vs ours | stored & verified | site CPU ms/page "
+        "| S3 server CPU ms/page |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for x in lines:
-        verified = ("FAILED " + f"{x['failed']}/{x['runs']}" if x["failed"]
-                    else ("n/a (stores nothing)" if x["stores"] == "n/a"
-                          else f"{x['n']} in each of {x['runs']} runs, 20 bodies byte-equal"))
+        verified = (
+            "FAILED " + f"{x['failed']}/{x['runs']}"
+            if x["failed"]
+            else (
+                "n/a (stores nothing)"
+                if x["stores"] == "n/a"
+                else f"{x['n']} in each of {x['runs']} runs, 20 bodies byte-equal"
+            )
+        )
         out.append(
             f"| {x['profile']} | {x['n']} | {x['c']} | {x['contender']} | "
             f"{x['pages_per_second']:.0f} [{x['min']:.0f}-{x['max']:.0f}] | "
             f"{x['cpu_ms_per_page']:.2f} | {x['peak_rss_mb']:.0f} | {x['vs_celery']:.2f} | "
             f"{x['vs_no_storage']:.2f} | {x['vs_ours']:.2f} | {verified} | "
             f"{x['site_cpu_ms_per_page']:.2f} | "
-            f"{x['sink_cpu_ms_per_page']:.2f} |")
+            f"{x['sink_cpu_ms_per_page']:.2f} |"
+        )
     return "\n".join(out)
 
 
-def across_profiles(rows: list[dict[str, Any]], contender: str = "ours",
-                    base: str = "local") -> list[str]:
+def across_profiles(
+    rows: list[dict[str, Any]], contender: str = "ours", base: str = "local"
+) -> list[str]:
     """Per other profile: ``contender`` there against ``contender`` in ``base``, pages/s and
     CPU per page, one ratio per repeat (the same minutes), then the median."""
     out = []
@@ -91,18 +108,23 @@ def across_profiles(rows: list[dict[str, Any]], contender: str = "ours",
         for n, c in sorted({(r["n"], r["c"]) for r in rows}):
             pairs: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
             for r in rows:
-                if (r["contender"], r["n"], r["c"]) == (contender, n, c) and r["ok"] and \
-                        r["profile"] in (profile, base):
+                if (
+                    (r["contender"], r["n"], r["c"]) == (contender, n, c)
+                    and r["ok"]
+                    and r["profile"] in (profile, base)
+                ):
                     pairs[r["repeat"]][r["profile"]] = r
             both = [p for p in pairs.values() if profile in p and base in p]
             if not both:
                 continue
             speed = [p[profile]["pages_per_second"] / p[base]["pages_per_second"] for p in both]
             cpu = [p[profile]["cpu_ms_per_page"] / p[base]["cpu_ms_per_page"] for p in both]
-            out.append(f"`{contender}` in `{profile}` against `{base}` (N={n}, c={c}), per "
-                       f"repeat: pages/s {', '.join(f'{x:.2f}' for x in speed)} (median "
-                       f"**{_median(speed):.2f}x**); CPU per page "
-                       f"{', '.join(f'{x:.2f}' for x in cpu)} (median **{_median(cpu):.2f}x**).")
+            out.append(
+                f"`{contender}` in `{profile}` against `{base}` (N={n}, c={c}), per "
+                f"repeat: pages/s {', '.join(f'{x:.2f}' for x in speed)} (median "
+                f"**{_median(speed):.2f}x**); CPU per page "
+                f"{', '.join(f'{x:.2f}' for x in cpu)} (median **{_median(cpu):.2f}x**)."
+            )
     return out
 
 
@@ -118,7 +140,8 @@ def plot(lines: list[dict[str, Any]], path: Path) -> None:
         mine = [x for x in lines if x["profile"] == profile]
         points = sorted({(x["n"], x["c"]) for x in mine})
         named = [c for c in ORDER if any(x["contender"] == c for x in mine)] + sorted(
-            {x["contender"] for x in mine} - set(ORDER))
+            {x["contender"] for x in mine} - set(ORDER)
+        )
         width = 0.8 / len(named)
         for k, contender in enumerate(named):
             xs, ys, lo, hi = [], [], [], []
@@ -139,8 +162,9 @@ def plot(lines: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(rows: list[dict[str, Any]], command: str, path: Path,
-                  section: str = "results") -> None:
+def write_results(
+    rows: list[dict[str, Any]], command: str, path: Path, section: str = "results"
+) -> None:
     """Write the tables into ``path`` (between the markers) and the plot beside it."""
     lines = summarize(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,33 +173,41 @@ def write_results(rows: list[dict[str, Any]], command: str, path: Path,
     latency = rows[0].get("latency_ms") if rows else None
     capacity = {x["profile"]: x["s3_capacity"] for x in lines if x["s3_capacity"]}
     sink_cpu = rows[0].get("s3sink_cpu_ms_per_put") if rows else None
-    generated = "\n".join([
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
-        f"({platform.processor() or platform.machine()}, 2 cores), test site latency "
-        f"{latency} ms, {rows[0].get('per_page', 100) if rows else 100} links per list page, "
-        "with:",
-        "",
-        f"    {command}",
-        "",
-        table(lines),
-        "",
-        *[line + "\n" for line in across_profiles(rows)],
-        f"Profile `s3`: bodies to bench/s3sink.py (its own process), meta to a JSON Lines "
-        f"file; the sink alone takes {capacity['s3']:.0f} PUTs/s of 35 KB from obstore (32 "
-        f"in flight) at {sink_cpu:.2f} ms of its CPU per PUT." if "s3" in capacity else "",
-        "",
-        f"Profile `services`: S3 = moto's server (its own process), which alone takes "
-        f"{capacity['services']:.0f} PUTs/s of 50 KB from 32 boto3 threads: these rows "
-        "measure moto's capacity (and mongomock's, inside each contender), not the "
-        "crawlers." if "services" in capacity else "",
-        "",
-        f"Local profile stores in `{rows[0]['runs_dir']}`: "
-        f"{rows[0]['runs_dir_files_per_second']:.0f} files/s of 35 KB alone (one thread); "
-        "the project's own disk: "
-        f"{rows[0]['project_disk_files_per_second']:.0f} files/s." if rows else "",
-        "",
-        f"![pages/s by contender and concurrency]({png.name})",
-    ])
+    generated = "\n".join(
+        [
+            f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
+            f"({platform.processor() or platform.machine()}, 2 cores), test site latency "
+            f"{latency} ms, {rows[0].get('per_page', 100) if rows else 100} links per list page, "
+            "with:",
+            "",
+            f"    {command}",
+            "",
+            table(lines),
+            "",
+            *[line + "\n" for line in across_profiles(rows)],
+            f"Profile `s3`: bodies to bench/s3sink.py (its own process), meta to a JSON Lines "
+            f"file; the sink alone takes {capacity['s3']:.0f} PUTs/s of 35 KB from obstore (32 "
+            f"in flight) at {sink_cpu:.2f} ms of its CPU per PUT."
+            if "s3" in capacity
+            else "",
+            "",
+            f"Profile `services`: S3 = moto's server (its own process), which alone takes "
+            f"{capacity['services']:.0f} PUTs/s of 50 KB from 32 boto3 threads: these rows "
+            "measure moto's capacity (and mongomock's, inside each contender), not the "
+            "crawlers."
+            if "services" in capacity
+            else "",
+            "",
+            f"Local profile stores in `{rows[0]['runs_dir']}`: "
+            f"{rows[0]['runs_dir_files_per_second']:.0f} files/s of 35 KB alone (one thread); "
+            "the project's own disk: "
+            f"{rows[0]['project_disk_files_per_second']:.0f} files/s."
+            if rows
+            else "",
+            "",
+            f"![pages/s by contender and concurrency]({png.name})",
+        ]
+    )
     write_section(path, section, generated)
 
 

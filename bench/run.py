@@ -54,8 +54,11 @@ OUT = ROOT / "bench" / "out"
 CONTENDERS = ("ours", "ours-no-storage", "celery-gevent", "bare", "ours-impolite")
 #: ours-<name>: ours with these settings. Not in the default run; --variant adds more.
 VARIANTS = {"impolite": ["ROBOTSTXT_OBEY=False", "RETRY_AFTER_ENABLED=False"]}
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -109,9 +112,13 @@ class Service:
 def s3(endpoint: str) -> Any:
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 @dataclass
@@ -159,21 +166,53 @@ class Bench:
             cmd += [x for setting in variant for x in ("-s", setting)]
             if bucket:
                 prefix = "ours/"
-                cmd += ["--body-store", f"s3://{bucket}/{prefix}",
-                        "-s", f"AWS_ENDPOINT_URL={endpoint}"]
+                cmd += [
+                    "--body-store",
+                    f"s3://{bucket}/{prefix}",
+                    "-s",
+                    f"AWS_ENDPOINT_URL={endpoint}",
+                ]
             if bucket and profile == "services":
-                cmd += ["--meta-store", f"{mongo.rstrip('/')}/bench_{uuid.uuid4().hex[:8]}"] \
-                    if mongo else ["--meta-store", "mongodb://127.0.0.1:27017/bench", "--mongomock"]
+                cmd += (
+                    ["--meta-store", f"{mongo.rstrip('/')}/bench_{uuid.uuid4().hex[:8]}"]
+                    if mongo
+                    else ["--meta-store", "mongodb://127.0.0.1:27017/bench", "--mongomock"]
+                )
             for setting in self.extra_settings:
                 cmd += ["-s", setting]
         elif contender == "celery-gevent":
             port = free_port()
-            redis = Service(["redis-server", "--port", str(port), "--save", "", "--appendonly",
-                             "no", "--bind", "127.0.0.1"], port, self.logs / "redis.log")
+            redis = Service(
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--bind",
+                    "127.0.0.1",
+                ],
+                port,
+                self.logs / "redis.log",
+            )
             extra.append(redis)
-            cmd += ["bench.celery_gevent", "--url", url, "--n", str(n), "--concurrency", str(c),
-                    "--profile", profile, "--out", str(out),
-                    "--redis-url", f"redis://127.0.0.1:{port}/0"]
+            cmd += [
+                "bench.celery_gevent",
+                "--url",
+                url,
+                "--n",
+                str(n),
+                "--concurrency",
+                str(c),
+                "--profile",
+                profile,
+                "--out",
+                str(out),
+                "--redis-url",
+                f"redis://127.0.0.1:{port}/0",
+            ]
             if bucket:
                 prefix = "celery/"
                 cmd += ["--s3-endpoint", endpoint, "--bucket", bucket]
@@ -187,24 +226,33 @@ class Bench:
         site_cpu, sink_cpu = self.site.cpu(), server.cpu() if server else 0.0
         try:
             status, usage, process_wall, peak_rss = measure(
-                [cmd], out / "output.log", self.timeout, cwd=code or ROOT)[0]
+                [cmd], out / "output.log", self.timeout, cwd=code or ROOT
+            )[0]
         finally:
             for service in extra:
                 service.stop()
-        report = json.loads((out / "report.json").read_text()) if status == 0 and (
-            out / "report.json").exists() else {}
+        report = (
+            json.loads((out / "report.json").read_text())
+            if status == 0 and (out / "report.json").exists()
+            else {}
+        )
         row: dict[str, Any] = {
-            "profile": profile, "n": n, "c": c, "contender": contender, "repeat": repeat,
-            "exit": status, "stored": report.get("stored", 0),
-            "wall_seconds": report.get("wall_seconds"), "process_wall_seconds": process_wall,
+            "profile": profile,
+            "n": n,
+            "c": c,
+            "contender": contender,
+            "repeat": repeat,
+            "exit": status,
+            "stored": report.get("stored", 0),
+            "wall_seconds": report.get("wall_seconds"),
+            "process_wall_seconds": process_wall,
             "cpu_seconds": usage.ru_utime + usage.ru_stime,
             "peak_rss_mb": peak_rss,
             "site_cpu_seconds": self.site.cpu() - site_cpu,
             "sink_cpu_seconds": (server.cpu() - sink_cpu) if server else 0.0,
             "errors": report.get("errors"),
         }
-        row["verified"] = self.verify(contender, profile, n, out, report, bucket, prefix,
-                                      endpoint)
+        row["verified"] = self.verify(contender, profile, n, out, report, bucket, prefix, endpoint)
         row["ok"] = status == 0 and row["stored"] >= n and row["verified"] is not False
         if row["ok"]:
             row["pages_per_second"] = n / row["wall_seconds"]
@@ -215,8 +263,17 @@ class Bench:
             shutil.rmtree(out, ignore_errors=True)  # keep failed runs' files to look at
         return row
 
-    def verify(self, contender: str, profile: str, n: int, out: Path, report: dict[str, Any],
-               bucket: str | None, prefix: str | None, endpoint: str) -> bool | None:
+    def verify(
+        self,
+        contender: str,
+        profile: str,
+        n: int,
+        out: Path,
+        report: dict[str, Any],
+        bucket: str | None,
+        prefix: str | None,
+        endpoint: str,
+    ) -> bool | None:
         """Do the stores hold N pages, 20 sampled bodies byte-equal? None: nothing stored."""
         if contender in ("ours-no-storage", "bare") or not report:
             return None
@@ -239,39 +296,56 @@ class Bench:
                 return False
         if profile == "local":
             root = out / "bodies"
-            paths = {i: root / (f"{key(i)[:2]}/{key(i)}" if ours else key(i))
-                     for i in sample}
+            paths = {i: root / (f"{key(i)[:2]}/{key(i)}" if ours else key(i)) for i in sample}
             return all(p.read_bytes() == render_child(i) for i, p in paths.items())
         client = s3(endpoint)
-        count = sum(page.get("KeyCount", 0) for page in client.get_paginator(
-            "list_objects_v2").paginate(Bucket=bucket, Prefix=prefix))
+        count = sum(
+            page.get("KeyCount", 0)
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix
+            )
+        )
         return count == n and all(
             client.get_object(Bucket=bucket, Key=f"{prefix}{key(i)}")["Body"].read()
-            == render_child(i) for i in sample)
+            == render_child(i)
+            for i in sample
+        )
 
     def _drop_bucket(self, endpoint: str, bucket: str) -> None:
         client = s3(endpoint)
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             for i in range(0, len(keys), 1000):
-                client.delete_objects(Bucket=bucket, Delete={"Objects": keys[i:i + 1000]})
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys[i : i + 1000]})
         client.delete_bucket(Bucket=bucket)
 
 
-def measure(cmds: list[list[str]], log: Path, timeout: float, cwd: Path = ROOT,
-            ) -> list[tuple[int, Any, float, float]]:
+def measure(
+    cmds: list[list[str]],
+    log: Path,
+    timeout: float,
+    cwd: Path = ROOT,
+) -> list[tuple[int, Any, float, float]]:
     """Run ``cmds`` at once; for each: exit code, os.wait4 rusage, wall seconds, peak RSS MB.
 
     Peak RSS is sampled from /proc over each process tree: wait4's ru_maxrss would report
     this harness's own size, which a child inherits at fork time. ``cwd``: the code to run
     (an earlier commit's checkout runs that commit's ``scraper`` and ``bench``).
     """
-    env = {**os.environ, **CREDENTIALS, "SCRAPY_SETTINGS_MODULE": "scraper.settings",
-           "PYTHONPATH": str(cwd)}
+    env = {
+        **os.environ,
+        **CREDENTIALS,
+        "SCRAPY_SETTINGS_MODULE": "scraper.settings",
+        "PYTHONPATH": str(cwd),
+    }
     started = time.monotonic()
     with log.open("ab") as f:
-        procs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                  start_new_session=True) for cmd in cmds]
+        procs = [
+            subprocess.Popen(
+                cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            for cmd in cmds
+        ]
     timers = [threading.Timer(timeout, os.killpg, (p.pid, signal.SIGKILL)) for p in procs]
     peaks = [0.0] * len(procs)
     done = threading.Event()
@@ -306,9 +380,14 @@ def s3_capacity(endpoint: str, seconds: float = 8, threads: int = 32, size: int 
     import boto3
     from botocore.config import Config
 
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          config=Config(max_pool_connections=threads),
-                          aws_access_key_id="bench", aws_secret_access_key="bench-secret")
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        config=Config(max_pool_connections=threads),
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench-secret",
+    )
     bucket = f"capacity-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
     body = os.urandom(size)
@@ -379,10 +458,16 @@ def fs_capacity(folder: Path, seconds: float = 5, size: int = 35_000) -> float:
 
 def checkout(rev: str, folder: Path) -> Path:
     """A detached git worktree of ``rev`` in ``folder`` (made anew)."""
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)],
-                   check=False, capture_output=True)
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)],
+        check=False,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev],
+        check=True,
+        capture_output=True,
+    )
     return folder
 
 
@@ -390,36 +475,72 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[2000, 10000])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--profiles", nargs="+", default=["local", "s3", "services"],
-                        choices=["local", "s3", "services"])
-    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS[:4]),
-                        help=f"of {', '.join(CONTENDERS)}, and ours-<name> of each --variant")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME:SETTING=VALUE",
-                        help="contender ours-NAME: ours with these settings (repeat the "
-                        "option for more settings; NAME:SETTING=VALUE each)")
+    parser.add_argument(
+        "--profiles",
+        nargs="+",
+        default=["local", "s3", "services"],
+        choices=["local", "s3", "services"],
+    )
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        default=list(CONTENDERS[:4]),
+        help=f"of {', '.join(CONTENDERS)}, and ours-<name> of each --variant",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:SETTING=VALUE",
+        help="contender ours-NAME: ours with these settings (repeat the "
+        "option for more settings; NAME:SETTING=VALUE each)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=100)
     parser.add_argument("--timeout", type=float, default=900, help="per run, seconds")
-    parser.add_argument("--rows", type=Path, default=OUT / "rows.jsonl",
-                        help="rows are appended here")
+    parser.add_argument(
+        "--rows", type=Path, default=OUT / "rows.jsonl", help="rows are appended here"
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
-    parser.add_argument("-s", dest="settings", action="append", default=[],
-                        help="extra setting for ours (NAME=VALUE)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("/dev/shm/scraper-bench")
-                        if Path("/dev/shm").is_dir() else OUT / "runs",
-                        help="where each run's stores go (default: tmpfs, so that the local "
-                        "profile measures the crawler, not this machine's disk)")
-    parser.add_argument("--per-page", type=int, default=100,
-                        help="child links per list page (the list pages form a chain, one "
-                        "per latency: 100 links per 100 ms caps every contender near "
-                        "1,000 pages/s)")
-    parser.add_argument("--section", default="results",
-                        help="the marked section of RESULTS.md (and the PNG's name) to write")
-    parser.add_argument("--sink-seconds", type=float, default=8,
-                        help="how long each sink's capacity is measured alone")
-    parser.add_argument("--baseline", metavar="REV",
-                        help="also run ours as it was at this git revision (contender "
-                        "ours@REV, after ours in each repeat): a change measured side by side")
+    parser.add_argument(
+        "-s",
+        dest="settings",
+        action="append",
+        default=[],
+        help="extra setting for ours (NAME=VALUE)",
+    )
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("/dev/shm/scraper-bench") if Path("/dev/shm").is_dir() else OUT / "runs",
+        help="where each run's stores go (default: tmpfs, so that the local "
+        "profile measures the crawler, not this machine's disk)",
+    )
+    parser.add_argument(
+        "--per-page",
+        type=int,
+        default=100,
+        help="child links per list page (the list pages form a chain, one "
+        "per latency: 100 links per 100 ms caps every contender near "
+        "1,000 pages/s)",
+    )
+    parser.add_argument(
+        "--section",
+        default="results",
+        help="the marked section of RESULTS.md (and the PNG's name) to write",
+    )
+    parser.add_argument(
+        "--sink-seconds",
+        type=float,
+        default=8,
+        help="how long each sink's capacity is measured alone",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run ours as it was at this git revision (contender "
+        "ours@REV, after ours in each repeat): a change measured side by side",
+    )
     args = parser.parse_args(argv)
 
     from bench.report import write_results
@@ -428,37 +549,68 @@ def main(argv: list[str] | None = None) -> int:
     logs = OUT / "logs"
     logs.mkdir(exist_ok=True)
     port = free_port()
-    site = Service([sys.executable, "-m", "scraper.testsite", "--port", str(port), "--pages",
-                    str(max(args.n)), "--latency-ms", str(args.latency_ms)], port,
-                   logs / "site.log")
+    site = Service(
+        [
+            sys.executable,
+            "-m",
+            "scraper.testsite",
+            "--port",
+            str(port),
+            "--pages",
+            str(max(args.n)),
+            "--latency-ms",
+            str(args.latency_ms),
+        ],
+        port,
+        logs / "site.log",
+    )
     s3_servers: dict[str, Service] = {}
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         capacity: dict[str, float] = {}
-        sinks = {"runs_dir": str(args.runs_dir),
-                 "runs_dir_files_per_second": fs_capacity(args.runs_dir, args.sink_seconds),
-                 "project_disk_files_per_second": fs_capacity(OUT, args.sink_seconds)}
+        sinks = {
+            "runs_dir": str(args.runs_dir),
+            "runs_dir_files_per_second": fs_capacity(args.runs_dir, args.sink_seconds),
+            "project_disk_files_per_second": fs_capacity(OUT, args.sink_seconds),
+        }
         print(f"sinks alone: {sinks}", flush=True)
         if "s3" in args.profiles:
             sink_port = free_port()
-            s3_servers["s3"] = Service([sys.executable, "-m", "bench.s3sink", "--port",
-                                        str(sink_port)], sink_port, logs / "s3sink.log")
+            s3_servers["s3"] = Service(
+                [sys.executable, "-m", "bench.s3sink", "--port", str(sink_port)],
+                sink_port,
+                logs / "s3sink.log",
+            )
             capacity["s3"], sinks["s3sink_cpu_ms_per_put"] = sink_capacity(
-                s3_servers["s3"], args.sink_seconds)
-            print(f"s3sink alone: {capacity['s3']:.0f} PUTs/s of 35 KB from obstore, "
-                  f"{sinks['s3sink_cpu_ms_per_put']:.2f} ms of its CPU per PUT", flush=True)
+                s3_servers["s3"], args.sink_seconds
+            )
+            print(
+                f"s3sink alone: {capacity['s3']:.0f} PUTs/s of 35 KB from obstore, "
+                f"{sinks['s3sink_cpu_ms_per_put']:.2f} ms of its CPU per PUT",
+                flush=True,
+            )
         if "services" in args.profiles:
             moto_port = free_port()
-            s3_servers["services"] = Service([sys.executable, "-m", "moto.server", "-H",
-                                              "127.0.0.1", "-p", str(moto_port)], moto_port,
-                                             logs / "moto.log")
-            capacity["services"] = s3_capacity(f"http://127.0.0.1:{moto_port}",
-                                               args.sink_seconds)
-            print(f"moto alone: {capacity['services']:.0f} PUTs/s of 50 KB from 32 threads",
-                  flush=True)
-        bench = Bench(site, f"http://127.0.0.1:{port}", s3_servers, logs, args.timeout,
-                      args.settings,
-                      args.runs_dir, args.per_page)
+            s3_servers["services"] = Service(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+                moto_port,
+                logs / "moto.log",
+            )
+            capacity["services"] = s3_capacity(f"http://127.0.0.1:{moto_port}", args.sink_seconds)
+            print(
+                f"moto alone: {capacity['services']:.0f} PUTs/s of 50 KB from 32 threads",
+                flush=True,
+            )
+        bench = Bench(
+            site,
+            f"http://127.0.0.1:{port}",
+            s3_servers,
+            logs,
+            args.timeout,
+            args.settings,
+            args.runs_dir,
+            args.per_page,
+        )
         for spec in args.variant:
             name, _, setting = spec.partition(":")
             bench.variants.setdefault(name, []).append(setting)
@@ -468,8 +620,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             name = f"ours@{args.baseline}"
             bench.baselines[name] = checkout(args.baseline, OUT / f"baseline-{args.baseline}")
-            args.contenders.insert(args.contenders.index("ours") + 1
-                                   if "ours" in args.contenders else 0, name)
+            args.contenders.insert(
+                args.contenders.index("ours") + 1 if "ours" in args.contenders else 0, name
+            )
         rows = []
         # Each repeat runs every contender in every profile before the next repeat, each
         # contender's profiles back to back, in the opposite order every other repeat: the
@@ -480,9 +633,11 @@ def main(argv: list[str] | None = None) -> int:
             for c in args.concurrency:
                 for repeat in range(args.repeats):
                     profiles = args.profiles if repeat % 2 == 0 else args.profiles[::-1]
-                    for contender, profile in ((contender, profile)
-                                               for contender in args.contenders
-                                               for profile in profiles):
+                    for contender, profile in (
+                        (contender, profile)
+                        for contender in args.contenders
+                        for profile in profiles
+                    ):
                         row = bench.run(contender, profile, n, c, repeat)
                         row["latency_ms"] = args.latency_ms
                         row["per_page"] = args.per_page
@@ -491,13 +646,18 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(row)
                         with args.rows.open("a") as f:
                             f.write(json.dumps(row) + "\n")
-                        print(f"{profile:8} n={n:<6} c={c:<5} #{repeat} {contender:16} "
-                              + (f"{row['pages_per_second']:7.0f} pages/s "
-                                 f"{row['cpu_ms_per_page']:5.2f} ms CPU/page "
-                                 f"{row['peak_rss_mb']:5.0f} MB"
-                                 if row["ok"] else f"FAILED ({row['stored']}/{n} stored, "
-                                 f"exit {row['exit']}, verified {row['verified']})"),
-                              flush=True)
+                        print(
+                            f"{profile:8} n={n:<6} c={c:<5} #{repeat} {contender:16} "
+                            + (
+                                f"{row['pages_per_second']:7.0f} pages/s "
+                                f"{row['cpu_ms_per_page']:5.2f} ms CPU/page "
+                                f"{row['peak_rss_mb']:5.0f} MB"
+                                if row["ok"]
+                                else f"FAILED ({row['stored']}/{n} stored, "
+                                f"exit {row['exit']}, verified {row['verified']})"
+                            ),
+                            flush=True,
+                        )
         write_results(rows, command, args.results, args.section)
         return 0 if all(r["ok"] for r in rows) else 1
     finally:
@@ -505,8 +665,18 @@ def main(argv: list[str] | None = None) -> int:
         for server in s3_servers.values():
             server.stop()
         if args.baseline:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(OUT / f"baseline-{args.baseline}")], check=False)
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(ROOT),
+                    "worktree",
+                    "remove",
+                    "--force",
+                    str(OUT / f"baseline-{args.baseline}"),
+                ],
+                check=False,
+            )
         if args.runs_dir.name == "scraper-bench":  # the default tmpfs folder: ours to remove
             shutil.rmtree(args.runs_dir, ignore_errors=True)
 

@@ -81,22 +81,27 @@ def main() -> None:
     process.start()
 
     stats = crawler.stats.get_stats()
-    stored = stats.get("item_scraped_count", 0) if args.no_storage else stats.get(
-        "meta_store/written", 0)
+    stored = (
+        stats.get("item_scraped_count", 0)
+        if args.no_storage
+        else stats.get("meta_store/written", 0)
+    )
     report = {
         "stored": stored,
         "started_at": stats["start_time"].timestamp(),
         "finished_at": stats["finish_time"].timestamp(),
         "redis": {k: v for k, v in stats.items() if k.startswith("distributed/")},
         "gc": {k: v for k, v in stats.items() if k.startswith("gc/")},
-        "wall_seconds": stats.get("progress/elapsed_seconds")
-        or stats["elapsed_time_seconds"],
+        "wall_seconds": stats.get("progress/elapsed_seconds") or stats["elapsed_time_seconds"],
         "errors": stats.get("listing/child_failed", 0) + stats.get("body_store/failed", 0),
         "finish_reason": stats.get("finish_reason"),
     }
     if client is not None:
-        report["meta_docs"] = client(settings["META_STORE"]).get_default_database()[
-            settings["META_STORE_COLLECTION"]].count_documents({})
+        report["meta_docs"] = (
+            client(settings["META_STORE"])
+            .get_default_database()[settings["META_STORE_COLLECTION"]]
+            .count_documents({})
+        )
     (args.out / "report.json").write_text(json.dumps(report))
 
 

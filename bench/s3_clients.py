@@ -37,31 +37,53 @@ def boto3_client(endpoint: str, concurrency: int, lean: bool) -> Any:
     if lean:
         extra = {"request_checksum_calculation": "when_required", "parameter_validation": False}
     return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1", **CREDENTIALS,
-        config=Config(max_pool_connections=concurrency, **extra))
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        **CREDENTIALS,
+        config=Config(max_pool_connections=concurrency, **extra),
+    )
 
 
-def run_boto3(endpoint: str, bucket: str, body: bytes, puts: int, concurrency: int,
-              lean: bool) -> None:
+def run_boto3(
+    endpoint: str, bucket: str, body: bytes, puts: int, concurrency: int, lean: bool
+) -> None:
     client = boto3_client(endpoint, concurrency, lean)
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(lambda i: client.put_object(Bucket=bucket, Key=f"b/{i:040x}", Body=body,
-                                                  ContentType="text/html"), range(puts)))
+        list(
+            pool.map(
+                lambda i: client.put_object(
+                    Bucket=bucket, Key=f"b/{i:040x}", Body=body, ContentType="text/html"
+                ),
+                range(puts),
+            )
+        )
     client.close()
 
 
 def obstore_store(endpoint: str, bucket: str, unsigned_payload: bool = False) -> Any:
     from obstore.store import S3Store
 
-    return S3Store(bucket, endpoint=endpoint, region="us-east-1",
-                   unsigned_payload=unsigned_payload,
-                   access_key_id=CREDENTIALS["aws_access_key_id"],
-                   secret_access_key=CREDENTIALS["aws_secret_access_key"],
-                   virtual_hosted_style_request=False, client_options={"allow_http": True})
+    return S3Store(
+        bucket,
+        endpoint=endpoint,
+        region="us-east-1",
+        unsigned_payload=unsigned_payload,
+        access_key_id=CREDENTIALS["aws_access_key_id"],
+        secret_access_key=CREDENTIALS["aws_secret_access_key"],
+        virtual_hosted_style_request=False,
+        client_options={"allow_http": True},
+    )
 
 
-def run_obstore(endpoint: str, bucket: str, body: bytes, puts: int, concurrency: int,
-                unsigned_payload: bool = False) -> None:
+def run_obstore(
+    endpoint: str,
+    bucket: str,
+    body: bytes,
+    puts: int,
+    concurrency: int,
+    unsigned_payload: bool = False,
+) -> None:
     import obstore
 
     store = obstore_store(endpoint, bucket, unsigned_payload)
@@ -71,8 +93,9 @@ def run_obstore(endpoint: str, bucket: str, body: bytes, puts: int, concurrency:
 
         async def put(i: int) -> None:
             async with gate:
-                await obstore.put_async(store, f"o/{i:040x}", body,
-                                        attributes={"Content-Type": "text/html"})
+                await obstore.put_async(
+                    store, f"o/{i:040x}", body, attributes={"Content-Type": "text/html"}
+                )
 
         await asyncio.gather(*(put(i) for i in range(puts)))
 
@@ -95,8 +118,9 @@ def main() -> int:
 
     OUT.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    sink = Service([sys.executable, "-m", "bench.s3sink", "--port", str(port)], port,
-                   OUT / "s3sink.log")
+    sink = Service(
+        [sys.executable, "-m", "bench.s3sink", "--port", str(port)], port, OUT / "s3sink.log"
+    )
     endpoint = f"http://127.0.0.1:{port}"
     body = os.urandom(args.size)
     rows: dict[str, list[tuple[float, float, float]]] = {c: [] for c in args.clients}
@@ -105,23 +129,39 @@ def main() -> int:
             for client in args.clients:
                 bucket = f"b-{uuid.uuid4().hex[:10]}"
                 boto3_client(endpoint, 1, True).create_bucket(Bucket=bucket)
-                cpu, sink_cpu, wall = time.process_time(), cpu_seconds(sink.proc.pid), \
-                    time.monotonic()
+                cpu, sink_cpu, wall = (
+                    time.process_time(),
+                    cpu_seconds(sink.proc.pid),
+                    time.monotonic(),
+                )
                 if client.startswith("obstore"):
-                    run_obstore(endpoint, bucket, body, args.puts, args.concurrency,
-                                unsigned_payload=client == "obstore-unsigned")
+                    run_obstore(
+                        endpoint,
+                        bucket,
+                        body,
+                        args.puts,
+                        args.concurrency,
+                        unsigned_payload=client == "obstore-unsigned",
+                    )
                 else:
-                    run_boto3(endpoint, bucket, body, args.puts, args.concurrency,
-                              client == "boto3-lean")
+                    run_boto3(
+                        endpoint, bucket, body, args.puts, args.concurrency, client == "boto3-lean"
+                    )
                 wall = time.monotonic() - wall
-                rows[client].append((1000 * (time.process_time() - cpu) / args.puts,
-                                     1000 * (cpu_seconds(sink.proc.pid) - sink_cpu) / args.puts,
-                                     args.puts / wall))
+                rows[client].append(
+                    (
+                        1000 * (time.process_time() - cpu) / args.puts,
+                        1000 * (cpu_seconds(sink.proc.pid) - sink_cpu) / args.puts,
+                        args.puts / wall,
+                    )
+                )
                 boto3_client(endpoint, 1, True).delete_bucket(Bucket=bucket)
     finally:
         sink.stop()
-    print(f"{args.puts} PUTs of {args.size} bytes from {args.concurrency} concurrent callers, "
-          f"medians of {args.repeats}")
+    print(
+        f"{args.puts} PUTs of {args.size} bytes from {args.concurrency} concurrent callers, "
+        f"medians of {args.repeats}"
+    )
     print("| client | client CPU ms/PUT | sink CPU ms/PUT | PUTs/s |\n|---|---|---|---|")
     for client, values in rows.items():
         med = [statistics.median(v[k] for v in values) for k in range(3)]

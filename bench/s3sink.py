@@ -34,7 +34,7 @@ def decode_aws_chunked(data: bytes) -> bytes:
         size = int(data[pos:end].split(b";", 1)[0], 16)
         if size == 0:
             return bytes(out)
-        out += data[end + 2:end + 2 + size]
+        out += data[end + 2 : end + 2 + size]
         pos = end + 2 + size + 2
 
 
@@ -70,9 +70,15 @@ class Sink:
         return await self.object(request, bucket, key)
 
     async def stats(self, request: web.BaseRequest) -> web.Response:
-        return web.json_response({"puts": self.puts, "bytes": self.bytes,
-                                  "objects": sum(len(b) for b in self.buckets.values()),
-                                  "signed_by": self.signed_by, "tokens": self.tokens})
+        return web.json_response(
+            {
+                "puts": self.puts,
+                "bytes": self.bytes,
+                "objects": sum(len(b) for b in self.buckets.values()),
+                "signed_by": self.signed_by,
+                "tokens": self.tokens,
+            }
+        )
 
     async def bucket(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
         objects = self.buckets.get(name)
@@ -92,16 +98,20 @@ class Sink:
             return _xml("<DeleteResult></DeleteResult>")
         prefix = request.query.get("prefix", "")
         keys = sorted(k for k in objects if k.startswith(prefix))
-        contents = "".join(f"<Contents><Key>{html.escape(k)}</Key><Size>{len(objects[k][0])}"
-                           f"</Size><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
-                           f"<ETag>&quot;{objects[k][3]}&quot;</ETag>"
-                           f"</Contents>" for k in keys)
-        return _xml(f"<ListBucketResult><Name>{name}</Name><Prefix>{html.escape(prefix)}"
-                    f"</Prefix><KeyCount>{len(keys)}</KeyCount><MaxKeys>{len(keys)}</MaxKeys>"
-                    f"<IsTruncated>false</IsTruncated>{contents}</ListBucketResult>")
+        contents = "".join(
+            f"<Contents><Key>{html.escape(k)}</Key><Size>{len(objects[k][0])}"
+            f"</Size><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+            f"<ETag>&quot;{objects[k][3]}&quot;</ETag>"
+            f"</Contents>"
+            for k in keys
+        )
+        return _xml(
+            f"<ListBucketResult><Name>{name}</Name><Prefix>{html.escape(prefix)}"
+            f"</Prefix><KeyCount>{len(keys)}</KeyCount><MaxKeys>{len(keys)}</MaxKeys>"
+            f"<IsTruncated>false</IsTruncated>{contents}</ListBucketResult>"
+        )
 
-    async def object(self, request: web.BaseRequest, bucket: str,
-                     key: str) -> web.StreamResponse:
+    async def object(self, request: web.BaseRequest, bucket: str, key: str) -> web.StreamResponse:
         objects = self.buckets.get(bucket)
         if objects is None:
             return _error(404, "NoSuchBucket")
@@ -109,17 +119,24 @@ class Sink:
             data = await request.content.read()  # no size limit: a crawl's body is any size
             encoding = request.headers.get("Content-Encoding")
             if (encoding and "aws-chunked" in encoding) or request.headers.get(
-                    "x-amz-content-sha256", "").startswith("STREAMING-"):
+                "x-amz-content-sha256", ""
+            ).startswith("STREAMING-"):
                 data = decode_aws_chunked(data)
-                encoding = ",".join(e for e in (encoding or "").split(",")
-                                    if e.strip() != "aws-chunked") or None
+                encoding = (
+                    ",".join(e for e in (encoding or "").split(",") if e.strip() != "aws-chunked")
+                    or None
+                )
             # A unique ETag per PUT, not S3's MD5 of the bytes: hashing 35 KB was a quarter
             # of this server's CPU per PUT, and no client of the bench checks it.
             self.puts += 1
             self.bytes += len(data)
             etag = f"{self.puts:032x}"
-            objects[key] = (data, request.headers.get("Content-Type",
-                                                      "application/octet-stream"), encoding, etag)
+            objects[key] = (
+                data,
+                request.headers.get("Content-Type", "application/octet-stream"),
+                encoding,
+                etag,
+            )
             return web.Response(headers={"ETag": f'"{etag}"'})
         found = objects.get(key)
         if found is None:
@@ -138,19 +155,24 @@ class Sink:
 
 
 def _xml(text: str) -> web.Response:
-    return web.Response(text='<?xml version="1.0" encoding="UTF-8"?>\n' + text,
-                        content_type="application/xml")
+    return web.Response(
+        text='<?xml version="1.0" encoding="UTF-8"?>\n' + text, content_type="application/xml"
+    )
 
 
 def _error(status: int, code: str) -> web.Response:
-    return web.Response(status=status, content_type="application/xml",
-                        text=f"<Error><Code>{code}</Code><Message>{code}</Message></Error>")
+    return web.Response(
+        status=status,
+        content_type="application/xml",
+        text=f"<Error><Code>{code}</Code><Message>{code}</Message></Error>",
+    )
 
 
 async def serve(port: int, refused: frozenset[str] = frozenset()) -> None:
     # auto_decompress off: Content-Encoding of a PUT is the object's metadata, not transport.
-    runner = web.ServerRunner(web.Server(Sink(refused).handle, access_log=None,
-                                         auto_decompress=False))
+    runner = web.ServerRunner(
+        web.Server(Sink(refused).handle, access_log=None, auto_decompress=False)
+    )
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=4096, reuse_address=True).start()
     print(f"S3 sink on http://127.0.0.1:{port}", flush=True)
@@ -165,8 +187,12 @@ async def serve(port: int, refused: frozenset[str] = frozenset()) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=9000)
-    parser.add_argument("--refuse-key", action="append", default=[],
-                        help="answer 403 InvalidAccessKeyId to requests this key id signed")
+    parser.add_argument(
+        "--refuse-key",
+        action="append",
+        default=[],
+        help="answer 403 InvalidAccessKeyId to requests this key id signed",
+    )
     args = parser.parse_args()
     asyncio.run(serve(args.port, frozenset(args.refuse_key)))
 

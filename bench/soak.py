@@ -36,11 +36,26 @@ def count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def crawl(url: str, c: int, out: Path, timeout: float, settings: list[str],
-          ) -> tuple[int, list[tuple[float, int, float]]]:
+def crawl(
+    url: str,
+    c: int,
+    out: Path,
+    timeout: float,
+    settings: list[str],
+) -> tuple[int, list[tuple[float, int, float]]]:
     """Run the crawl; return its exit code and samples (seconds, pages stored, RSS MB)."""
-    cmd = [sys.executable, "-m", "bench.run_ours", "--url", url, "--concurrency", str(c),
-           "--out", str(out), *(x for setting in settings for x in ("-s", setting))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.run_ours",
+        "--url",
+        url,
+        "--concurrency",
+        str(c),
+        "--out",
+        str(out),
+        *(x for setting in settings for x in ("-s", setting)),
+    ]
     env = {**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
     samples = []
     started = time.monotonic()
@@ -50,16 +65,18 @@ def crawl(url: str, c: int, out: Path, timeout: float, settings: list[str],
         while proc.poll() is None:
             if time.monotonic() - started > timeout:
                 raise TimeoutError(f"the soak crawl took over {timeout} s")
-            samples.append((time.monotonic() - started, count_lines(out / "meta.jsonl"),
-                            tree_rss_mb(proc.pid)))
+            samples.append(
+                (time.monotonic() - started, count_lines(out / "meta.jsonl"), tree_rss_mb(proc.pid))
+            )
             time.sleep(1)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
     if samples:  # the pages stored after the last sample, at the last RSS seen
-        samples.append((time.monotonic() - started, count_lines(out / "meta.jsonl"),
-                        samples[-1][2]))
+        samples.append(
+            (time.monotonic() - started, count_lines(out / "meta.jsonl"), samples[-1][2])
+        )
     return proc.returncode, samples
 
 
@@ -79,8 +96,9 @@ def verify(out: Path, n: int, base: str) -> str:
     return f"{n} records, every child once, 50 bodies byte-equal"
 
 
-def report(args: argparse.Namespace, samples: list[tuple[float, int, float]], verdict: str,
-           command: str) -> tuple[str, bool]:
+def report(
+    args: argparse.Namespace, samples: list[tuple[float, int, float]], verdict: str, command: str
+) -> tuple[str, bool]:
     n = args.n
     rows = ["| pages stored | % of N | seconds | RSS MB |", "|---|---|---|---|"]
     for pct in range(10, 101, 10):
@@ -93,14 +111,16 @@ def report(args: argparse.Namespace, samples: list[tuple[float, int, float]], ve
     ok = bool(steady) and growth <= args.bound and not verdict.startswith("FAILED")
     rate = n / samples[-1][0] if samples else float("nan")
     mode = "one distributed node (REDIS_URL)" if args.redis else "one node, in-memory scheduler"
-    text = (f"Measured with:\n\n    {command}\n\n"
-            f"Test site latency {args.latency_ms} ms, {args.per_page} links per list page, "
-            f"CONCURRENT_REQUESTS={args.concurrency}; {mode}; local stores on tmpfs; RSS of the "
-            f"crawl's process tree sampled every second.\n\n" + "\n".join(rows) + "\n\n"
-            f"Steady state from {args.warmup:.0%} of the pages: RSS {base:.0f} MB, highest "
-            f"{peak:.0f} MB after it, growth **{growth:+.1%}** (bound: {args.bound:.0%}) — "
-            f"{'within the bound' if ok else 'OVER THE BOUND'}. Whole run {rate:.0f} pages/s "
-            f"including start-up; stores: {verdict}.")
+    text = (
+        f"Measured with:\n\n    {command}\n\n"
+        f"Test site latency {args.latency_ms} ms, {args.per_page} links per list page, "
+        f"CONCURRENT_REQUESTS={args.concurrency}; {mode}; local stores on tmpfs; RSS of the "
+        f"crawl's process tree sampled every second.\n\n" + "\n".join(rows) + "\n\n"
+        f"Steady state from {args.warmup:.0%} of the pages: RSS {base:.0f} MB, highest "
+        f"{peak:.0f} MB after it, growth **{growth:+.1%}** (bound: {args.bound:.0%}) — "
+        f"{'within the bound' if ok else 'OVER THE BOUND'}. Whole run {rate:.0f} pages/s "
+        f"including start-up; stores: {verdict}."
+    )
     return text, ok
 
 
@@ -110,15 +130,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=100)
     parser.add_argument("--per-page", type=int, default=1000)
-    parser.add_argument("--warmup", type=float, default=0.2,
-                        help="fraction of the pages after which the RSS must be steady")
-    parser.add_argument("--bound", type=float, default=0.15,
-                        help="allowed RSS growth after the warm-up, as a fraction")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.2,
+        help="fraction of the pages after which the RSS must be steady",
+    )
+    parser.add_argument(
+        "--bound",
+        type=float,
+        default=0.15,
+        help="allowed RSS growth after the warm-up, as a fraction",
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--section", default="soak", help="the marked block of --results")
-    parser.add_argument("--redis", action="store_true",
-                        help="one distributed node on a fresh redis-server (queue in Redis)")
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="one distributed node on a fresh redis-server (queue in Redis)",
+    )
     args = parser.parse_args(argv)
     command = "python -m bench.soak " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -129,21 +160,50 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(tempfile.mkdtemp(prefix="scraper-soak-", dir=shm if shm.is_dir() else OUT))
     port = free_port()
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
-    site = Service([sys.executable, "-m", "scraper.testsite", "--port", str(port), "--pages",
-                    str(args.n), "--latency-ms", str(args.latency_ms)], port,
-                   OUT / "logs" / "soak-site.log")
+    site = Service(
+        [
+            sys.executable,
+            "-m",
+            "scraper.testsite",
+            "--port",
+            str(port),
+            "--pages",
+            str(args.n),
+            "--latency-ms",
+            str(args.latency_ms),
+        ],
+        port,
+        OUT / "logs" / "soak-site.log",
+    )
     base = f"http://127.0.0.1:{port}"
     redis = None
     settings = []
     if args.redis:
         redis_port = free_port()
-        redis = Service(["redis-server", "--port", str(redis_port), "--save", "",
-                         "--appendonly", "no", "--bind", "127.0.0.1"], redis_port,
-                        OUT / "logs" / "soak-redis.log")
+        redis = Service(
+            [
+                "redis-server",
+                "--port",
+                str(redis_port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ],
+            redis_port,
+            OUT / "logs" / "soak-redis.log",
+        )
         settings.append(f"REDIS_URL=redis://127.0.0.1:{redis_port}/0")
     try:
-        code, samples = crawl(base + Listing(args.n, args.per_page).query(1),
-                              args.concurrency, out, args.timeout, settings)
+        code, samples = crawl(
+            base + Listing(args.n, args.per_page).query(1),
+            args.concurrency,
+            out,
+            args.timeout,
+            settings,
+        )
         verdict = verify(out, args.n, base) if code == 0 else f"FAILED: exit code {code}"
     finally:
         site.stop()

@@ -126,7 +126,8 @@ class CanonicalDedupPipeline:
             assert spider is not None
             self.canonicals = RedisCanonicals(
                 Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5),
-                Keys.of(spider.name).canonical)
+                Keys.of(spider.name).canonical,
+            )
 
     async def close_spider(self) -> None:
         await self.canonicals.close()

@@ -82,30 +82,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-page", type=int, default=100, help="links per list page")
     parser.add_argument("--concurrency", type=int, default=1000, help="CONCURRENT_REQUESTS")
     parser.add_argument("--latency-ms", type=float, default=100, help="site latency per request")
-    parser.add_argument("--port", type=int, default=8347,
-                        help="test site port; fixed so a re-run re-crawls the same URLs (0: any)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8347,
+        help="test site port; fixed so a re-run re-crawls the same URLs (0: any)",
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("SCRAPY_SETTINGS_MODULE", "scraper.settings")
     settings = get_project_settings()
     meta_path, body_root = Path(settings["META_STORE"]), Path(settings["BODY_STORE"])
     if "://" in str(settings["META_STORE"]) + str(settings["BODY_STORE"]):
-        print("The demo checks the embedded local stores; unset SCRAPER_BODY_STORE and "
-              "SCRAPER_META_STORE to run it.", file=sys.stderr)
+        print(
+            "The demo checks the embedded local stores; unset SCRAPER_BODY_STORE and "
+            "SCRAPER_META_STORE to run it.",
+            file=sys.stderr,
+        )
         return 2
 
     port = args.port or free_port()
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
-            print(f"Port {port} is taken by another program; pass --port 0 for a free one.",
-                  file=sys.stderr)
+            print(
+                f"Port {port} is taken by another program; pass --port 0 for a free one.",
+                file=sys.stderr,
+            )
             return 2
     site = f"http://127.0.0.1:{port}"
     listing = Listing(args.pages, args.per_page)
     url = site + listing.query(1)
     server = subprocess.Popen(
-        [sys.executable, "-m", "scraper.testsite", "--port", str(port),
-         "--pages", str(args.pages), "--latency-ms", str(args.latency_ms)],
+        [
+            sys.executable,
+            "-m",
+            "scraper.testsite",
+            "--port",
+            str(port),
+            "--pages",
+            str(args.pages),
+            "--latency-ms",
+            str(args.latency_ms),
+        ],
         stdout=subprocess.DEVNULL,
     )
     try:
@@ -117,11 +135,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Crawling {url} at CONCURRENT_REQUESTS={args.concurrency} ...", flush=True)
         started = time.monotonic()
         crawl = subprocess.run(
-            [sys.executable, "-m", "scrapy", "crawl", "listing", "-a", f"url={url}",
-             "-s", f"CONCURRENT_REQUESTS={args.concurrency}", "-s", "LOG_LEVEL=INFO",
-             "-s", "PROGRESS_INTERVAL=2",
-             # The SSRF guard refuses loopback addresses unless allowed: the site is local.
-             "-s", "ALLOWED_NETWORKS=127.0.0.1/32"],
+            [
+                sys.executable,
+                "-m",
+                "scrapy",
+                "crawl",
+                "listing",
+                "-a",
+                f"url={url}",
+                "-s",
+                f"CONCURRENT_REQUESTS={args.concurrency}",
+                "-s",
+                "LOG_LEVEL=INFO",
+                "-s",
+                "PROGRESS_INTERVAL=2",
+                # The SSRF guard refuses loopback addresses unless allowed: the site is local.
+                "-s",
+                "ALLOWED_NETWORKS=127.0.0.1/32",
+            ],
             check=False,
         )
         elapsed = time.monotonic() - started

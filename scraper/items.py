@@ -38,4 +38,3 @@ class PageItem:
     # body_key is None until `scrapy replay` stores it and clears this).
     body_pending: bool = False
     body: bytes | None = field(default=None, repr=False)
-

@@ -26,8 +26,12 @@ if TYPE_CHECKING:
 
 #: Settings whose whole value is a secret. (An access key id is not one by itself, but it
 #: names the account the secret key unlocks: it stays out of logs too.)
-SECRET_SETTINGS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                   "REDIS_PASSWORD")
+SECRET_SETTINGS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "REDIS_PASSWORD",
+)
 #: Settings holding URIs whose password part is a secret.
 URI_SETTINGS = ("BODY_STORE", "META_STORE", "REDIS_URL")
 

@@ -53,7 +53,11 @@ async def _call(executor: ThreadPoolExecutor | None, fn: Callable[..., T], *args
 
 
 async def _open_store(
-    build: Callable[[Crawler, str], Any], crawler: Crawler, setting: str, uri: str, threads: int,
+    build: Callable[[Crawler, str], Any],
+    crawler: Crawler,
+    setting: str,
+    uri: str,
+    threads: int,
 ) -> tuple[Any, ThreadPoolExecutor | None]:
     """Build a store and its thread pool, open it there; a store that cannot work stops the
     crawl with one line."""
@@ -62,15 +66,17 @@ async def _open_store(
         store = build(crawler, uri)
         size = min(threads, store.max_threads)
         if size > 0:
-            executor = ThreadPoolExecutor(size,
-                                          thread_name_prefix=setting.lower().replace("_", "-"))
+            executor = ThreadPoolExecutor(
+                size, thread_name_prefix=setting.lower().replace("_", "-")
+            )
         # Opening may reach a server (a bucket check): never on the reactor thread.
         await asyncio.get_running_loop().run_in_executor(executor, store.open)
     except StoreError as exc:
         if executor is not None:
             executor.shutdown(wait=False)
-        logger.error("%(setting)s unusable, crawl stopped: %(error)s",
-                     {"setting": setting, "error": exc})
+        logger.error(
+            "%(setting)s unusable, crawl stopped: %(error)s", {"setting": setting, "error": exc}
+        )
         raise CloseSpider(f"{setting.lower()}_unusable") from None
     logger.info("%(setting)s: %(uri)s", {"setting": setting, "uri": redact(uri)})
     return store, executor
@@ -85,8 +91,14 @@ class BodyStorePipeline:
     """
 
     def __init__(
-        self, crawler: Crawler, uri: str, *, threads: int = 32, gzip: bool = False,
-        retry_timeout: float = 300, spool: str = "data/body-spool",
+        self,
+        crawler: Crawler,
+        uri: str,
+        *,
+        threads: int = 32,
+        gzip: bool = False,
+        retry_timeout: float = 300,
+        spool: str = "data/body-spool",
     ) -> None:
         self.crawler = crawler
         self.uri = uri
@@ -101,14 +113,19 @@ class BodyStorePipeline:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         s = crawler.settings
-        return cls(crawler, s.get("BODY_STORE"), threads=s.getint("BODY_STORE_THREADS"),
-                   gzip=s.getbool("BODY_STORE_GZIP"),
-                   retry_timeout=s.getfloat("BODY_STORE_RETRY_TIMEOUT"),
-                   spool=s.get("BODY_STORE_SPOOL"))
+        return cls(
+            crawler,
+            s.get("BODY_STORE"),
+            threads=s.getint("BODY_STORE_THREADS"),
+            gzip=s.getbool("BODY_STORE_GZIP"),
+            retry_timeout=s.getfloat("BODY_STORE_RETRY_TIMEOUT"),
+            spool=s.get("BODY_STORE_SPOOL"),
+        )
 
     async def open_spider(self) -> None:
         self.store, self.executor = await _open_store(
-            build_body_store, self.crawler, "BODY_STORE", self.uri, self.threads)
+            build_body_store, self.crawler, "BODY_STORE", self.uri, self.threads
+        )
 
     async def close_spider(self) -> None:
         stats = self.crawler.stats
@@ -123,9 +140,12 @@ class BodyStorePipeline:
             self.executor.shutdown(wait=True)
         spooled = stats.get_value("body_store/spooled", 0)
         if spooled:
-            logger.error("%(n)d bodies were spooled to %(spool)s (their records say "
-                         "body_pending): run `scrapy replay` with this crawl's settings once "
-                         "BODY_STORE is back", {"n": spooled, "spool": self.spool.root})
+            logger.error(
+                "%(n)d bodies were spooled to %(spool)s (their records say "
+                "body_pending): run `scrapy replay` with this crawl's settings once "
+                "BODY_STORE is back",
+                {"n": spooled, "spool": self.spool.root},
+            )
 
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
@@ -139,7 +159,9 @@ class BodyStorePipeline:
         try:
             adapter["body_key"] = await with_backoff(
                 lambda: self._put(key, body, adapter.get("content_type")),
-                what="body_store", timeout=self.retry_timeout, stats=stats,
+                what="body_store",
+                timeout=self.retry_timeout,
+                stats=stats,
                 retry_on=self.store.transient_errors,
             )
         except Exception as exc:
@@ -169,8 +191,7 @@ class BodyStorePipeline:
 
         return await _call(self.executor, put)
 
-    async def _spool(self, adapter: ItemAdapter, key: str, body: bytes,
-                     exc: Exception) -> None:
+    async def _spool(self, adapter: ItemAdapter, key: str, body: bytes, exc: Exception) -> None:
         """Keep a body the store refused in the spool, with its record marked pending; if
         even that fails, the record says the body is missing and why."""
         stats = self.crawler.stats
@@ -189,18 +210,29 @@ class BodyStorePipeline:
             adapter["body_pending"] = False
             stats.inc_value("body_store/failed")
             adapter["error"] = f"body not stored: {describe(exc)}"
-            logger.error("Body of %(url)s not stored: %(error)s; not spooled either: "
-                         "%(spool_error)s", {"url": adapter.get("url"), "error": describe(exc),
-                                             "spool_error": describe(spool_exc)})
+            logger.error(
+                "Body of %(url)s not stored: %(error)s; not spooled either: %(spool_error)s",
+                {
+                    "url": adapter.get("url"),
+                    "error": describe(exc),
+                    "spool_error": describe(spool_exc),
+                },
+            )
             return
         stats.inc_value("body_store/spooled")
         now = time.monotonic()
         if now - self.spool_logged > 5:  # one line every few seconds during an outage
             self.spool_logged = now
-            logger.error("BODY_STORE still failing after %(timeout)ds of retries (%(error)s): "
-                         "bodies go to %(spool)s, %(n)d so far; `scrapy replay` stores them",
-                         {"timeout": self.retry_timeout, "error": describe(exc),
-                          "spool": self.spool.root, "n": stats.get_value("body_store/spooled")})
+            logger.error(
+                "BODY_STORE still failing after %(timeout)ds of retries (%(error)s): "
+                "bodies go to %(spool)s, %(n)d so far; `scrapy replay` stores them",
+                {
+                    "timeout": self.retry_timeout,
+                    "error": describe(exc),
+                    "spool": self.spool.root,
+                    "n": stats.get_value("body_store/spooled"),
+                },
+            )
 
 
 class MetaStorePipeline:
@@ -215,8 +247,14 @@ class MetaStorePipeline:
     """
 
     def __init__(
-        self, crawler: Crawler, uri: str, *, batch_size: int = 500, flush_interval: float = 0.5,
-        retry_timeout: float = 300, spool: str = "data/meta-spool.jsonl",
+        self,
+        crawler: Crawler,
+        uri: str,
+        *,
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        retry_timeout: float = 300,
+        spool: str = "data/meta-spool.jsonl",
     ) -> None:
         self.crawler = crawler
         self.uri = uri
@@ -234,15 +272,20 @@ class MetaStorePipeline:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         s = crawler.settings
-        return cls(crawler, s.get("META_STORE"), batch_size=s.getint("META_STORE_BATCH_SIZE"),
-                   flush_interval=s.getfloat("META_STORE_FLUSH_INTERVAL"),
-                   retry_timeout=s.getfloat("META_STORE_RETRY_TIMEOUT"),
-                   spool=s.get("META_STORE_SPOOL"))
+        return cls(
+            crawler,
+            s.get("META_STORE"),
+            batch_size=s.getint("META_STORE_BATCH_SIZE"),
+            flush_interval=s.getfloat("META_STORE_FLUSH_INTERVAL"),
+            retry_timeout=s.getfloat("META_STORE_RETRY_TIMEOUT"),
+            spool=s.get("META_STORE_SPOOL"),
+        )
 
     async def open_spider(self) -> None:
         # One writer thread: batches are written in order, one at a time.
         self.store, self.executor = await _open_store(
-            build_meta_store, self.crawler, "META_STORE", self.uri, 1)
+            build_meta_store, self.crawler, "META_STORE", self.uri, 1
+        )
 
     async def close_spider(self) -> None:
         self._flush()
@@ -256,11 +299,17 @@ class MetaStorePipeline:
         spooled = stats.get_value("meta_store/spooled", 0) if stats is not None else 0
         if spooled:
             rejected = stats.get_value("meta_store/rejected", 0)
-            logger.error("%(n)d meta documents were spooled to %(spool)s: run `scrapy replay` "
-                         "with this crawl's settings once META_STORE %(when)s",
-                         {"n": spooled, "spool": self.spool,
-                          "when": f"takes them ({rejected} were refused for good: see above)"
-                          if rejected else "is back"})
+            logger.error(
+                "%(n)d meta documents were spooled to %(spool)s: run `scrapy replay` "
+                "with this crawl's settings once META_STORE %(when)s",
+                {
+                    "n": spooled,
+                    "spool": self.spool,
+                    "when": f"takes them ({rejected} were refused for good: see above)"
+                    if rejected
+                    else "is back",
+                },
+            )
 
     async def process_item(self, item: Any) -> Any:
         doc = {k: v for k, v in ItemAdapter(item).items() if k != "body"}
@@ -282,8 +331,9 @@ class MetaStorePipeline:
             return False
         if stats is None or engine.downloader.active:
             return False
-        return bool(stats.get_value("scheduler/enqueued", 0)
-                    <= stats.get_value("scheduler/dequeued", 0))
+        return bool(
+            stats.get_value("scheduler/enqueued", 0) <= stats.get_value("scheduler/dequeued", 0)
+        )
 
     def _flush(self) -> None:
         """Hand the current batch to the writer thread (on the reactor, never blocking)."""
@@ -305,9 +355,13 @@ class MetaStorePipeline:
         failed: list[dict[str, Any]] = docs
         error: Exception
         try:
-            await with_backoff(lambda: _call(executor, store.write, docs),
-                               what="meta_store", timeout=self.retry_timeout, stats=stats,
-                               retry_on=store.transient_errors)
+            await with_backoff(
+                lambda: _call(executor, store.write, docs),
+                what="meta_store",
+                timeout=self.retry_timeout,
+                stats=stats,
+                retry_on=store.transient_errors,
+            )
         except RejectedDocuments as exc:
             # Refused for good, not an outage (so not retried): the rest of the batch is
             # written, the refused documents are spooled at once.
@@ -327,21 +381,31 @@ class MetaStorePipeline:
         try:
             await _call(executor, self._spool, failed)
         except OSError as spool_exc:
-            logger.critical("%(n)d meta documents LOST: store failed (%(error)s) and the "
-                            "spool %(spool)s too (%(spool_error)s)",
-                            {"n": len(failed), "error": describe(error), "spool": self.spool,
-                             "spool_error": describe(spool_exc)})
+            logger.critical(
+                "%(n)d meta documents LOST: store failed (%(error)s) and the "
+                "spool %(spool)s too (%(spool_error)s)",
+                {
+                    "n": len(failed),
+                    "error": describe(error),
+                    "spool": self.spool,
+                    "spool_error": describe(spool_exc),
+                },
+            )
             done.set_exception(error)
             return
         stats.inc_value("meta_store/spooled", len(failed))
         if isinstance(error, RejectedDocuments):
-            logger.error("META_STORE refused %(n)d of %(total)d documents for good (%(why)s): "
-                         "spooled to %(spool)s; `scrapy replay` writes them once the cause is "
-                         "fixed", {"n": len(failed), "total": len(docs), "why": error,
-                                   "spool": self.spool})
+            logger.error(
+                "META_STORE refused %(n)d of %(total)d documents for good (%(why)s): "
+                "spooled to %(spool)s; `scrapy replay` writes them once the cause is "
+                "fixed",
+                {"n": len(failed), "total": len(docs), "why": error, "spool": self.spool},
+            )
         else:
-            logger.error("%(n)d meta documents spooled to %(spool)s: %(error)s",
-                         {"n": len(failed), "spool": self.spool, "error": describe(error)})
+            logger.error(
+                "%(n)d meta documents spooled to %(spool)s: %(error)s",
+                {"n": len(failed), "spool": self.spool, "error": describe(error)},
+            )
         done.set_result(None)
 
     def _spool(self, docs: list[dict[str, Any]]) -> None:

@@ -61,8 +61,9 @@ _DELTA_SECONDS = re.compile(r"\d{1,12}")
 _DELAY_FLOOR = 0.1
 
 
-def parse_retry_after(value: bytes | str | None, date: bytes | str | None = None,
-                      now: float | None = None) -> float | None:
+def parse_retry_after(
+    value: bytes | str | None, date: bytes | str | None = None, now: float | None = None
+) -> float | None:
     """Seconds to wait from a ``Retry-After`` header value, or None if it says nothing usable.
 
     The value is delta-seconds (``"120"``) or an HTTP-date (``"Fri, 27 Nov 2026 17:00:00
@@ -135,16 +136,18 @@ class RetryAfterMiddleware:
         """The seconds ``response`` asks to wait, or None when it is not a push-back."""
         if response.status not in self.codes:
             return None
-        seconds = parse_retry_after(response.headers.get(b"Retry-After"),
-                                    response.headers.get(b"Date"))
+        seconds = parse_retry_after(
+            response.headers.get(b"Retry-After"), response.headers.get(b"Date")
+        )
         if seconds is None and response.status == 429:
             return self.default
         return seconds
 
     # -- on the response_downloaded signal: before the slot sends its next request -------
 
-    def _response_downloaded(self, response: Response, request: Request,
-                             spider: Spider | None = None) -> None:
+    def _response_downloaded(
+        self, response: Response, request: Request, spider: Spider | None = None
+    ) -> None:
         key = request.meta.get("download_slot")
         if key is None:
             return
@@ -165,14 +168,16 @@ class RetryAfterMiddleware:
         self.stats.max_value("politeness/retry_after/max_seconds", math.ceil(seconds))
         self._slow(key, slot, state, seconds, response.status)
 
-    def _slow(self, key: str, slot: Slot, state: _Slowed | None, stated: float,
-              status: int) -> None:
+    def _slow(
+        self, key: str, slot: Slot, state: _Slowed | None, stated: float, status: int
+    ) -> None:
         seconds = min(stated, self.max_wait)
         now = time.monotonic()
         waiting = state is not None and now < state.until
         if state is None:
-            state = self.slowed[key] = _Slowed(slot, slot.delay, slot.concurrency, slot.jitter,
-                                               until=0.0)
+            state = self.slowed[key] = _Slowed(
+                slot, slot.delay, slot.concurrency, slot.jitter, until=0.0
+            )
         state.successes = 0
         # Nothing leaves the slot before lastseen + delay: the stated time from now.
         state.until = max(state.until, now + seconds)
@@ -189,9 +194,15 @@ class RetryAfterMiddleware:
             "Politeness: %(site)s answered %(status)d, Retry-After %(stated).0f s: "
             "nothing sent to it for %(seconds).0f s, then delay %(delay).1f s and "
             "concurrency %(concurrency)d until it recovers",
-            {"site": key, "status": status, "stated": stated, "seconds": seconds,
-             "delay": slot.delay,
-             "concurrency": slot.concurrency})
+            {
+                "site": key,
+                "status": status,
+                "stated": stated,
+                "seconds": seconds,
+                "delay": slot.delay,
+                "concurrency": slot.concurrency,
+            },
+        )
 
     def _recover(self, key: str, state: _Slowed) -> None:
         if time.monotonic() < state.until:
@@ -212,14 +223,17 @@ class RetryAfterMiddleware:
             slot.jitter = state.jitter
             del self.slowed[key]
             self.stats.inc_value("politeness/recovered")
-            logger.info("Politeness: %(site)s recovered: delay %(delay).1f s, "
-                        "concurrency %(concurrency)d again",
-                        {"site": key, "delay": slot.delay, "concurrency": slot.concurrency})
+            logger.info(
+                "Politeness: %(site)s recovered: delay %(delay).1f s, "
+                "concurrency %(concurrency)d again",
+                {"site": key, "delay": slot.delay, "concurrency": slot.concurrency},
+            )
 
     # -- in the middleware chain: retry or give up ------------------------------------------
 
-    def process_response(self, request: Request, response: Response,
-                         spider: Spider | None = None) -> Request | Response:
+    def process_response(
+        self, request: Request, response: Response, spider: Spider | None = None
+    ) -> Request | Response:
         seconds = request.meta.pop(_WAIT, None)
         if seconds is None:
             return response
@@ -227,21 +241,27 @@ class RetryAfterMiddleware:
         if seconds > self.max_wait or done >= self.max_times:
             request.meta["dont_retry"] = True  # RetryMiddleware must not retry it at once
             self.stats.inc_value("politeness/retry_after/gave_up")
-            why = (f"asked to wait {seconds:.0f} s, over RETRY_AFTER_MAX={self.max_wait:.0f}"
-                   if seconds > self.max_wait
-                   else f"still {response.status} after RETRY_AFTER_TIMES={self.max_times}")
-            logger.warning("Politeness: gave up on %(url)s: %(why)s",
-                           {"url": request.url, "why": why})
+            why = (
+                f"asked to wait {seconds:.0f} s, over RETRY_AFTER_MAX={self.max_wait:.0f}"
+                if seconds > self.max_wait
+                else f"still {response.status} after RETRY_AFTER_TIMES={self.max_times}"
+            )
+            logger.warning(
+                "Politeness: gave up on %(url)s: %(why)s", {"url": request.url, "why": why}
+            )
             return response
         # get_retry_request counts in meta["retry_times"]: give it this budget's count, and
         # give RetryMiddleware's count back to the retry.
         retry_times = request.meta.get("retry_times")
         counted = request.replace(meta={**request.meta, "retry_times": done})
         assert self.crawler.spider is not None
-        retry = get_retry_request(counted, spider=self.crawler.spider,
-                                  reason=f"{response.status} with Retry-After",
-                                  max_retry_times=self.max_times,
-                                  stats_base_key="politeness/retry_after")
+        retry = get_retry_request(
+            counted,
+            spider=self.crawler.spider,
+            reason=f"{response.status} with Retry-After",
+            max_retry_times=self.max_times,
+            stats_base_key="politeness/retry_after",
+        )
         assert retry is not None  # within the budget, checked above
         retry.meta[TIMES] = done + 1
         if retry_times is None:

@@ -51,12 +51,12 @@ class Progress:
     def _counts(self) -> tuple[int, int, int]:
         stats = self.crawler.stats
         assert stats is not None
-        stored = (stats.get_value("meta_store/written", 0)
-                  + stats.get_value("meta_store/spooled", 0))
-        errors = sum(stats.get_value(key, 0) for key in
-                     ("listing/child_failed", "listing/list_failed", "body_store/failed"))
-        queued = (stats.get_value("scheduler/enqueued", 0)
-                  - stats.get_value("scheduler/dequeued", 0))
+        stored = stats.get_value("meta_store/written", 0) + stats.get_value("meta_store/spooled", 0)
+        errors = sum(
+            stats.get_value(key, 0)
+            for key in ("listing/child_failed", "listing/list_failed", "body_store/failed")
+        )
+        queued = stats.get_value("scheduler/enqueued", 0) - stats.get_value("scheduler/dequeued", 0)
         return stored, errors, queued
 
     def log(self) -> None:
@@ -70,8 +70,13 @@ class Progress:
         logger.info(
             "Progress: %(stored)d pages stored (%(rate).0f/s), %(in_flight)d in flight, "
             "%(queued)d queued, %(errors)d errors",
-            {"stored": stored, "rate": rate, "in_flight": in_flight, "queued": queued,
-             "errors": errors},
+            {
+                "stored": stored,
+                "rate": rate,
+                "in_flight": in_flight,
+                "queued": queued,
+                "errors": errors,
+            },
         )
 
     def spider_closed(self, reason: str) -> None:
@@ -86,8 +91,13 @@ class Progress:
         logger.info(
             "Finished (%(reason)s): %(stored)d pages stored in %(elapsed).1fs (%(rate).0f/s), "
             "%(bodies)d bodies (%(mb).1f MB), %(errors)d errors",
-            {"reason": reason, "stored": stored, "elapsed": elapsed,
-             "rate": stored / max(elapsed, 1e-9),
-             "bodies": stats.get_value("body_store/stored", 0),
-             "mb": stats.get_value("body_store/bytes", 0) / 1e6, "errors": errors},
+            {
+                "reason": reason,
+                "stored": stored,
+                "elapsed": elapsed,
+                "rate": stored / max(elapsed, 1e-9),
+                "bodies": stats.get_value("body_store/stored", 0),
+                "mb": stats.get_value("body_store/bytes", 0) / 1e6,
+                "errors": errors,
+            },
         )

@@ -58,8 +58,10 @@ async def with_backoff(
             now = time.monotonic()
             if now - _last_warning.get(what, 0.0) > 5:
                 _last_warning[what] = now
-                logger.warning("%(what)s: %(error)s; retrying (up to %(timeout)ds per item)",
-                               {"what": what, "error": describe(exc), "timeout": timeout})
+                logger.warning(
+                    "%(what)s: %(error)s; retrying (up to %(timeout)ds per item)",
+                    {"what": what, "error": describe(exc), "timeout": timeout},
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
 

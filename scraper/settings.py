@@ -19,34 +19,41 @@ NEWSPIDER_MODULE = "scraper.spiders"
 # --- Storage -------------------------------------------------------------------------------
 # Where bodies go: "s3://bucket/prefix" or a local folder (the embedded default).
 BODY_STORE = os.environ.get("SCRAPER_BODY_STORE", "data/bodies")
-BODY_STORE_THREADS = 32        # S3 uploads in flight with boto3 (its threads and connections)
+BODY_STORE_THREADS = 32  # S3 uploads in flight with boto3 (its threads and connections)
 # How PUTs reach S3 (scraper/stores/s3.py): "obstore" (Rust, awaited on the event loop: ~0.3 ms
 # of CPU per 35 KB PUT) or "boto3" (put_object in threads: ~3 ms). Both are configured by
 # boto3's settings and credential chain.
 BODY_STORE_S3_CLIENT = "obstore"
 BODY_STORE_S3_IN_FLIGHT = 256  # obstore's PUTs in flight: no thread each (scraper/stores/s3.py)
-BODY_STORE_FS_THREADS = 0      # a local folder is written on the reactor thread: cheaper than a
-                               # thread hand-off per file; >0 for a network filesystem
-BODY_STORE_GZIP = False        # gzip bodies (key gets ".gz", S3 ContentEncoding: gzip)
+BODY_STORE_FS_THREADS = 0  # a local folder is written on the reactor thread: cheaper than a
+# thread hand-off per file; >0 for a network filesystem
+BODY_STORE_GZIP = False  # gzip bodies (key gets ".gz", S3 ContentEncoding: gzip)
 BODY_STORE_RETRY_TIMEOUT = 300  # seconds an item keeps retrying a failing store before its
-                                # body is spooled; the crawl slows down meanwhile (back pressure)
+# body is spooled; the crawl slows down meanwhile (back pressure)
 BODY_STORE_S3_MAX_ATTEMPTS = 5  # the S3 client's tries per upload, the first included
 BODY_STORE_SPOOL = "data/body-spool"  # bodies the store still refused after the retries: their
-                                      # records say body_pending; `scrapy replay` stores them
+# records say body_pending; `scrapy replay` stores them
 BODY_STORES: dict[str, str] = {}  # extra schemes: {"gs": "mypkg.GCSBodyStore"}
 
 # Where meta documents go: "mongodb://host:27017/db" or a local JSON Lines file (the default).
 META_STORE = os.environ.get("SCRAPER_META_STORE", "data/meta.jsonl")
 META_STORE_COLLECTION = "pages"
-META_STORE_BATCH_SIZE = 500      # documents per bulk_write
+META_STORE_BATCH_SIZE = 500  # documents per bulk_write
 META_STORE_FLUSH_INTERVAL = 0.5  # seconds; an item waits at most this long for its batch
 META_STORE_RETRY_TIMEOUT = 300
 META_STORE_SPOOL = "data/meta-spool.jsonl"  # batches the store still refused after the retries
 META_STORE_CONNECT_TIMEOUT_MS = 5000  # a wrong Mongo URI stops the crawl after this long
 META_STORES: dict[str, str] = {}
 # Response headers copied into the meta document.
-META_HEADERS = ["Content-Type", "Content-Length", "Content-Encoding", "Last-Modified", "ETag",
-                "Cache-Control", "Server"]
+META_HEADERS = [
+    "Content-Type",
+    "Content-Length",
+    "Content-Encoding",
+    "Last-Modified",
+    "ETag",
+    "Cache-Control",
+    "Server",
+]
 
 ITEM_PIPELINES = {
     "scraper.canonical.CanonicalDedupPipeline": 50,  # only with DEDUP_CANONICAL
@@ -58,12 +65,12 @@ ITEM_PIPELINES = {
 # Set REDIS_URL (redis://[:password@]host:port/db, rediss:// for TLS) to crawl with many nodes
 # from one Redis: keys <spider>:requests, :dupefilter, :start_urls as in scrapy-redis.
 REDIS_URL = os.environ.get("SCRAPER_REDIS_URL")
-REDIS_PREFETCH = 100            # requests leased ahead per node (min with CONCURRENT_REQUESTS)
-REDIS_LEASE_SECONDS = 120       # a dead node's requests go back to the queue after this
-REDIS_MAX_ATTEMPTS = 5          # leases a request may lose (node deaths) before :dead
-REDIS_IDLE_TIMEOUT = 30         # a node started before any seed waits this long for one
+REDIS_PREFETCH = 100  # requests leased ahead per node (min with CONCURRENT_REQUESTS)
+REDIS_LEASE_SECONDS = 120  # a dead node's requests go back to the queue after this
+REDIS_MAX_ATTEMPTS = 5  # leases a request may lose (node deaths) before :dead
+REDIS_IDLE_TIMEOUT = 30  # a node started before any seed waits this long for one
 REDIS_WAIT_FOR_START_URLS = False  # True: never close, wait for new start URLs (RedisSpider)
-REDIS_DUPEFILTER = "set"        # "bloom": bounded memory, REDIS_BLOOM_ERROR_RATE false "seen"s
+REDIS_DUPEFILTER = "set"  # "bloom": bounded memory, REDIS_BLOOM_ERROR_RATE false "seen"s
 REDIS_BLOOM_CAPACITY = 100_000_000
 REDIS_BLOOM_ERROR_RATE = 0.001  # 1e8 requests at 1e-3: a 180 MB bitmap, 10 bits per request
 COMMANDS_MODULE = "scraper.commands"  # scrapy seed, scrapy status, scrapy replay
@@ -81,12 +88,12 @@ CONCURRENT_ITEMS = 1
 SCRAPER_SLOT_MAX_ACTIVE_SIZE = 128 * 2**20
 REACTOR_THREADPOOL_MAXSIZE = 20
 DOWNLOAD_TIMEOUT = 60
-DOWNLOAD_MAXSIZE = 32 * 2**20   # larger bodies end as a record with error, not in memory
+DOWNLOAD_MAXSIZE = 32 * 2**20  # larger bodies end as a record with error, not in memory
 DOWNLOAD_WARNSIZE = 8 * 2**20
 RETRY_TIMES = 2
 
 # --- What a list page gives (scraper/spiders/) ----------------------------------------------
-LISTING_MAX_PAGES = 10000   # pagination stops here (an endless "next" chain must end)
+LISTING_MAX_PAGES = 10000  # pagination stops here (an endless "next" chain must end)
 # "content": every same-site link of a list page outside its navigation (<nav>,
 # role=navigation, a page-level <header>/<footer>) and its pager; "all": navigation too.
 LISTING_CHILDREN = "content"
@@ -102,8 +109,10 @@ REQUEST_FINGERPRINTER_CLASS = "scraper.fingerprint.ListingFingerprinter"
 
 # Downloads through Scrapy's aiohttp handler (scraper/handlers.py): less CPU per page than
 # the standard one (bench/RESULTS.md). -s DOWNLOAD_HANDLERS={} brings the standard one back.
-DOWNLOAD_HANDLERS = {"http": "scraper.handlers.AiohttpHandler",
-                     "https": "scraper.handlers.AiohttpHandler"}
+DOWNLOAD_HANDLERS = {
+    "http": "scraper.handlers.AiohttpHandler",
+    "https": "scraper.handlers.AiohttpHandler",
+}
 
 # Scrapy's stats without its per-access deprecation shim (scraper/stats.py: 3% of the CPU).
 STATS_CLASS = "scraper.stats.StatsCollector"
@@ -145,8 +154,11 @@ PROGRESS_INTERVAL = 5.0  # seconds between progress lines; 0 turns them off
 # multicast or reserved addresses are refused, checked after DNS resolution, unless their
 # network is listed here (CIDRs). Env SCRAPER_ALLOWED_NETWORKS: comma-separated; the tests,
 # the demo and the benchmarks crawl the local test site with 127.0.0.1/32.
-ALLOWED_NETWORKS = [network.strip() for network in
-                    os.environ.get("SCRAPER_ALLOWED_NETWORKS", "").split(",") if network.strip()]
+ALLOWED_NETWORKS = [
+    network.strip()
+    for network in os.environ.get("SCRAPER_ALLOWED_NETWORKS", "").split(",")
+    if network.strip()
+]
 
 # --- Politeness (scraper/politeness.py) --------------------------------------------------
 # The crawl is meant for sites you own or may load hard: no DOWNLOAD_DELAY, no AutoThrottle,
@@ -156,13 +168,13 @@ ALLOWED_NETWORKS = [network.strip() for network in
 # saying so), and a site that answers 429/503 with Retry-After is slowed down and retried
 # after the time it states. -s ROBOTSTXT_OBEY=False for a site you own.
 ROBOTSTXT_OBEY = True
-RETRY_AFTER_ENABLED = True      # honour Retry-After: slow the site's slot, retry after the wait
+RETRY_AFTER_ENABLED = True  # honour Retry-After: slow the site's slot, retry after the wait
 RETRY_AFTER_HTTP_CODES = [429, 503]  # answers whose Retry-After is honoured
-RETRY_AFTER_DEFAULT = 5         # seconds to wait on a 429 without a (readable) Retry-After
-RETRY_AFTER_MAX = 300           # a longer stated wait is not waited for: the page ends as a record
-RETRY_AFTER_TIMES = 5           # retries per request on push-back, apart from RETRY_TIMES
-RETRY_AFTER_RECOVER_STEP = 2    # successes (after the wait) per recovery step of a slowed site:
-                                # its delay halves, then its concurrency doubles, back to its own
+RETRY_AFTER_DEFAULT = 5  # seconds to wait on a 429 without a (readable) Retry-After
+RETRY_AFTER_MAX = 300  # a longer stated wait is not waited for: the page ends as a record
+RETRY_AFTER_TIMES = 5  # retries per request on push-back, apart from RETRY_TIMES
+RETRY_AFTER_RECOVER_STEP = 2  # successes (after the wait) per recovery step of a slowed site:
+# its delay halves, then its concurrency doubles, back to its own
 USER_AGENT = "scraper/0.1"
 
 # --- Logging -------------------------------------------------------------------------------

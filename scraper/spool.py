@@ -71,13 +71,18 @@ class BodySpool:
         """The spool file of ``key`` (a body store key: hex fingerprint, maybe ``.gz``)."""
         return self.root / check_key(key)[:2] / key
 
-    def put(self, key: str, body: bytes, content_type: str | None, encoding: str | None,
-            doc: dict[str, Any]) -> Path:
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        content_type: str | None,
+        encoding: str | None,
+        doc: dict[str, Any],
+    ) -> Path:
         """Spool ``body`` (overwriting an older copy of the same key) with its meta document."""
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = dumps({"key": key, "content_type": content_type, "encoding": encoding,
-                        "doc": doc})
+        header = dumps({"key": key, "content_type": content_type, "encoding": encoding, "doc": doc})
         tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             with tmp.open("wb") as f:
@@ -112,8 +117,15 @@ class BodySpool:
         key = check_key(str(header.get("key")))
         if path.name != key:
             raise ValueError(f"{path} holds the body of another key ({key})")
-        return SpooledBody(path, inode, key, header.get("content_type"), header.get("encoding"),
-                           revive(header["doc"]), body)
+        return SpooledBody(
+            path,
+            inode,
+            key,
+            header.get("content_type"),
+            header.get("encoding"),
+            revive(header["doc"]),
+            body,
+        )
 
     def remove(self, entry: SpooledBody) -> bool:
         """Delete ``entry``'s file unless it was replaced since it was read (a newer copy
@@ -147,7 +159,7 @@ def append_lines(path: Path, docs: list[dict[str, Any]]) -> None:
                 continue
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
             return
         finally:

@@ -105,8 +105,9 @@ def parse_networks(values: Iterable[str]) -> list[IPNetwork]:
         try:
             networks.append(ipaddress.ip_network(text, strict=False))
         except ValueError:
-            raise ValueError(f"{text!r} is not a network (CIDR, e.g. 10.0.0.0/8 or "
-                             "fd00::/8)") from None
+            raise ValueError(
+                f"{text!r} is not a network (CIDR, e.g. 10.0.0.0/8 or fd00::/8)"
+            ) from None
     return networks
 
 
@@ -156,8 +157,12 @@ def resolve(host: str) -> list[IPAddress]:
 class SsrfGuard:
     """Downloader middleware: refuses requests to non-public addresses (see module doc)."""
 
-    def __init__(self, crawler: Crawler, policy: AddressPolicy, config_error: str | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        crawler: Crawler,
+        policy: AddressPolicy,
+        config_error: str | None = None,
+    ) -> None:
         self.crawler = crawler
         self.policy = policy
         self.config_error = config_error
@@ -174,16 +179,18 @@ class SsrfGuard:
         guard = cls(crawler, AddressPolicy(networks), error)
         crawler.signals.connect(guard.spider_opened, signal=signals.spider_opened)
         if networks:
-            logger.info("ALLOWED_NETWORKS: %(networks)s",
-                        {"networks": ", ".join(map(str, networks))})
+            logger.info(
+                "ALLOWED_NETWORKS: %(networks)s", {"networks": ", ".join(map(str, networks))}
+            )
         return guard
 
     def spider_opened(self) -> None:
         """A bad ALLOWED_NETWORKS stops the crawl at start with one line (nothing is fetched
         meanwhile: every request is refused)."""
         if self.config_error:
-            logger.error("ALLOWED_NETWORKS unusable, crawl stopped: %(error)s",
-                         {"error": self.config_error})
+            logger.error(
+                "ALLOWED_NETWORKS unusable, crawl stopped: %(error)s", {"error": self.config_error}
+            )
             raise CloseSpider("allowed_networks_unusable")
 
     async def process_request(self, request: Request) -> None:
@@ -216,8 +223,7 @@ class SsrfGuard:
                 del self._verdicts[next(iter(self._verdicts))]
             self._verdicts[host] = why
             if why is not None:
-                logger.warning("Refusing requests to %(host)s: %(why)s",
-                               {"host": host, "why": why})
+                logger.warning("Refusing requests to %(host)s: %(why)s", {"host": host, "why": why})
         return why
 
     async def _look_up(self, host: str) -> str | None:

@@ -126,8 +126,7 @@ class Listing:
         endless = "&endless=1" if self.endless else ""
         private = f"&private={self.private}" if self.private else ""
         private += f"&featured={self.featured}" if self.featured else ""
-        return (f"/list?n={self.n}&per_page={self.per_page}{faults}{endless}{private}"
-                f"&page={page}")
+        return f"/list?n={self.n}&per_page={self.per_page}{faults}{endless}{private}&page={page}"
 
 
 def render_child(name: int | str, canonical: str | None = None) -> bytes:
@@ -150,23 +149,27 @@ def render_list(listing: Listing, page: int) -> bytes:
     first = (page - 1) * listing.per_page
     last = min(listing.n, first + listing.per_page)
     items = [
-        f'<li><a class="child" href="/page/{i}">Child page {i}</a></li>'
-        for i in range(first, last)
+        f'<li><a class="child" href="/page/{i}">Child page {i}</a></li>' for i in range(first, last)
     ]
     if listing.faults and page == 1:
         items += [
             f'<li><a class="child fault" href="/fault/{name}">Fault: {html.escape(what)}</a></li>'
             for name, what in FAULTS.items()
         ]
-        items += [f'<li><a class="skip" href="{html.escape(href)}">odd</a></li>'
-                  for href in SKIPPED_LINKS]
+        items += [
+            f'<li><a class="skip" href="{html.escape(href)}">odd</a></li>' for href in SKIPPED_LINKS
+        ]
         if first < last:  # the same child twice: the crawler must count and skip it
             items.append(f'<li><a class="child" href="/page/{first}#again">again</a></li>')
-    items += [f'<li class="popular"><a href="/page/{i}">Popular: page {i}</a></li>'
-              for i in range(min(listing.featured, listing.n))]
+    items += [
+        f'<li class="popular"><a href="/page/{i}">Popular: page {i}</a></li>'
+        for i in range(min(listing.featured, listing.n))
+    ]
     if listing.private and page == 1:
-        items += [f'<li><a class="child" href="/private/{i}">Private page {i}</a></li>'
-                  for i in range(listing.private)]
+        items += [
+            f'<li><a class="child" href="/private/{i}">Private page {i}</a></li>'
+            for i in range(listing.private)
+        ]
     nav = []
     if page > 1:
         nav.append(f'<a rel="prev" href="{html.escape(listing.query(page - 1))}">Previous</a>')
@@ -275,9 +278,13 @@ class TestSite:
 
     async def stats(self, request: web.Request) -> web.Response:
         """Counters for tests and benchmarks; ``?reset=1`` zeroes them after reading."""
-        data = {"hits": self.hits, "in_flight": self.in_flight,
-                "max_in_flight": self.max_in_flight, "robots_hits": self.robots_hits,
-                "private_hits": self.private_hits}
+        data = {
+            "hits": self.hits,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "robots_hits": self.robots_hits,
+            "private_hits": self.private_hits,
+        }
         if request.query.get("reset") == "1":
             self.hits = self.max_in_flight = self.robots_hits = self.private_hits = 0
             self.arrivals.clear()
@@ -287,8 +294,11 @@ class TestSite:
     async def arrival_times(self, request: web.Request) -> web.Response:
         """When requests arrived: ``?path=P`` (path and query, exact) or ``?prefix=P``."""
         path, prefix = request.query.get("path"), request.query.get("prefix", "")
-        hits = [{"t": t, "path": p} for t, p in self.arrivals
-                if (p == path if path is not None else p.startswith(prefix))]
+        hits = [
+            {"t": t, "path": p}
+            for t, p in self.arrivals
+            if (p == path if path is not None else p.startswith(prefix))
+        ]
         return web.json_response({"hits": hits})
 
     async def robots(self, request: web.Request) -> web.Response:
@@ -308,7 +318,8 @@ class TestSite:
             page = int(q.get("page", "1"))
         except ValueError:
             raise web.HTTPBadRequest(
-                text="n, per_page, private, featured and page must be integers") from None
+                text="n, per_page, private, featured and page must be integers"
+            ) from None
         if page < 1 or (page > listing.last_page and not listing.endless):
             raise web.HTTPNotFound(text="no such list page")
         return web.Response(body=render_list(listing, page), content_type="text/html")
@@ -319,11 +330,15 @@ class TestSite:
 
     async def links(self, request: web.Request) -> web.Response:
         """A list page linking to each ``href`` of the query, without pagination."""
-        items = "\n".join(f'<li><a class="child" href="{html.escape(href)}">link</a></li>'
-                          for href in request.query.getall("href", []))
+        items = "\n".join(
+            f'<li><a class="child" href="{html.escape(href)}">link</a></li>'
+            for href in request.query.getall("href", [])
+        )
         return web.Response(
             text=f"<!DOCTYPE html>\n<html><head><title>Links</title></head>\n"
-                 f"<body><ul>\n{items}\n</ul></body></html>\n", content_type="text/html")
+            f"<body><ul>\n{items}\n</ul></body></html>\n",
+            content_type="text/html",
+        )
 
     async def redirect(self, request: web.Request) -> web.Response:
         """302 to the URL in ``to``, whatever it is (private addresses included)."""
@@ -333,13 +348,17 @@ class TestSite:
         raise web.HTTPFound(to)
 
     async def child(self, request: web.Request) -> web.Response:
-        return web.Response(body=render_child(request.match_info["i"]), content_type="text/html",
-                            charset="utf-8")
+        return web.Response(
+            body=render_child(request.match_info["i"]), content_type="text/html", charset="utf-8"
+        )
 
     async def private(self, request: web.Request) -> web.Response:
         """A child page under /private/, which robots.txt disallows."""
-        return web.Response(body=render_child(f"private-{request.match_info['i']}"),
-                            content_type="text/html", charset="utf-8")
+        return web.Response(
+            body=render_child(f"private-{request.match_info['i']}"),
+            content_type="text/html",
+            charset="utf-8",
+        )
 
     async def fault(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -360,8 +379,10 @@ class TestSite:
                     await asyncio.sleep(1)
                 return resp
             case "binary":
-                return web.Response(body=random.Random(42).randbytes(64 * 1024),
-                                    content_type="application/octet-stream")
+                return web.Response(
+                    body=random.Random(42).randbytes(64 * 1024),
+                    content_type="application/octet-stream",
+                )
             case "huge":
                 chunk = render_child("huge")
                 body = chunk * int(self.huge_mb * 2**20 // len(chunk) + 1)
@@ -370,7 +391,8 @@ class TestSite:
                 text = "<html><head><title>Caf\xe9 cr\xe8me \xe0 la fran\xe7aise</title></head>"
                 body = (text + "<body>" + "\xe9t\xe9 " * 2000 + "</body></html>").encode("latin-1")
                 return web.Response(
-                    body=body, headers={"Content-Type": "text/html; charset=iso-8859-1"})
+                    body=body, headers={"Content-Type": "text/html; charset=iso-8859-1"}
+                )
             case "redirect-loop":
                 raise web.HTTPFound("/fault/redirect-loop")
             case "redirect":

@@ -18,17 +18,45 @@ from w3lib.url import safe_url_string
 #: Query parameters dropped from every discovered link by default (URL_STRIP_PARAMS):
 #: they say where a visitor came from, never what the page is.
 TRACKING_PARAMS = (
-    "utm_*", "fbclid", "gclid", "gclsrc", "dclid", "gbraid", "wbraid", "msclkid", "yclid",
-    "mc_cid", "mc_eid", "_ga", "_gl", "_hsenc", "_hsmi", "mkt_tok", "igshid", "srsltid",
-    "ref", "ref_src", "ref_url", "spm", "twclid", "ttclid", "li_fat_id",
-    "oly_anon_id", "oly_enc_id", "vero_id", "wickedid", "_openstat", "hsa_*",
+    "utm_*",
+    "fbclid",
+    "gclid",
+    "gclsrc",
+    "dclid",
+    "gbraid",
+    "wbraid",
+    "msclkid",
+    "yclid",
+    "mc_cid",
+    "mc_eid",
+    "_ga",
+    "_gl",
+    "_hsenc",
+    "_hsmi",
+    "mkt_tok",
+    "igshid",
+    "srsltid",
+    "ref",
+    "ref_src",
+    "ref_url",
+    "spm",
+    "twclid",
+    "ttclid",
+    "li_fat_id",
+    "oly_anon_id",
+    "oly_enc_id",
+    "vero_id",
+    "wickedid",
+    "_openstat",
+    "hsa_*",
 )
 
 _TEMPLATE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?\}")
 
 
-def resolve(href: str | None, base_url: str, site: str | None,
-            encoding: str = "utf-8") -> tuple[str | None, str]:
+def resolve(
+    href: str | None, base_url: str, site: str | None, encoding: str = "utf-8"
+) -> tuple[str | None, str]:
     """Resolve one ``href`` found on a page whose base URL is ``base_url``.
 
     Returns ``(absolute URL without fragment, "ok")`` for a link to follow, or
@@ -77,8 +105,9 @@ class ParamStripper:
         head, sep, query = url.partition("?")
         if not sep or not (self.exact or self.wild):
             return url
-        kept = [pair for pair in query.split("&")
-                if pair and not self.drops(pair.partition("=")[0])]
+        kept = [
+            pair for pair in query.split("&") if pair and not self.drops(pair.partition("=")[0])
+        ]
         return f"{head}?{'&'.join(kept)}" if kept else head
 
 
@@ -94,7 +123,9 @@ def expand_template(url: str) -> list[str]:
         raise ValueError(f"only one {{a..b}} range per URL template: {url}")
     first, last, step = int(match[1]), int(match[2]), int(match[3] or 1)
     if step < 1 or last < first:
-        raise ValueError(f"the range in {url} names no page: write {{first..last}} or "
-                         "{first..last..step} with first <= last")
-    head, tail = url[:match.start()], url[match.end():]
+        raise ValueError(
+            f"the range in {url} names no page: write {{first..last}} or "
+            "{first..last..step} with first <= last"
+        )
+    head, tail = url[: match.start()], url[match.end() :]
     return [f"{head}{n}{tail}" for n in range(first, last + 1, step)]

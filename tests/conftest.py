@@ -60,8 +60,9 @@ class Server:
 
     def start(self) -> None:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=self.cwd)
+            self.proc = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd
+            )
         wait_for_port(self.port, self.proc)
 
     def stop(self) -> None:
@@ -103,8 +104,9 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def running_site(log: Path, *args: str) -> Iterator[Site]:
     """The project's test site in its own process, with these command-line options."""
     port = free_port()
-    server = Server([sys.executable, "-m", "scraper.testsite", "--port", str(port), *args],
-                    port, log)
+    server = Server(
+        [sys.executable, "-m", "scraper.testsite", "--port", str(port), *args], port, log
+    )
     server.start()
     try:
         yield Site(f"http://127.0.0.1:{port}", server)
@@ -123,8 +125,11 @@ def site(logs: Path) -> Iterator[Site]:
 def moto(logs: Path) -> Iterator[Server]:
     """moto's S3 server in its own process."""
     port = free_port()
-    server = Server([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                    port, logs / "moto.log")
+    server = Server(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        port,
+        logs / "moto.log",
+    )
     server.start()
     yield server
     server.stop()
@@ -135,32 +140,68 @@ ENV = {**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
 
 
 def scrapy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "scrapy", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "scrapy", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 class Node:
     """One crawler process of a distributed crawl, logging to its own file."""
 
-    def __init__(self, name: str, redis_url: str, tmp_path: Path, *settings: str,
-                 wrap: list[str] | None = None, env: dict[str, str] | None = None,
-                 url: str | None = None, spider_args: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        redis_url: str,
+        tmp_path: Path,
+        *settings: str,
+        wrap: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        url: str | None = None,
+        spider_args: dict[str, str] | None = None,
+    ) -> None:
         """``wrap``: a command the node runs under (``ip netns exec <ns>``);
         ``env``: variables added to the node's environment; ``url``: ``-a url=``;
         ``spider_args``: more ``-a name=value``."""
         self.log = tmp_path / f"{name}.log"
-        args = [*(wrap or []), sys.executable, "-m", "scrapy", "crawl", "listing",
-                "-s", f"REDIS_URL={redis_url}",
-                "-s", f"BODY_STORE={tmp_path / 'bodies'}", "-s",
-                f"META_STORE={tmp_path / 'meta.jsonl'}", "-s", "REDIS_LEASE_SECONDS=3",
-                "-s", "CONCURRENT_REQUESTS=100", "-s", f"LOG_FILE={self.log}",
-                "-s", "PROGRESS_INTERVAL=1"]
+        args = [
+            *(wrap or []),
+            sys.executable,
+            "-m",
+            "scrapy",
+            "crawl",
+            "listing",
+            "-s",
+            f"REDIS_URL={redis_url}",
+            "-s",
+            f"BODY_STORE={tmp_path / 'bodies'}",
+            "-s",
+            f"META_STORE={tmp_path / 'meta.jsonl'}",
+            "-s",
+            "REDIS_LEASE_SECONDS=3",
+            "-s",
+            "CONCURRENT_REQUESTS=100",
+            "-s",
+            f"LOG_FILE={self.log}",
+            "-s",
+            "PROGRESS_INTERVAL=1",
+        ]
         for setting in settings:
             args += ["-s", setting]
         for name, value in (({"url": url} if url else {}) | (spider_args or {})).items():
             args += ["-a", f"{name}={value}"]
-        self.proc = subprocess.Popen(args, cwd=tmp_path, env={**ENV, **(env or {})},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args,
+            cwd=tmp_path,
+            env={**ENV, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def wait(self, timeout: float = 240) -> int:
         try:
@@ -180,8 +221,9 @@ class Node:
 
 
 def seed(site: Site, redis_url: str, tmp_path: Path, n: int) -> None:
-    result = scrapy("seed", "listing", site.listing_url(n), "-s", f"REDIS_URL={redis_url}",
-                    cwd=tmp_path)
+    result = scrapy(
+        "seed", "listing", site.listing_url(n), "-s", f"REDIS_URL={redis_url}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "listing:start_urls += 1 URL(s)" in result.stdout
 
@@ -192,8 +234,9 @@ def wait_for_leases_of(node: Node, redis_url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if any(f":{node.proc.pid}:".encode() in token
-                   for token in client.hkeys("listing:leased")):
+            if any(
+                f":{node.proc.pid}:".encode() in token for token in client.hkeys("listing:leased")
+            ):
                 return
             time.sleep(0.02)
     finally:
@@ -209,9 +252,11 @@ def s3sink(logs: Path) -> Iterator[Server]:
     """bench/s3sink.py: a fast S3-compatible server that counts who signed each request,
     and refuses the key id REFUSED_KEY_ID."""
     port = free_port()
-    server = Server([sys.executable, "-m", "bench.s3sink", "--port", str(port),
-                     "--refuse-key", REFUSED_KEY_ID], port,
-                    logs / "s3sink.log")
+    server = Server(
+        [sys.executable, "-m", "bench.s3sink", "--port", str(port), "--refuse-key", REFUSED_KEY_ID],
+        port,
+        logs / "s3sink.log",
+    )
     server.start()
     yield server
     server.stop()
@@ -219,8 +264,22 @@ def s3sink(logs: Path) -> Iterator[Server]:
 
 def redis_server(port: int, log: Path, *extra: str) -> Server:
     """A redis-server (Debian's package) on 127.0.0.1:port; extra args e.g. for persistence."""
-    return Server(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", *extra], port, log)
+    return Server(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            *extra,
+        ],
+        port,
+        log,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -243,9 +302,13 @@ def redis_url(redis_session: Server) -> str:
 def s3_client(endpoint: str) -> Any:
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 @pytest.fixture
@@ -279,8 +342,9 @@ def mongo_uri(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             assert sort is None
             return add_replace(self, *args, **kw)
 
-        monkeypatch.setattr(mongomock.collection.BulkOperationBuilder, "add_replace",
-                            add_replace_without_sort)
+        monkeypatch.setattr(
+            mongomock.collection.BulkOperationBuilder, "add_replace", add_replace_without_sort
+        )
         base = "mongodb://127.0.0.1:27017"
         store = mongomock.store.ServerStore()  # shared by every client of this test
         client_factory = functools.partial(mongomock.MongoClient, _store=store)
@@ -305,8 +369,9 @@ def project_settings(**overrides: Any) -> Settings:
     return settings
 
 
-async def crawl(url: str | None, spider_args: dict[str, str] | None = None,
-                **settings: Any) -> Crawler:
+async def crawl(
+    url: str | None, spider_args: dict[str, str] | None = None, **settings: Any
+) -> Crawler:
     """Run ListingSpider in this process (the test reactor) and return its crawler."""
     crawler = Crawler(ListingSpider, project_settings(**settings))
     await crawler.crawl_async(url=url, **(spider_args or {}))
@@ -320,9 +385,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def local_stores(folder: Path) -> dict[str, Any]:
     """Settings that store a crawl's bodies and meta under ``folder``."""
-    return {"BODY_STORE": str(folder / "bodies"), "META_STORE": str(folder / "meta.jsonl"),
-            "META_STORE_SPOOL": str(folder / "spool.jsonl"),
-            "BODY_STORE_SPOOL": str(folder / "body-spool")}
+    return {
+        "BODY_STORE": str(folder / "bodies"),
+        "META_STORE": str(folder / "meta.jsonl"),
+        "META_STORE_SPOOL": str(folder / "spool.jsonl"),
+        "BODY_STORE_SPOOL": str(folder / "body-spool"),
+    }
 
 
 def records(folder: Path) -> list[dict[str, Any]]:
@@ -331,8 +399,9 @@ def records(folder: Path) -> list[dict[str, Any]]:
     return read_jsonl(meta) if meta.exists() else []
 
 
-def assert_children_recorded(stats: dict[str, Any] | list[dict[str, Any]],
-                             child_records: int) -> None:
+def assert_children_recorded(
+    stats: dict[str, Any] | list[dict[str, Any]], child_records: int
+) -> None:
     """The invariant every crawl keeps: each child it counted (``listing/children``, summed
     over nodes) ended as exactly one record, and no record was written for an uncounted one.
     A crawl stopped before the end (single node) says how many it left uncrawled
@@ -341,18 +410,24 @@ def assert_children_recorded(stats: dict[str, Any] | list[dict[str, Any]],
     counted = sum(s.get("listing/children", 0) for s in every)
     not_crawled = sum(s.get("listing/children_not_crawled", 0) for s in every)
     assert counted - not_crawled == child_records, (
-        f"listing/children {counted} - not crawled {not_crawled} != {child_records} records")
+        f"listing/children {counted} - not crawled {not_crawled} != {child_records} records"
+    )
     for s in every:
         if s.get("finish_reason") == "finished":
             assert "listing/children_not_crawled" not in s, s
 
 
-def scrapy_crawl(args: list[str], cwd: Path, env: dict[str, str] | None = None,
-                 timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def scrapy_crawl(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run `scrapy crawl listing ...` as a user would, from ``cwd`` with the project settings."""
     return subprocess.run(
         [sys.executable, "-m", "scrapy", "crawl", "listing", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
         env={**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings", **(env or {})},
     )
 
@@ -360,8 +435,10 @@ def scrapy_crawl(args: list[str], cwd: Path, env: dict[str, str] | None = None,
 def log_stats(text: str) -> dict[str, Any]:
     """The integer and word stats of the last "Dumping Scrapy stats" block of a crawl log."""
     block = text.rsplit("Dumping Scrapy stats", 1)[1]
-    return {key: int(value) if value.isdigit() else value.strip("'")
-            for key, value in re.findall(r"'([\w/]+)': ('[\w]+'|\d+)", block)}
+    return {
+        key: int(value) if value.isdigit() else value.strip("'")
+        for key, value in re.findall(r"'([\w/]+)': ('[\w]+'|\d+)", block)
+    }
 
 
 def assert_stored_once(site: Site, tmp_path: Path, n: int) -> None:

@@ -25,15 +25,29 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-ERROR_BODY = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
-              "<Message>{message}</Message><RequestId>fault-{n}</RequestId></Error>")
+ERROR_BODY = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+    "<Message>{message}</Message><RequestId>fault-{n}</RequestId></Error>"
+)
 ERRORS = {
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
     "internal": (500, "InternalError", "We encountered an internal error. Please try again."),
 }
 # Hop-by-hop headers, and those aiohttp sets itself from the body it sends.
-_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
-                  "trailer", "upgrade", "expect", "content-length", "host"})
+_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "content-length",
+        "host",
+    }
+)
 
 
 class FaultProxy:
@@ -44,8 +58,14 @@ class FaultProxy:
     before it is forwarded.
     """
 
-    def __init__(self, target: str, rates: Mapping[str, float] | None = None, *, seed: int = 0,
-                 delay_range: tuple[float, float] = (1.0, 3.0)) -> None:
+    def __init__(
+        self,
+        target: str,
+        rates: Mapping[str, float] | None = None,
+        *,
+        seed: int = 0,
+        delay_range: tuple[float, float] = (1.0, 3.0),
+    ) -> None:
         self.target = target.rstrip("/")
         self.rates = dict(rates or {})
         unknown = set(self.rates) - {*ERRORS, "reset", "delay"}
@@ -110,8 +130,9 @@ class FaultProxy:
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_route("*", "/{path:.*}", self._handle)
         # auto_decompress=False: a gzip body (BODY_STORE_GZIP) is forwarded as sent, not inflated.
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                    auto_decompress=False)
+        self.runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, auto_decompress=False
+        )
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0, backlog=1024)
         await site.start()
@@ -120,7 +141,9 @@ class FaultProxy:
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.session = ClientSession(
             connector=TCPConnector(limit=0, force_close=False),
-            timeout=ClientTimeout(total=120), auto_decompress=False)
+            timeout=ClientTimeout(total=120),
+            auto_decompress=False,
+        )
 
     async def _stop(self) -> None:
         if self.session is not None:
@@ -158,8 +181,9 @@ class FaultProxy:
     def _error(self, fault: str) -> web.Response:
         status, code, message = ERRORS[fault]
         text = ERROR_BODY.format(code=code, message=message, n=self.counts["requests"])
-        return web.Response(status=status, body=text.encode(),
-                            headers={"Content-Type": "application/xml"})
+        return web.Response(
+            status=status, body=text.encode(), headers={"Content-Type": "application/xml"}
+        )
 
     @staticmethod
     def _reset(request: web.Request) -> None:
@@ -174,12 +198,17 @@ class FaultProxy:
 
     async def _forward(self, request: web.Request, body: bytes) -> web.Response:
         assert self.session is not None
-        headers: dict[str, Any] = {k: v for k, v in request.headers.items()
-                                   if k.lower() not in _HOP}
+        headers: dict[str, Any] = {
+            k: v for k, v in request.headers.items() if k.lower() not in _HOP
+        }
         headers["Host"] = request.host  # as signed by the client
-        async with self.session.request(request.method, self.target + request.path_qs,
-                                        headers=headers, data=body,
-                                        allow_redirects=False) as upstream:
+        async with self.session.request(
+            request.method,
+            self.target + request.path_qs,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+        ) as upstream:
             data = await upstream.read()
             out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP}
             if request.method == "HEAD":

@@ -35,8 +35,7 @@ class NetnsUnavailable(RuntimeError):
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check,
-                          timeout=30)
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
 
 
 @dataclass
@@ -59,20 +58,23 @@ class Host:
         return subprocess.Popen(self.command(args), **kwargs)
 
     def run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(args), capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return subprocess.run(
+            self.command(args), capture_output=True, text=True, timeout=timeout, check=False
+        )
 
     def wait_for_port(self, addr: str, port: int, timeout: float = 30) -> None:
         """Until something at addr:port accepts a connection seen from this host."""
-        script = ("import socket, sys, time\n"
-                  f"end = time.monotonic() + {timeout}\n"
-                  "while time.monotonic() < end:\n"
-                  "    try:\n"
-                  f"        socket.create_connection(({addr!r}, {port}), timeout=0.5).close()\n"
-                  "        sys.exit(0)\n"
-                  "    except OSError:\n"
-                  "        time.sleep(0.05)\n"
-                  "sys.exit(1)\n")
+        script = (
+            "import socket, sys, time\n"
+            f"end = time.monotonic() + {timeout}\n"
+            "while time.monotonic() < end:\n"
+            "    try:\n"
+            f"        socket.create_connection(({addr!r}, {port}), timeout=0.5).close()\n"
+            "        sys.exit(0)\n"
+            "    except OSError:\n"
+            "        time.sleep(0.05)\n"
+            "sys.exit(1)\n"
+        )
         result = self.run([sys.executable, "-c", script], timeout=timeout + 10)
         if result.returncode != 0:
             raise RuntimeError(f"nothing listens on {addr}:{port} as seen from {self.name}")
@@ -106,8 +108,7 @@ class Network:
     def add(self, name: str) -> Host:
         """A new host plugged into the switch, with the next address."""
         index = len(self.hosts) + 1
-        host = Host(name, f"{self.prefix}-{name}", f"{SUBNET}.{index}", "eth0",
-                    f"p{index}")
+        host = Host(name, f"{self.prefix}-{name}", f"{SUBNET}.{index}", "eth0", f"p{index}")
         # The pair is made in the host's namespace (names are per namespace); one end
         # moves to the switch.
         ip("netns", "add", host.ns)
@@ -149,8 +150,19 @@ class Network:
 
 def _know(host: Host, other: Host) -> None:
     """A permanent neighbour entry: ``host`` never asks who ``other`` is (see the docstring)."""
-    ip("-n", host.ns, "neigh", "replace", other.addr, "lladdr", other.mac, "dev", host.iface,
-       "nud", "permanent")
+    ip(
+        "-n",
+        host.ns,
+        "neigh",
+        "replace",
+        other.addr,
+        "lladdr",
+        other.mac,
+        "dev",
+        host.iface,
+        "nud",
+        "permanent",
+    )
 
 
 def remove_stale() -> list[str]:
@@ -180,8 +192,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.action in ("cut", "restore"):
         verb = "nomaster" if args.action == "cut" else "master br0"
         port = ip("-n", f"{prefix}-sw", "-o", "link", "show").stdout
-        index = int(ip("-n", f"{prefix}-{args.arg}", "-4", "-o", "addr", "show", "eth0")
-                    .stdout.split()[3].split("/")[0].rsplit(".", 1)[1])
+        index = int(
+            ip("-n", f"{prefix}-{args.arg}", "-4", "-o", "addr", "show", "eth0")
+            .stdout.split()[3]
+            .split("/")[0]
+            .rsplit(".", 1)[1]
+        )
         assert f"p{index}@" in port, f"no host {args.arg}"
         ip("-n", f"{prefix}-sw", "link", "set", f"p{index}", *verb.split())
         return

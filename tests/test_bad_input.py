@@ -43,10 +43,24 @@ LINK_REASONS = {"ok", "empty", "fragment", "unparsable", "scheme", "offsite"}
 
 # --- Generated list pages ----------------------------------------------------------------------
 
-_SEGMENT = st.lists(st.sampled_from([
-    *"abcXYZ09-_.~%/?&=#:;@!$'()*+, \t\"<>\\^`{|}",
-    "é", "日本", "\u2603", "\u200b", "\x00", "\x7f", "%zz", "%2F", "..", "\ud7ff"]),
-    max_size=12).map("".join)
+_SEGMENT = st.lists(
+    st.sampled_from(
+        [
+            *"abcXYZ09-_.~%/?&=#:;@!$'()*+, \t\"<>\\^`{|}",
+            "é",
+            "日本",
+            "\u2603",
+            "\u200b",
+            "\x00",
+            "\x7f",
+            "%zz",
+            "%2F",
+            "..",
+            "\ud7ff",
+        ]
+    ),
+    max_size=12,
+).map("".join)
 
 
 def hrefs(host: str) -> st.SearchStrategy[str]:
@@ -56,23 +70,76 @@ def hrefs(host: str) -> st.SearchStrategy[str]:
     absolute = st.builds(
         "{}://{}/{}".format,
         st.sampled_from(["http", "https", "HTTP", "ftp", "javascript", "mailto", "data", "file"]),
-        st.sampled_from([host, host.upper(), "other.test", f"user:pw@{host}", f"{host}:99999",
-                         "[::1", "", "xn--n3h.test", f"{host}."]),
+        st.sampled_from(
+            [
+                host,
+                host.upper(),
+                "other.test",
+                f"user:pw@{host}",
+                f"{host}:99999",
+                "[::1",
+                "",
+                "xn--n3h.test",
+                f"{host}.",
+            ]
+        ),
         _SEGMENT,
     )
-    odd = st.sampled_from([
-        "", " ", "#", "#top", "javascript:void(0)", "JavaScript:alert(1)", "mailto:a@b.c",
-        "tel:+1", "//other.test/x", f"//{host}/y", "?", "?a=1", ".", "./", "..", "../..",
-        "http://", "http:///x", "http:x", "\t/a\n", "data:text/html,hi", "%", "/%zz",
-        "http://[::1]:80/", "/\u2603", "/\x00", "\\\\evil.test\\x", "/a b", "/a%20b",
-        "/?q=1#frag", f"http://{host}/#", "about:blank", f"http://other.test#@{host}/",
-        f"http://{host}@other.test/", f"http://{host}\\@other.test/",
-    ])
-    plain = st.one_of(st.integers(0, 40).map("/item/{}".format),  # small range: duplicates
-                      st.integers(0, 40).map("item-{}?a=1&b=2".format),
-                      st.integers(0, 40).map(f"http://{host}/abs/{{}}#frag".format))
-    href = st.one_of(plain, plain, plain, _SEGMENT, _SEGMENT.map("/{}".format),
-                     _SEGMENT.map("../{}".format), absolute, odd, st.text(max_size=30))
+    odd = st.sampled_from(
+        [
+            "",
+            " ",
+            "#",
+            "#top",
+            "javascript:void(0)",
+            "JavaScript:alert(1)",
+            "mailto:a@b.c",
+            "tel:+1",
+            "//other.test/x",
+            f"//{host}/y",
+            "?",
+            "?a=1",
+            ".",
+            "./",
+            "..",
+            "../..",
+            "http://",
+            "http:///x",
+            "http:x",
+            "\t/a\n",
+            "data:text/html,hi",
+            "%",
+            "/%zz",
+            "http://[::1]:80/",
+            "/\u2603",
+            "/\x00",
+            "\\\\evil.test\\x",
+            "/a b",
+            "/a%20b",
+            "/?q=1#frag",
+            f"http://{host}/#",
+            "about:blank",
+            f"http://other.test#@{host}/",
+            f"http://{host}@other.test/",
+            f"http://{host}\\@other.test/",
+        ]
+    )
+    plain = st.one_of(
+        st.integers(0, 40).map("/item/{}".format),  # small range: duplicates
+        st.integers(0, 40).map("item-{}?a=1&b=2".format),
+        st.integers(0, 40).map(f"http://{host}/abs/{{}}#frag".format),
+    )
+    href = st.one_of(
+        plain,
+        plain,
+        plain,
+        _SEGMENT,
+        _SEGMENT.map("/{}".format),
+        _SEGMENT.map("../{}".format),
+        absolute,
+        odd,
+        st.text(max_size=30),
+    )
     space = st.sampled_from(["", " ", "\n\t "])
     return st.builds("{}{}{}".format, space, href, space)
 
@@ -82,9 +149,38 @@ _TEXT = st.one_of(
     st.sampled_from(["", "  ", "<", "&", "&amp;", "&#0;", "&#xD800;", "]]>", "<!--", "-->"]),
     st.integers(0, 100_000).map("x".__mul__),  # huge link text
 )
-_TAGS = ["div", "p", "ul", "li", "table", "tr", "td", "span", "b", "br", "img", "form", "nav",
-         "script", "style", "textarea", "title", "head", "body", "html", "svg", "math",
-         "template", "noscript", "iframe", "base", "meta", "!DOCTYPE html", "!--", "?xml"]
+_TAGS = [
+    "div",
+    "p",
+    "ul",
+    "li",
+    "table",
+    "tr",
+    "td",
+    "span",
+    "b",
+    "br",
+    "img",
+    "form",
+    "nav",
+    "script",
+    "style",
+    "textarea",
+    "title",
+    "head",
+    "body",
+    "html",
+    "svg",
+    "math",
+    "template",
+    "noscript",
+    "iframe",
+    "base",
+    "meta",
+    "!DOCTYPE html",
+    "!--",
+    "?xml",
+]
 
 
 @st.composite
@@ -93,25 +189,35 @@ def list_pages(draw: st.DrawFn, host: str) -> tuple[bytes, str]:
     broken markup, in a random encoding, declared or not."""
     parts: list[str | bytes] = []
     for _ in range(draw(st.integers(0, 40))):
-        kind = draw(st.sampled_from(["link", "link", "link", "pager", "tag", "close", "text",
-                                     "bytes"]))
+        kind = draw(
+            st.sampled_from(["link", "link", "link", "pager", "tag", "close", "text", "bytes"])
+        )
         if kind in ("link", "pager"):
             href = draw(hrefs(host))
             rel = draw(st.sampled_from(["next", "prev", "NEXT nofollow", "previous", ""]))
-            attrs = f' rel="{rel}"' if kind == "pager" else draw(
-                st.sampled_from(["", ' class="child"', " data-x", ' rel="nofollow"']))
+            attrs = (
+                f' rel="{rel}"'
+                if kind == "pager"
+                else draw(st.sampled_from(["", ' class="child"', " data-x", ' rel="nofollow"']))
+            )
             quoting = draw(st.sampled_from(["double", "single", "none", "raw"]))
-            value = {"double": f'"{html.escape(href)}"', "single": f"'{html.escape(href)}'",
-                     "none": html.escape(href).replace(" ", "%20") or '""',
-                     "raw": f'"{href}"'}[quoting]
+            value = {
+                "double": f'"{html.escape(href)}"',
+                "single": f"'{html.escape(href)}'",
+                "none": html.escape(href).replace(" ", "%20") or '""',
+                "raw": f'"{href}"',
+            }[quoting]
             tag = draw(st.sampled_from(["a", "a", "A", "link", "area"]))
             text = draw(_TEXT)
             close = draw(st.sampled_from([f"</{tag}>", "", "</a"]))
             parts.append(f"<{tag}{attrs} href={value}>{html.escape(text)}{close}")
         elif kind == "tag":
             tag = draw(st.sampled_from(_TAGS))
-            attr = draw(st.sampled_from(["", ' class="x"', " a=b", " =", ' href="/t"',
-                                         " onclick='x'", ' style="a:b"']))
+            attr = draw(
+                st.sampled_from(
+                    ["", ' class="x"', " a=b", " =", ' href="/t"', " onclick='x'", ' style="a:b"']
+                )
+            )
             parts.append(f"<{tag}{attr}>")
         elif kind == "close":
             parts.append(f"</{draw(st.sampled_from(_TAGS))}>")
@@ -121,8 +227,11 @@ def list_pages(draw: st.DrawFn, host: str) -> tuple[bytes, str]:
             parts.append(draw(st.binary(max_size=20)))  # invalid bytes in the middle
     encoding = draw(st.sampled_from(["utf-8", "latin-1", "cp1252", "shift_jis", "utf-16"]))
     body = b"".join(p if isinstance(p, bytes) else p.encode(encoding, "replace") for p in parts)
-    content_type = draw(st.sampled_from(["text/html", f"text/html; charset={encoding}",
-                                         "text/html; charset=bogus-9"]))
+    content_type = draw(
+        st.sampled_from(
+            ["text/html", f"text/html; charset={encoding}", "text/html; charset=bogus-9"]
+        )
+    )
     return body, content_type
 
 
@@ -134,18 +243,30 @@ def make_spider() -> ListingSpider:
 
 def parse(spider: ListingSpider, url: str, page: tuple[bytes, str]) -> list[Request]:
     body, content_type = page
-    response = HtmlResponse(url, body=body, headers={"Content-Type": content_type},
-                            request=Request(url))
+    response = HtmlResponse(
+        url, body=body, headers={"Content-Type": content_type}, request=Request(url)
+    )
     return list(spider.parse_list(response))
 
 
-@settings(max_examples=300, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(href=st.one_of(hrefs("site.test"), st.text()),
-       page_url=st.sampled_from(["http://site.test/list", "https://site.test:8443/a/b/?p=2#x",
-                                 "http://SITE.test/", "http://site.test/%zz/é"]))
-def test_resolve_never_raises_and_keeps_only_same_site_http(href: str,
-                                                                  page_url: str) -> None:
+@settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    href=st.one_of(hrefs("site.test"), st.text()),
+    page_url=st.sampled_from(
+        [
+            "http://site.test/list",
+            "https://site.test:8443/a/b/?p=2#x",
+            "http://SITE.test/",
+            "http://site.test/%zz/é",
+        ]
+    ),
+)
+def test_resolve_never_raises_and_keeps_only_same_site_http(href: str, page_url: str) -> None:
     url, reason = resolve(href, page_url, urlsplit(page_url).hostname)
     assert reason in LINK_REASONS
     assert (url is not None) == (reason == "ok")
@@ -156,28 +277,37 @@ def test_resolve_never_raises_and_keeps_only_same_site_http(href: str,
         assert "#" not in url
 
 
-@pytest.mark.parametrize("href", ["http://other.test\\@site.test/",
-                                  "http://other.test\\x@site.test:80/p"])
+@pytest.mark.parametrize(
+    "href", ["http://other.test\\@site.test/", "http://other.test\\x@site.test:80/p"]
+)
 def test_a_backslash_in_the_authority_does_not_take_a_link_off_site(href: str) -> None:
     spider = make_spider()
     out = parse(spider, "http://site.test/list", (f'<a href="{href}">x</a>'.encode(), "text/html"))
     assert all(urlsplit(r.url).hostname == "site.test" for r in out), [r.url for r in out]
 
 
-@pytest.mark.parametrize("body", [b'<a rel="next" href=0\r{></a><a href="/p/1">1</a>',
-                                  b'<a href="/p/1" \x1f>1</a>'])
+@pytest.mark.parametrize(
+    "body", [b'<a rel="next" href=0\r{></a><a href="/p/1">1</a>', b'<a href="/p/1" \x1f>1</a>']
+)
 def test_an_anchor_with_a_broken_attribute_name_does_not_lose_the_page(body: bytes) -> None:
     spider = make_spider()
     out = parse(spider, "http://site.test/list", (body, "text/html"))
     assert [r.url for r in out if r.callback == spider.parse_child] == ["http://site.test/p/1"]
 
 
-@settings(max_examples=200, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.large_base_example])
+@settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 @given(page=list_pages("site.test"))
 def test_link_extraction_never_raises_and_yields_each_same_site_url_once(
-    page: tuple[bytes, str]
+    page: tuple[bytes, str],
 ) -> None:
     spider = make_spider()
     list_url = "http://site.test/shop/list?page=1"
@@ -215,7 +345,9 @@ class PageServer:
             def do_GET(self) -> None:
                 owner.hits[self.path] += 1
                 content_type, body = owner.pages.get(self.path) or (
-                    "text/html", b"<html><title>child</title>" + self.path.encode() + b"</html>")
+                    "text/html",
+                    b"<html><title>child</title>" + self.path.encode() + b"</html>",
+                )
                 self.send_response(200)
                 self.send_header("Content-Type", content_type)
                 if self.path not in owner.streamed:
@@ -223,7 +355,7 @@ class PageServer:
                 self.end_headers()
                 try:
                     for i in range(0, len(body), 65536):
-                        self.wfile.write(body[i:i + 65536])
+                        self.wfile.write(body[i : i + 65536])
                 except OSError:
                     pass  # the crawler hung up (e.g. a body over DOWNLOAD_MAXSIZE)
 
@@ -251,9 +383,16 @@ def pages() -> Iterator[PageServer]:
         yield server
 
 
-@settings(max_examples=15, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.large_base_example])
+@settings(
+    max_examples=15,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 @given(data=st.data())
 @deferred_f_from_coro_f  # pytest-twisted runs each example's Deferred on the reactor
 async def test_every_discovered_link_of_a_generated_list_page_ends_as_one_record(
@@ -265,13 +404,17 @@ async def test_every_discovered_link_of_a_generated_list_page_ends_as_one_record
     list_url = pages.base + path
     # What the spider finds on it, offline; every one of these must end as one record.
     spider = make_spider()
-    expected = {r.cb_kwargs["fingerprint"]: r.url
-                for r in parse(spider, list_url, page) if r.callback == spider.parse_child}
+    expected = {
+        r.cb_kwargs["fingerprint"]: r.url
+        for r in parse(spider, list_url, page)
+        if r.callback == spider.parse_child
+    }
 
     with tempfile.TemporaryDirectory() as folder:
         stores = local_stores(Path(folder))
-        crawler = await crawl(list_url, LISTING_MAX_PAGES=1, RETRY_TIMES=0, DOWNLOAD_TIMEOUT=30,
-                              **stores)
+        crawler = await crawl(
+            list_url, LISTING_MAX_PAGES=1, RETRY_TIMES=0, DOWNLOAD_TIMEOUT=30, **stores
+        )
         docs = records(Path(folder))
 
     assert crawler.stats.get_value("finish_reason") == "finished"
@@ -285,14 +428,17 @@ async def test_every_discovered_link_of_a_generated_list_page_ends_as_one_record
 async def test_a_list_page_linking_to_itself_counts_only_children_it_stores(
     pages: PageServer, tmp_path: Path
 ) -> None:
-    pages.pages["/self-list"] = ("text/html", b'<a href="/self-list">this page</a>'
-                                 b'<a href="/self-child">a child</a>')
+    pages.pages["/self-list"] = (
+        "text/html",
+        b'<a href="/self-list">this page</a><a href="/self-child">a child</a>',
+    )
     crawler = await crawl(f"{pages.base}/self-list", **local_stores(tmp_path))
     assert crawler.stats.get_value("listing/children") == len(records(tmp_path))
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
 # --- Endless pagination ------------------------------------------------------------------------
+
 
 @deferred_f_from_coro_f
 async def test_endless_pagination_stops_at_listing_max_pages(
@@ -339,8 +485,10 @@ async def test_list_pages_that_give_no_links_say_so(
         assert_children_recorded(stats, len(records(tmp_path / name)))
         if name == "binary":
             assert stats["listing/list_not_html"] == 1
-            assert (f"List page {url} is not HTML (b'application/octet-stream'): no links taken"
-                    in caplog.text)
+            assert (
+                f"List page {url} is not HTML (b'application/octet-stream'): no links taken"
+                in caplog.text
+            )
         else:
             assert stats["listing/list_failed"] == 1, name
             assert f"List page {url} failed: " in caplog.text, name
@@ -357,8 +505,10 @@ async def test_a_list_page_in_latin1_gives_its_non_ascii_links(
 
     docs = read_jsonl(tmp_path / "meta.jsonl")
     # Scrapy percent-encodes a link's path as UTF-8, whatever the page's encoding.
-    assert {d["url"] for d in docs} == {f"{pages.base}/caf%C3%A9/cr%C3%A8me",
-                                        f"{pages.base}/%C3%A0-la"}
+    assert {d["url"] for d in docs} == {
+        f"{pages.base}/caf%C3%A9/cr%C3%A8me",
+        f"{pages.base}/%C3%A0-la",
+    }
     assert all(d["status"] == 200 and d["error"] is None for d in docs)
     assert pages.hits["/caf%C3%A9/cr%C3%A8me"] == 1
     assert_children_recorded(crawler.stats.get_stats(), len(docs))
@@ -371,12 +521,15 @@ async def test_a_child_over_download_maxsize_without_content_length_ends_as_one_
     """The body grows past DOWNLOAD_MAXSIZE while it arrives (no Content-Length to refuse
     it up front, unlike /fault/huge): the download is cut and the child still gets its
     record, with the error and no body."""
-    pages.pages["/stream-list"] = ("text/html", b'<a href="/streamed-child">big</a>'
-                                   b'<a href="/ok-child">ok</a>')
+    pages.pages["/stream-list"] = (
+        "text/html",
+        b'<a href="/streamed-child">big</a><a href="/ok-child">ok</a>',
+    )
     pages.pages["/streamed-child"] = ("text/html", render_child("big") * 100)  # ~3-5 MB
     pages.streamed.add("/streamed-child")
-    crawler = await crawl(f"{pages.base}/stream-list", DOWNLOAD_MAXSIZE=2**20, RETRY_TIMES=0,
-                          **local_stores(tmp_path))
+    crawler = await crawl(
+        f"{pages.base}/stream-list", DOWNLOAD_MAXSIZE=2**20, RETRY_TIMES=0, **local_stores(tmp_path)
+    )
 
     written = read_jsonl(tmp_path / "meta.jsonl")
     docs = {d["url"].rsplit("/", 1)[1]: d for d in written}
@@ -395,8 +548,12 @@ async def test_a_streamed_child_over_download_maxsize_says_why(
     pages.pages["/stream-list-2"] = ("text/html", b'<a href="/streamed-child-2">big</a>')
     pages.pages["/streamed-child-2"] = ("text/html", render_child("big") * 100)
     pages.streamed.add("/streamed-child-2")
-    crawler = await crawl(f"{pages.base}/stream-list-2", DOWNLOAD_MAXSIZE=2**20, RETRY_TIMES=0,
-                          **local_stores(tmp_path))
+    crawler = await crawl(
+        f"{pages.base}/stream-list-2",
+        DOWNLOAD_MAXSIZE=2**20,
+        RETRY_TIMES=0,
+        **local_stores(tmp_path),
+    )
     [doc] = records(tmp_path)
     assert "max size" in doc["error"], doc["error"]
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))

@@ -38,18 +38,31 @@ def run(site: Site, tmp_path: Path, *settings: str) -> tuple[str, str]:
     return output, output.split("'finish_reason': '", 1)[1].split("'", 1)[0]
 
 
-@pytest.mark.parametrize(("setting", "reason", "message"), [
-    ("BODY_STORE=ftp://files.example/bodies", "body_store_unusable",
-     "BODY_STORE unusable, crawl stopped: BODY_STORE='ftp://files.example/bodies': unknown "
-     "scheme 'ftp' (use file://, s3://, or a local path)"),
-    ("META_STORE=redis://127.0.0.1/0", "meta_store_unusable",
-     "META_STORE unusable, crawl stopped: META_STORE='redis://127.0.0.1/0': unknown scheme "
-     "'redis' (use file://, mongodb://, mongodb+srv://, or a local path)"),
-    ("BODY_STORE=s3://", "body_store_unusable",
-     "BODY_STORE unusable, crawl stopped: BODY_STORE='s3://' names no bucket (s3://bucket/prefix)"),
-])
-def test_unknown_or_incomplete_store_uri(site: Site, tmp_path: Path, setting: str, reason: str,
-                                         message: str) -> None:
+@pytest.mark.parametrize(
+    ("setting", "reason", "message"),
+    [
+        (
+            "BODY_STORE=ftp://files.example/bodies",
+            "body_store_unusable",
+            "BODY_STORE unusable, crawl stopped: BODY_STORE='ftp://files.example/bodies': unknown "
+            "scheme 'ftp' (use file://, s3://, or a local path)",
+        ),
+        (
+            "META_STORE=redis://127.0.0.1/0",
+            "meta_store_unusable",
+            "META_STORE unusable, crawl stopped: META_STORE='redis://127.0.0.1/0': unknown scheme "
+            "'redis' (use file://, mongodb://, mongodb+srv://, or a local path)",
+        ),
+        (
+            "BODY_STORE=s3://",
+            "body_store_unusable",
+            "BODY_STORE unusable, crawl stopped: BODY_STORE='s3://' names no bucket (s3://bucket/prefix)",
+        ),
+    ],
+)
+def test_unknown_or_incomplete_store_uri(
+    site: Site, tmp_path: Path, setting: str, reason: str, message: str
+) -> None:
     output, finish_reason = run(site, tmp_path, setting)
     assert finish_reason == reason
     assert error_lines(output) == [message]
@@ -61,11 +74,17 @@ def test_unknown_or_incomplete_store_uri(site: Site, tmp_path: Path, setting: st
 def test_missing_bucket(site: Site, moto: Server, tmp_path: Path) -> None:
     endpoint = f"http://127.0.0.1:{moto.port}"
     output, finish_reason = run(
-        site, tmp_path, "BODY_STORE=s3://not-there/x", f"AWS_ENDPOINT_URL={endpoint}",
-        "AWS_REGION_NAME=us-east-1", *(f"{k}={v}" for k, v in S3_CREDENTIALS.items()))
+        site,
+        tmp_path,
+        "BODY_STORE=s3://not-there/x",
+        f"AWS_ENDPOINT_URL={endpoint}",
+        "AWS_REGION_NAME=us-east-1",
+        *(f"{k}={v}" for k, v in S3_CREDENTIALS.items()),
+    )
     assert finish_reason == "body_store_unusable"
-    assert error_lines(output) == ["BODY_STORE unusable, crawl stopped: S3 bucket "
-                                   f"s3://not-there at {endpoint} does not exist"]
+    assert error_lines(output) == [
+        f"BODY_STORE unusable, crawl stopped: S3 bucket s3://not-there at {endpoint} does not exist"
+    ]
     assert S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in output
     assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))
 
@@ -73,15 +92,20 @@ def test_missing_bucket(site: Site, moto: Server, tmp_path: Path) -> None:
 def test_unreachable_mongo_with_password_in_uri(site: Site, tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     output, finish_reason = run(
-        site, tmp_path, f"META_STORE=mongodb://crawler:s3cr3t-pw@127.0.0.1:{port}/pages",
-        "META_STORE_CONNECT_TIMEOUT_MS=300")
+        site,
+        tmp_path,
+        f"META_STORE=mongodb://crawler:s3cr3t-pw@127.0.0.1:{port}/pages",
+        "META_STORE_CONNECT_TIMEOUT_MS=300",
+    )
     assert finish_reason == "meta_store_unusable"
     assert error_lines(output) == [
         f"META_STORE unusable, crawl stopped: MongoDB at mongodb://crawler:***@127.0.0.1:{port}"
-        "/pages unusable: no server answered within 300 ms"]
+        "/pages unusable: no server answered within 300 ms"
+    ]
     assert "s3cr3t-pw" not in output
     assert not (tmp_path / "data" / "bodies").exists() or not any(
-        (tmp_path / "data" / "bodies").iterdir())
+        (tmp_path / "data" / "bodies").iterdir()
+    )
     assert_children_recorded(log_stats(output), 0)  # never started: its Mongo is unreachable
 
 
@@ -104,8 +128,9 @@ def test_mongo_refusing_the_crawl_says_why_in_one_line(monkeypatch: pytest.Monke
             return self
 
         def command(self, name: str) -> None:
-            raise OperationFailure("Authentication failed.", code=18,
-                                   details={"codeName": "AuthenticationFailed"})
+            raise OperationFailure(
+                "Authentication failed.", code=18, details={"codeName": "AuthenticationFailed"}
+            )
 
         def close(self) -> None:
             pass
@@ -114,8 +139,9 @@ def test_mongo_refusing_the_crawl_says_why_in_one_line(monkeypatch: pytest.Monke
     store = MongoMetaStore("mongodb://crawler:s3cret@127.0.0.1:27017/crawl")
     with pytest.raises(StoreError) as refused:
         store.open()
-    assert str(refused.value) == ("MongoDB at mongodb://crawler:***@127.0.0.1:27017/crawl "
-                                  "refused: AuthenticationFailed")
+    assert str(refused.value) == (
+        "MongoDB at mongodb://crawler:***@127.0.0.1:27017/crawl refused: AuthenticationFailed"
+    )
 
 
 def test_redact_hides_uri_passwords() -> None:
@@ -125,8 +151,12 @@ def test_redact_hides_uri_passwords() -> None:
 
 
 def test_secrets_are_found_in_settings() -> None:
-    settings = {"AWS_SECRET_ACCESS_KEY": "aws-secret", "META_STORE": "mongodb://u:p%40ss@h/db",
-                "REDIS_URL": "redis://:redis-pw@h:6379/0", "BODY_STORE": "data/bodies"}
+    settings = {
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        "META_STORE": "mongodb://u:p%40ss@h/db",
+        "REDIS_URL": "redis://:redis-pw@h:6379/0",
+        "BODY_STORE": "data/bodies",
+    }
     assert secrets_in(settings) == {"aws-secret", "p%40ss", "p@ss", "redis-pw"}
 
 
@@ -134,13 +164,16 @@ def test_crawl_without_a_list_page_or_with_redis_down_exits_1(tmp_path: Path) ->
     no_url = scrapy_crawl([], cwd=tmp_path, timeout=120)
     assert no_url.returncode == 1
     assert "No list page given: run `scrapy crawl listing -a url=<list page URL>`" in (
-        no_url.stdout + no_url.stderr)
-    assert_children_recorded(log_stats(no_url.stdout + no_url.stderr),
-                             len(records(tmp_path / "data")))
+        no_url.stdout + no_url.stderr
+    )
+    assert_children_recorded(
+        log_stats(no_url.stdout + no_url.stderr), len(records(tmp_path / "data"))
+    )
 
     port = free_port()  # nothing listens there
-    redis_down = scrapy_crawl(["-s", f"REDIS_URL=redis://:pw-not-shown@127.0.0.1:{port}/0"],
-                              cwd=tmp_path, timeout=120)
+    redis_down = scrapy_crawl(
+        ["-s", f"REDIS_URL=redis://:pw-not-shown@127.0.0.1:{port}/0"], cwd=tmp_path, timeout=120
+    )
     output = redis_down.stdout + redis_down.stderr
     assert redis_down.returncode == 1
     assert "'finish_reason': 'redis_unusable'" in output

@@ -20,17 +20,42 @@ if TYPE_CHECKING:
 def test_harness_runs_every_contender_and_verifies_the_stores(tmp_path: Path) -> None:
     rows_path, results = tmp_path / "rows.jsonl", tmp_path / "RESULTS.md"
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--n", "50", "--concurrency", "10", "--repeats", "1",
-         "--latency-ms", "10", "--sink-seconds", "0.5", "--timeout", "120",
-         "--runs-dir", str(tmp_path / "runs"), "--rows", str(rows_path), "--results",
-         str(results)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--n",
+            "50",
+            "--concurrency",
+            "10",
+            "--repeats",
+            "1",
+            "--latency-ms",
+            "10",
+            "--sink-seconds",
+            "0.5",
+            "--timeout",
+            "120",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--rows",
+            str(rows_path),
+            "--results",
+            str(results),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
     assert {(r["profile"], r["contender"]) for r in rows} == {
-        (p, c) for p in ("local", "s3", "services")
-        for c in ("ours", "ours-no-storage", "celery-gevent", "bare")}
+        (p, c)
+        for p in ("local", "s3", "services")
+        for c in ("ours", "ours-no-storage", "celery-gevent", "bare")
+    }
     for row in rows:
         assert row["ok"] and row["stored"] == 50, row
         assert row["cpu_seconds"] > 0 and row["peak_rss_mb"] > 10
@@ -78,12 +103,30 @@ def test_verification_catches_a_wrong_body_and_a_missing_record(tmp_path: Path) 
 
 def test_soak_samples_memory_checks_the_bound_and_the_stores(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
-    args = ["--n", "300", "--concurrency", "5", "--latency-ms", "20", "--per-page", "50",
-            "--timeout", "120", "--results", str(results)]
+    args = [
+        "--n",
+        "300",
+        "--concurrency",
+        "5",
+        "--latency-ms",
+        "20",
+        "--per-page",
+        "50",
+        "--timeout",
+        "120",
+        "--results",
+        str(results),
+    ]
 
     def soak(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "bench.soak", *args, *extra], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "bench.soak", *args, *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
     ok = soak("--bound", "10", "--redis")  # one distributed node, its queue in Redis
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]

@@ -19,16 +19,28 @@ def spider() -> ListingSpider:
 
 
 def test_a_request_comes_back_equal(spider: ListingSpider) -> None:
-    request = Request("http://x/page/1", callback=spider.parse_child, errback=spider.child_failed,
-                      cb_kwargs={"listing_url": "http://x/list", "fingerprint": "ab" * 20},
-                      priority=3, meta={"redirect_urls": ["http://x/a"], "_lease": "n:1"},
-                      headers={"X-Token": "v"}, dont_filter=True)
+    request = Request(
+        "http://x/page/1",
+        callback=spider.parse_child,
+        errback=spider.child_failed,
+        cb_kwargs={"listing_url": "http://x/list", "fingerprint": "ab" * 20},
+        priority=3,
+        meta={"redirect_urls": ["http://x/a"], "_lease": "n:1"},
+        headers={"X-Token": "v"},
+        dont_filter=True,
+    )
     text = encode(request, spider)
     assert json.loads(text).keys() == request.to_dict(spider=spider).keys()
     copy = decode(text, spider)
-    assert (copy.url, copy.callback, copy.errback, copy.cb_kwargs, copy.priority,
-            copy.dont_filter, copy.headers.get("X-Token")) == (
-        request.url, spider.parse_child, spider.child_failed, request.cb_kwargs, 3, True, b"v")
+    assert (
+        copy.url,
+        copy.callback,
+        copy.errback,
+        copy.cb_kwargs,
+        copy.priority,
+        copy.dont_filter,
+        copy.headers.get("X-Token"),
+    ) == (request.url, spider.parse_child, spider.child_failed, request.cb_kwargs, 3, True, b"v")
     assert copy.meta == {"redirect_urls": ["http://x/a"]}  # node-local meta stays home
 
 
@@ -43,28 +55,46 @@ def test_a_callback_that_is_not_a_spider_method_is_refused(spider: ListingSpider
         encode(Request("http://x/", callback=lambda r: None), spider)
 
 
-@pytest.mark.parametrize("entry", [
-    pickle.dumps({"url": "http://x"}).decode("latin-1"), "{not json", "[1, 2]",
-    json.dumps({"url": 5}), json.dumps({"url": "http://x", "callback": "no_such_method"}),
-    json.dumps({"url": "http://x", "body": "***not base64***"}), "x" * 2_000_000,
-])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pickle.dumps({"url": "http://x"}).decode("latin-1"),
+        "{not json",
+        "[1, 2]",
+        json.dumps({"url": 5}),
+        json.dumps({"url": "http://x", "callback": "no_such_method"}),
+        json.dumps({"url": "http://x", "body": "***not base64***"}),
+        "x" * 2_000_000,
+    ],
+)
 def test_anything_else_is_a_bad_entry(spider: ListingSpider, entry: str) -> None:
     with pytest.raises(BadEntry):
         decode(entry, spider)
 
 
-@pytest.mark.parametrize(("entry", "expected"), [
-    ("http://x/list", ("http://x/list", {})),
-    (' {"url": "https://x/l", "meta": {"a": 1}} ', ("https://x/l", {"a": 1})),
-])
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("http://x/list", ("http://x/list", {})),
+        (' {"url": "https://x/l", "meta": {"a": 1}} ', ("https://x/l", {"a": 1})),
+    ],
+)
 def test_start_urls_as_scrapy_redis_takes_them(entry: str, expected: tuple[str, dict]) -> None:
     assert start_url(entry) == expected
 
 
-@pytest.mark.parametrize("entry", ["ftp://x/", "not a url", "{oops", '{"url": 1}',
-                                   '{"url": "http://x", "meta": []}',
-                                   '{"url": "http://x", "meta": {"_lease": "n:1"}}',
-                                   '{"url": "http://x", "meta": {"download_slot": "y"}}'])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "ftp://x/",
+        "not a url",
+        "{oops",
+        '{"url": 1}',
+        '{"url": "http://x", "meta": []}',
+        '{"url": "http://x", "meta": {"_lease": "n:1"}}',
+        '{"url": "http://x", "meta": {"download_slot": "y"}}',
+    ],
+)
 def test_bad_start_urls(entry: str) -> None:
     with pytest.raises(BadEntry):
         start_url(entry)

@@ -40,8 +40,12 @@ async def test_every_child_of_every_list_page_is_stored_once(
     site: Site, tmp_path: Path, fs_threads: int
 ) -> None:
     stores = local_stores(tmp_path)
-    crawler = await crawl(site.listing_url(450, per_page=50), CONCURRENT_REQUESTS=200,
-                          BODY_STORE_FS_THREADS=fs_threads, **stores)
+    crawler = await crawl(
+        site.listing_url(450, per_page=50),
+        CONCURRENT_REQUESTS=200,
+        BODY_STORE_FS_THREADS=fs_threads,
+        **stores,
+    )
 
     docs = read_jsonl(tmp_path / "meta.jsonl")
     assert len(docs) == 450
@@ -55,7 +59,8 @@ async def test_every_child_of_every_list_page_is_stored_once(
         assert doc["title"] == f"Child page {name}"
         assert "body" not in doc
     assert len(list((tmp_path / "bodies").rglob("*"))) == 450 + len(
-        list((tmp_path / "bodies").iterdir()))  # files + their fan-out folders, nothing else
+        list((tmp_path / "bodies").iterdir())
+    )  # files + their fan-out folders, nothing else
     stats = crawler.stats.get_stats()
     assert stats["finish_reason"] == "finished"
     assert stats["listing/list_pages"] == 9
@@ -70,8 +75,13 @@ BINARY = random.Random(42).randbytes(64 * 1024)
 @deferred_f_from_coro_f
 async def test_fault_pages_each_end_as_one_record(site: Site, tmp_path: Path) -> None:
     stores = local_stores(tmp_path)
-    crawler = await crawl(site.listing_url(150, faults=True), RETRY_TIMES=1,
-                          DOWNLOAD_TIMEOUT=1, DOWNLOAD_MAXSIZE=2**20, **stores)
+    crawler = await crawl(
+        site.listing_url(150, faults=True),
+        RETRY_TIMES=1,
+        DOWNLOAD_TIMEOUT=1,
+        DOWNLOAD_MAXSIZE=2**20,
+        **stores,
+    )
 
     docs = by_url(read_jsonl(tmp_path / "meta.jsonl"))
     # 150 children on two list pages (the second one malformed) + 11 fault pages.
@@ -118,7 +128,8 @@ async def test_recrawl_leaves_the_same_records(site: Site, tmp_path: Path) -> No
     assert crawler.stats.get_value("meta_store/written") == 120  # written again...
     assert len(second) == len(read_jsonl(tmp_path / "meta.jsonl")) == 120  # ...not added
     assert {u: d["fingerprint"] for u, d in first.items()} == {
-        u: d["fingerprint"] for u, d in second.items()}
+        u: d["fingerprint"] for u, d in second.items()
+    }
     assert all(second[u]["fetched_at"] > first[u]["fetched_at"] for u in first)  # the newest
     # Every record now in the store is the second crawl's (each one newer, just above).
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
@@ -127,8 +138,9 @@ async def test_recrawl_leaves_the_same_records(site: Site, tmp_path: Path) -> No
 
 
 @deferred_f_from_coro_f
-async def test_without_url_the_spider_says_how_to_run_it(caplog: pytest.LogCaptureFixture,
-                                                          tmp_path: Path) -> None:
+async def test_without_url_the_spider_says_how_to_run_it(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     caplog.set_level(logging.INFO)
     crawler = await crawl(None, **local_stores(tmp_path))
     assert crawler.stats.get_value("finish_reason") == "no_url"
@@ -152,8 +164,11 @@ async def test_concurrent_requests_1000_puts_1000_in_flight_on_one_site(
     caplog.set_level(logging.INFO)
     slow_site.stats(reset=True)
     # One list page with 2,000 links: the crawl can put 1,000 in flight at once.
-    crawler = await crawl(slow_site.listing_url(2000, per_page=2000), CONCURRENT_REQUESTS=1000,
-                          **local_stores(tmp_path))
+    crawler = await crawl(
+        slow_site.listing_url(2000, per_page=2000),
+        CONCURRENT_REQUESTS=1000,
+        **local_stores(tmp_path),
+    )
     assert crawler.stats.get_value("meta_store/written") == 2000
     # Measured by the server: how many requests it was answering at once.
     assert slow_site.stats()["max_in_flight"] >= 950
@@ -164,9 +179,22 @@ async def test_concurrent_requests_1000_puts_1000_in_flight_on_one_site(
 def test_readme_main_command_crawls_and_checks_the_stores(tmp_path: Path) -> None:
     """`python -m scraper.demo`, which bin/demo runs after setting up the venv."""
     result = subprocess.run(
-        [sys.executable, "-m", "scraper.demo", "--pages", "1000", "--port", "0",
-         "--latency-ms", "20"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "scraper.demo",
+            "--pages",
+            "1000",
+            "--port",
+            "0",
+            "--latency-ms",
+            "20",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "OK: every child page stored once, every body byte-equal." in result.stdout
@@ -174,23 +202,42 @@ def test_readme_main_command_crawls_and_checks_the_stores(tmp_path: Path) -> Non
     assert len(read_jsonl(tmp_path / "data" / "meta.jsonl")) == 1000
     assert len([p for p in (tmp_path / "data" / "bodies").rglob("*") if p.is_file()]) == 1000
     # The demo's `scrapy crawl` logs to the demo's stderr.
-    assert_children_recorded(log_stats(result.stderr),
-                             len(read_jsonl(tmp_path / "data" / "meta.jsonl")))
+    assert_children_recorded(
+        log_stats(result.stderr), len(read_jsonl(tmp_path / "data" / "meta.jsonl"))
+    )
 
 
 def test_demo_refuses_a_taken_port(tmp_path: Path, site: Site) -> None:
     port = site.server.port
-    result = subprocess.run([sys.executable, "-m", "scraper.demo", "--port", str(port)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "scraper.demo", "--port", str(port)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     assert f"Port {port} is taken" in result.stderr
 
 
 def test_testsite_runs_as_a_command(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "scraper.testsite", "--port", str(port),
-                             "--pages", "7", "--per-page", "5"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "scraper.testsite",
+            "--port",
+            str(port),
+            "--pages",
+            "7",
+            "--per-page",
+            "5",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port, proc)
         base = f"http://127.0.0.1:{port}"

@@ -63,8 +63,10 @@ def test_constructor_defaults_are_the_settings(cls: type, name: str) -> None:
 def test_each_s3_client_gets_its_own_window(store: type[_S3Store]) -> None:
     """The PUTs in flight: the setting of the client that sends them, its value in
     settings.py when the store is built without one."""
-    setting = {ObstoreS3BodyStore: "BODY_STORE_S3_IN_FLIGHT",
-               Boto3S3BodyStore: "BODY_STORE_THREADS"}[store]
+    setting = {
+        ObstoreS3BodyStore: "BODY_STORE_S3_IN_FLIGHT",
+        Boto3S3BodyStore: "BODY_STORE_THREADS",
+    }[store]
     assert store.concurrency_setting == setting
     assert store("s3://bucket/").concurrency == SETTINGS.getint(setting)
     assert store("s3://bucket/", concurrency=3).concurrency == 3

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-
 @pytest.fixture(scope="module")
 def dist_site(logs: Path) -> Iterator[Site]:
     """A test site with 50 ms latency, so that a crawl lasts long enough to be disturbed."""
@@ -90,8 +89,16 @@ def test_redis_restart_mid_crawl(
     port = free_port()
     data = tmp_path / "redis-data"
     data.mkdir()
-    server = redis_server(port, logs / "redis-restart.log", "--appendonly", "yes",
-                          "--appendfsync", "always", "--dir", str(data))
+    server = redis_server(
+        port,
+        logs / "redis-restart.log",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        str(data),
+    )
     server.start()
     try:
         url = f"redis://127.0.0.1:{port}/0"
@@ -123,11 +130,23 @@ def test_garbage_in_redis_is_logged_and_skipped(
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     payload = pickle.dumps({"url": "http://x", "callback": Boom()})
-    client.rpush("listing:start_urls", "not a url", payload, "{broken json",
-                 json.dumps({"url": 5}), "x" * 2_000_000)
-    client.zadd("listing:requests", {b"1 " + payload: -5, "2 {not json": -4,
-                                     "3 " + json.dumps({"url": "http://x", "callback": "nope"}): 1,
-                                     "4 " + "y" * 2_000_000: -3})
+    client.rpush(
+        "listing:start_urls",
+        "not a url",
+        payload,
+        "{broken json",
+        json.dumps({"url": 5}),
+        "x" * 2_000_000,
+    )
+    client.zadd(
+        "listing:requests",
+        {
+            b"1 " + payload: -5,
+            "2 {not json": -4,
+            "3 " + json.dumps({"url": "http://x", "callback": "nope"}): 1,
+            "4 " + "y" * 2_000_000: -3,
+        },
+    )
     client.close()
     seed(dist_site, redis_url, tmp_path, 200)
     nodes.append(Node("node0", redis_url, tmp_path))
@@ -146,8 +165,9 @@ def test_bloom_filter_dedup_crawl(
     dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
     seed(dist_site, redis_url, tmp_path, 500)
-    nodes.append(Node("node0", redis_url, tmp_path, "REDIS_DUPEFILTER=bloom",
-                      "REDIS_BLOOM_CAPACITY=100000"))
+    nodes.append(
+        Node("node0", redis_url, tmp_path, "REDIS_DUPEFILTER=bloom", "REDIS_BLOOM_CAPACITY=100000")
+    )
     assert nodes[0].wait() == 0
     assert_stored_once(dist_site, tmp_path, 500)
     client = redis.Redis.from_url(redis_url)
@@ -170,8 +190,10 @@ def test_redis_round_trips_per_page(
     client.close()
     # Each script call, pipeline (MULTI) and single command from a client is one round trip;
     # the commands a script runs inside Redis are not.
-    trips = sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0)
-                for c in ("evalsha", "eval", "multi", "ping", "hello", "client|setinfo"))
+    trips = sum(
+        stats.get(f"cmdstat_{c}", {}).get("calls", 0)
+        for c in ("evalsha", "eval", "multi", "ping", "hello", "client|setinfo")
+    )
     assert_stored_once(dist_site, tmp_path, 2000)
     assert trips / 2000 < 3, trips
     assert_children_recorded(nodes[0].stats(), len(records(tmp_path)))
@@ -209,8 +231,9 @@ def test_idle_nodes_ask_redis_little_and_still_take_work_at_once(
     trips per idle node per second, 46 of them empty LEASEs, docs/scaling.md); the
     status read still brings them work as soon as it is seeded."""
     client = redis.Redis.from_url(redis_url)
-    nodes += [Node(f"node{i}", redis_url, tmp_path, "REDIS_WAIT_FOR_START_URLS=True")
-              for i in range(2)]
+    nodes += [
+        Node(f"node{i}", redis_url, tmp_path, "REDIS_WAIT_FOR_START_URLS=True") for i in range(2)
+    ]
     deadline = time.monotonic() + 60
     while client.hlen("listing:nodes") < 2:
         assert time.monotonic() < deadline, "the nodes never sent a heartbeat"
@@ -236,12 +259,19 @@ def test_idle_nodes_ask_redis_little_and_still_take_work_at_once(
 
 def test_seed_and_status_commands_explain_what_they_need(tmp_path: Path) -> None:
     env_without = {k: v for k, v in ENV.items() if k != "SCRAPER_REDIS_URL"}
-    result = subprocess.run([sys.executable, "-m", "scrapy", "status", "listing"], cwd=ROOT,
-                            env=env_without, capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "scrapy", "status", "listing"],
+        cwd=ROOT,
+        env=env_without,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     assert "REDIS_URL is not set" in result.stderr
-    result = scrapy("seed", "listing", "ftp://x/", "-s", "REDIS_URL=redis://127.0.0.1:1/0",
-                    cwd=tmp_path)
+    result = scrapy(
+        "seed", "listing", "ftp://x/", "-s", "REDIS_URL=redis://127.0.0.1:1/0", cwd=tmp_path
+    )
     assert result.returncode == 2
     assert "start URL is not an http(s) URL" in result.stderr

@@ -54,31 +54,44 @@ ISSUE_RATES = {"slowdown": 0.10, "internal": 0.05, "reset": 0.02, "delay": 0.03}
 
 
 def s3_args(endpoint: str, bucket: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {"BODY_STORE": f"s3://{bucket}/pages", "AWS_ENDPOINT_URL": endpoint,
-            "AWS_REGION_NAME": "us-east-1", **S3_CREDENTIALS,
-            "META_STORE": str(tmp_path / "meta.jsonl"),
-            "META_STORE_SPOOL": str(tmp_path / "meta-spool.jsonl"),
-            "BODY_STORE_SPOOL": str(tmp_path / "body-spool"), **extra}
+    return {
+        "BODY_STORE": f"s3://{bucket}/pages",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION_NAME": "us-east-1",
+        **S3_CREDENTIALS,
+        "META_STORE": str(tmp_path / "meta.jsonl"),
+        "META_STORE_SPOOL": str(tmp_path / "meta-spool.jsonl"),
+        "BODY_STORE_SPOOL": str(tmp_path / "body-spool"),
+        **extra,
+    }
 
 
 def cmdline(settings: dict[str, Any]) -> list[str]:
     return [arg for name, value in settings.items() for arg in ("-s", f"{name}={value}")]
 
 
-def scrapy_replay(settings: dict[str, Any], cwd: Path,
-                  *args: str) -> subprocess.CompletedProcess[str]:
+def scrapy_replay(
+    settings: dict[str, Any], cwd: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
     """`scrapy replay -s ...` as a user runs it, with the crawl's settings."""
     return subprocess.run(
         [sys.executable, "-m", "scrapy", "replay", *cmdline(settings), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings"},
     )
 
 
 def bucket_bodies(endpoint: str, bucket: str) -> dict[str, bytes]:
     client = s3_client(endpoint)
-    keys = [obj["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for obj in page.get("Contents", [])]
+    keys = [
+        obj["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for obj in page.get("Contents", [])
+    ]
     return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
 
 
@@ -91,14 +104,22 @@ def test_s3_faults_at_the_issues_rates_lose_no_byte(
     site: Site, moto: Server, bucket: str, tmp_path: Path, client: str
 ) -> None:
     """2,000 pages through 503 SlowDown / 500 / resets / delays: every body byte-equal."""
-    with FaultProxy(f"http://127.0.0.1:{moto.port}", ISSUE_RATES, seed=6,
-                    delay_range=(1.0, 2.5)) as proxy:
+    with FaultProxy(
+        f"http://127.0.0.1:{moto.port}", ISSUE_RATES, seed=6, delay_range=(1.0, 2.5)
+    ) as proxy:
         # The client tries twice: some uploads fail both, so the pipeline's own retries show.
-        settings = s3_args(proxy.url, bucket, tmp_path, BODY_STORE_S3_CLIENT=client,
-                           BODY_STORE_S3_MAX_ATTEMPTS=2,
-                           CONCURRENT_REQUESTS=200, BODY_STORE_THREADS=64)
-        result = scrapy_crawl(["-a", f"url={site.listing_url(2000)}", *cmdline(settings)],
-                              cwd=tmp_path, timeout=240)
+        settings = s3_args(
+            proxy.url,
+            bucket,
+            tmp_path,
+            BODY_STORE_S3_CLIENT=client,
+            BODY_STORE_S3_MAX_ATTEMPTS=2,
+            CONCURRENT_REQUESTS=200,
+            BODY_STORE_THREADS=64,
+        )
+        result = scrapy_crawl(
+            ["-a", f"url={site.listing_url(2000)}", *cmdline(settings)], cwd=tmp_path, timeout=240
+        )
         counts = dict(proxy.counts)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -110,9 +131,11 @@ def test_s3_faults_at_the_issues_rates_lose_no_byte(
     # Every object's ETag is the MD5 of the bytes S3 holds: equal to the page's MD5 for all
     # 2,000; and every 10th object is read back in full and compared byte for byte.
     client = s3_client(f"http://127.0.0.1:{moto.port}")
-    etags = {obj["Key"]: obj["ETag"].strip('"')
-             for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-             for obj in page.get("Contents", [])}
+    etags = {
+        obj["Key"]: obj["ETag"].strip('"')
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for obj in page.get("Contents", [])
+    }
     assert len(etags) == 2000
     for i, doc in enumerate(docs):
         assert doc["error"] is None and doc["body_pending"] is False
@@ -142,9 +165,14 @@ async def test_s3_down_past_every_retry_spools_bodies_and_replay_stores_them(
     n = 150
     moto_url = f"http://127.0.0.1:{moto.port}"
     with FaultProxy(moto_url) as proxy:
-        settings = s3_args(proxy.url, bucket, tmp_path, BODY_STORE_S3_CLIENT=client,
-                           BODY_STORE_S3_MAX_ATTEMPTS=1,
-                           BODY_STORE_RETRY_TIMEOUT=1)
+        settings = s3_args(
+            proxy.url,
+            bucket,
+            tmp_path,
+            BODY_STORE_S3_CLIENT=client,
+            BODY_STORE_S3_MAX_ATTEMPTS=1,
+            BODY_STORE_RETRY_TIMEOUT=1,
+        )
 
         def s3_goes_down() -> None:  # the bucket was checked at open; S3 fails from here on
             proxy.down = True
@@ -163,8 +191,9 @@ async def test_s3_down_past_every_retry_spools_bodies_and_replay_stores_them(
         assert stats.get_value("meta_store/written") == n
         docs = read_jsonl(tmp_path / "meta.jsonl")
         assert len(docs) == n
-        assert all(d["body_pending"] is True and d["body_key"] is None and d["error"] is None
-                   for d in docs)
+        assert all(
+            d["body_pending"] is True and d["body_key"] is None and d["error"] is None for d in docs
+        )
         assert_children_recorded(stats.get_stats(), len(docs))
         spool = BodySpool(tmp_path / "body-spool")
         assert spool.count() == n
@@ -198,8 +227,10 @@ async def test_s3_down_past_every_retry_spools_bodies_and_replay_stores_them(
         result = scrapy_replay(settings, tmp_path)
         output = result.stdout + result.stderr
         assert result.returncode == 0, output
-        assert (f"Replayed: 0 meta document(s) written, {left} body(ies) stored and their "
-                "records updated") in output
+        assert (
+            f"Replayed: 0 meta document(s) written, {left} body(ies) stored and their "
+            "records updated"
+        ) in output
         assert "Left in the spools: 0 document(s), 0 body(ies)." in output
         assert S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in output
 
@@ -227,8 +258,14 @@ async def test_gzip_bodies_are_spooled_and_replayed_as_they_would_have_been_stor
     n = 12
     moto_url = f"http://127.0.0.1:{moto.port}"
     with FaultProxy(moto_url) as proxy:
-        settings = s3_args(proxy.url, bucket, tmp_path, BODY_STORE_GZIP=True,
-                           BODY_STORE_S3_MAX_ATTEMPTS=1, BODY_STORE_RETRY_TIMEOUT=0.5)
+        settings = s3_args(
+            proxy.url,
+            bucket,
+            tmp_path,
+            BODY_STORE_GZIP=True,
+            BODY_STORE_S3_MAX_ATTEMPTS=1,
+            BODY_STORE_RETRY_TIMEOUT=0.5,
+        )
 
         def s3_goes_down() -> None:
             proxy.down = True
@@ -238,9 +275,11 @@ async def test_gzip_bodies_are_spooled_and_replayed_as_they_would_have_been_stor
         await crawler.crawl_async(url=site.listing_url(n))
         assert crawler.stats.get_value("body_store/spooled") == n
         assert sorted(p.name for p in BodySpool(tmp_path / "body-spool").paths()) == sorted(
-            d["fingerprint"] + ".gz" for d in read_jsonl(tmp_path / "meta.jsonl"))
-        assert_children_recorded(crawler.stats.get_stats(),
-                                 len(read_jsonl(tmp_path / "meta.jsonl")))
+            d["fingerprint"] + ".gz" for d in read_jsonl(tmp_path / "meta.jsonl")
+        )
+        assert_children_recorded(
+            crawler.stats.get_stats(), len(read_jsonl(tmp_path / "meta.jsonl"))
+        )
 
         proxy.down = False
         said: list[str] = []
@@ -266,9 +305,14 @@ async def test_a_body_neither_stored_nor_spooled_still_gets_its_record(
     every page has its record, saying why its body is missing."""
     (tmp_path / "not-a-folder").write_text("")
     with FaultProxy(f"http://127.0.0.1:{moto.port}") as proxy:
-        settings = s3_args(proxy.url, bucket, tmp_path, BODY_STORE_S3_MAX_ATTEMPTS=1,
-                           BODY_STORE_RETRY_TIMEOUT=0.5,
-                           BODY_STORE_SPOOL=str(tmp_path / "not-a-folder" / "spool"))
+        settings = s3_args(
+            proxy.url,
+            bucket,
+            tmp_path,
+            BODY_STORE_S3_MAX_ATTEMPTS=1,
+            BODY_STORE_RETRY_TIMEOUT=0.5,
+            BODY_STORE_SPOOL=str(tmp_path / "not-a-folder" / "spool"),
+        )
 
         def s3_goes_down() -> None:
             proxy.down = True
@@ -294,9 +338,11 @@ async def test_a_body_neither_stored_nor_spooled_still_gets_its_record(
 class FlakyCollection:
     """A pymongo collection whose ``bulk_write`` fails as a sick server would."""
 
-    ERRORS = (lambda: AutoReconnect("connection reset by peer"),
-              lambda: NetworkTimeout("timed out"),
-              lambda: WriteConcernError("waiting for replication timed out", 64))
+    ERRORS = (
+        lambda: AutoReconnect("connection reset by peer"),
+        lambda: NetworkTimeout("timed out"),
+        lambda: WriteConcernError("waiting for replication timed out", 64),
+    )
 
     def __init__(self, collection: Any, failures: int) -> None:
         self.collection = collection
@@ -336,14 +382,21 @@ def flaky(monkeypatch: pytest.MonkeyPatch) -> list[FlakyCollection]:
 
 
 def mongo_args(mongo_uri: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {"BODY_STORE": str(tmp_path / "bodies"), "META_STORE": mongo_uri,
-            "META_STORE_SPOOL": str(tmp_path / "meta-spool.jsonl"),
-            "BODY_STORE_SPOOL": str(tmp_path / "body-spool"), **extra}
+    return {
+        "BODY_STORE": str(tmp_path / "bodies"),
+        "META_STORE": mongo_uri,
+        "META_STORE_SPOOL": str(tmp_path / "meta-spool.jsonl"),
+        "BODY_STORE_SPOOL": str(tmp_path / "body-spool"),
+        **extra,
+    }
 
 
 @deferred_f_from_coro_f
 async def test_mongo_write_errors_are_retried_with_backoff_and_nothing_is_lost(
-    site: Site, mongo_uri: str, tmp_path: Path, flaky: list[FlakyCollection],
+    site: Site,
+    mongo_uri: str,
+    tmp_path: Path,
+    flaky: list[FlakyCollection],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     n = 200
@@ -376,7 +429,10 @@ async def test_mongo_write_errors_are_retried_with_backoff_and_nothing_is_lost(
 
 @deferred_f_from_coro_f
 async def test_mongo_down_until_close_spools_the_batches_and_replay_writes_them(
-    site: Site, mongo_uri: str, tmp_path: Path, flaky: list[FlakyCollection],
+    site: Site,
+    mongo_uri: str,
+    tmp_path: Path,
+    flaky: list[FlakyCollection],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Mongo fails every write until the crawl ends: the batches are spooled; once Mongo is
@@ -390,8 +446,7 @@ async def test_mongo_down_until_close_spools_the_batches_and_replay_writes_them(
         self.collection.failures = -1 if mongo_down else 0
 
     monkeypatch.setattr(MongoMetaStore, "open", open_maybe_down)
-    settings = mongo_args(mongo_uri, tmp_path, META_STORE_RETRY_TIMEOUT=1,
-                          META_STORE_BATCH_SIZE=50)
+    settings = mongo_args(mongo_uri, tmp_path, META_STORE_RETRY_TIMEOUT=1, META_STORE_BATCH_SIZE=50)
     crawler = await crawl(site.listing_url(n), **settings)
 
     stats = crawler.stats
@@ -402,8 +457,9 @@ async def test_mongo_down_until_close_spools_the_batches_and_replay_writes_them(
     spool = tmp_path / "meta-spool.jsonl"
     assert count_lines(spool) == n
     # Every record is in the meta spool (Mongo took none).
-    assert_children_recorded(stats.get_stats(), mongo_collection(mongo_uri).count_documents({})
-                             + count_lines(spool))
+    assert_children_recorded(
+        stats.get_stats(), mongo_collection(mongo_uri).count_documents({}) + count_lines(spool)
+    )
 
     # Replay while Mongo is still down: reported, nothing removed.
     said: list[str] = []
@@ -429,8 +485,10 @@ async def test_mongo_down_until_close_spools_the_batches_and_replay_writes_them(
     said.clear()
     report = await replay(project_settings(**settings), say=said.append)
     assert report.ok and report.meta_written == 0
-    assert said == [f"Nothing to replay: META_STORE_SPOOL {spool} and BODY_STORE_SPOOL "
-                    f"{tmp_path / 'body-spool'} are empty."]
+    assert said == [
+        f"Nothing to replay: META_STORE_SPOOL {spool} and BODY_STORE_SPOOL "
+        f"{tmp_path / 'body-spool'} are empty."
+    ]
     assert pages.count_documents({}) == n
 
 
@@ -465,20 +523,29 @@ async def test_a_cut_line_in_the_meta_spool_is_set_aside_and_the_rest_replayed(
     """A crash mid-append leaves half a line: replay writes the documents, moves the line to
     `<spool>.rejected`, says so and fails once; the next replay has nothing left to do."""
     spool = tmp_path / "meta-spool.jsonl"
-    docs = [{"fingerprint": f"{i:040x}", "url": f"http://x/{i}",
-             "fetched_at": "2026-11-27T12:00:00+00:00"} for i in range(3)]
+    docs = [
+        {
+            "fingerprint": f"{i:040x}",
+            "url": f"http://x/{i}",
+            "fetched_at": "2026-11-27T12:00:00+00:00",
+        }
+        for i in range(3)
+    ]
     append_lines(spool, docs)
     with spool.open("ab") as f:
         f.write(b'{"fingerprint": "cut')
-    settings = project_settings(META_STORE=str(tmp_path / "meta.jsonl"),
-                                META_STORE_SPOOL=str(spool),
-                                BODY_STORE=str(tmp_path / "bodies"),
-                                BODY_STORE_SPOOL=str(tmp_path / "body-spool"))
+    settings = project_settings(
+        META_STORE=str(tmp_path / "meta.jsonl"),
+        META_STORE_SPOOL=str(spool),
+        BODY_STORE=str(tmp_path / "bodies"),
+        BODY_STORE_SPOOL=str(tmp_path / "body-spool"),
+    )
     said: list[str] = []
     report = await replay(settings, say=said.append)
     assert not report.ok and report.meta_written == 3 and report.meta_left == 0
     assert [d["fingerprint"] for d in read_jsonl(tmp_path / "meta.jsonl")] == [
-        d["fingerprint"] for d in docs]
+        d["fingerprint"] for d in docs
+    ]
     assert (tmp_path / "meta-spool.jsonl.rejected").read_bytes() == b'{"fingerprint": "cut\n'
     assert any("1 line(s) are not meta documents" in line for line in said), said
     assert not spool.exists()
@@ -489,7 +556,13 @@ async def test_a_cut_line_in_the_meta_spool_is_set_aside_and_the_rest_replayed(
 
 
 def test_replay_needs_no_arguments() -> None:
-    result = subprocess.run([sys.executable, "-m", "scrapy", "replay", "extra"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "scrapy", "replay", "extra"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     assert "replay takes no arguments" in result.stderr

@@ -13,9 +13,12 @@ from tests.conftest import Site, assert_children_recorded, crawl, records
 @deferred_f_from_coro_f
 async def test_collections_are_counted_and_thresholds_restored(site: Site, tmp_path: Path) -> None:
     before, callbacks = gc.get_threshold(), list(gc.callbacks)
-    crawler = await crawl(site.listing_url(100, per_page=50), GC_THRESHOLDS=[200, 10, 10],
-                          BODY_STORE=str(tmp_path / "bodies"),
-                          META_STORE=str(tmp_path / "meta.jsonl"))
+    crawler = await crawl(
+        site.listing_url(100, per_page=50),
+        GC_THRESHOLDS=[200, 10, 10],
+        BODY_STORE=str(tmp_path / "bodies"),
+        META_STORE=str(tmp_path / "meta.jsonl"),
+    )
 
     stats = crawler.stats.get_stats()
     assert stats["meta_store/written"] == 100

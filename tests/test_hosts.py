@@ -46,8 +46,19 @@ class Hosts:
 
     def redis(self, *args: str) -> str:
         """A redis-cli command, run on the server host."""
-        result = self.server.run(["redis-cli", "-h", self.server.addr, "-p", str(REDIS_PORT),
-                                  "--no-auth-warning", "-a", PASSWORD, *args])
+        result = self.server.run(
+            [
+                "redis-cli",
+                "-h",
+                self.server.addr,
+                "-p",
+                str(REDIS_PORT),
+                "--no-auth-warning",
+                "-a",
+                PASSWORD,
+                *args,
+            ]
+        )
         assert result.returncode == 0, result.stderr
         return result.stdout
 
@@ -64,10 +75,23 @@ def hosts(logs: Path) -> Iterator[Hosts]:
         server = network.add("server")
         nodes = [network.add(f"node{i}") for i in range(3)]
         with (logs / "hosts-redis.log").open("ab") as log:
-            redis = server.popen(["redis-server", "--bind", server.addr, "--port",
-                                  str(REDIS_PORT), "--requirepass", PASSWORD, "--save", "",
-                                  "--appendonly", "no"],
-                                 stdout=log, stderr=subprocess.STDOUT)
+            redis = server.popen(
+                [
+                    "redis-server",
+                    "--bind",
+                    server.addr,
+                    "--port",
+                    str(REDIS_PORT),
+                    "--requirepass",
+                    PASSWORD,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         nodes[0].wait_for_port(server.addr, REDIS_PORT)
         yield Hosts(network, server, nodes)
     finally:
@@ -91,10 +115,23 @@ def site_on(hosts: Hosts, logs: Path) -> Iterator[Callable[[int], NetSite]]:
 
     def start(latency_ms: int) -> NetSite:
         with (logs / "hosts-site.log").open("ab") as log:
-            started.append(hosts.server.popen(
-                [sys.executable, "-m", "scraper.testsite", "--host", hosts.server.addr,
-                 "--port", str(SITE_PORT), "--latency-ms", str(latency_ms)],
-                stdout=log, stderr=subprocess.STDOUT))
+            started.append(
+                hosts.server.popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "scraper.testsite",
+                        "--host",
+                        hosts.server.addr,
+                        "--port",
+                        str(SITE_PORT),
+                        "--latency-ms",
+                        str(latency_ms),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         hosts.nodes[0].wait_for_port(hosts.server.addr, SITE_PORT)
         return NetSite(f"http://{hosts.server.addr}:{SITE_PORT}")
 
@@ -104,18 +141,24 @@ def site_on(hosts: Hosts, logs: Path) -> Iterator[Callable[[int], NetSite]]:
         stop(proc)
 
 
-def node_on(host: Host, hosts: Hosts, tmp_path: Path, *settings: str,
-            clock: str | None = None) -> Node:
+def node_on(
+    host: Host, hosts: Hosts, tmp_path: Path, *settings: str, clock: str | None = None
+) -> Node:
     """A crawler node on ``host``; ``clock`` ("+10m") sets its clock off by libfaketime."""
     env = dict(NODE_ENV)
     if clock:
         # Preloaded into the node itself (the `faketime` command would fork it, and the
         # PID the test kills would not be the node's). Wall clock only: the monotonic
         # clock has no meaning across machines anyway.
-        env.update(LD_PRELOAD=str(libfaketime()), FAKETIME=clock,
-                   FAKETIME_DONT_FAKE_MONOTONIC="1")
-    return Node(host.name, hosts.redis_url, tmp_path, *settings,
-                wrap=["ip", "netns", "exec", host.ns], env=env)
+        env.update(LD_PRELOAD=str(libfaketime()), FAKETIME=clock, FAKETIME_DONT_FAKE_MONOTONIC="1")
+    return Node(
+        host.name,
+        hosts.redis_url,
+        tmp_path,
+        *settings,
+        wrap=["ip", "netns", "exec", host.ns],
+        env=env,
+    )
 
 
 def libfaketime() -> Path:
@@ -128,20 +171,34 @@ def libfaketime() -> Path:
 def seed(hosts: Hosts, site: NetSite, n: int, tmp_path: Path) -> None:
     """`scrapy seed` from a node host, over the network."""
     result = hosts.nodes[0].run(
-        [sys.executable, "-m", "scrapy", "seed", "listing", site.listing_url(n), "-s",
-         f"REDIS_URL={hosts.redis_url}"], timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "scrapy",
+            "seed",
+            "listing",
+            site.listing_url(n),
+            "-s",
+            f"REDIS_URL={hosts.redis_url}",
+        ],
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "listing:start_urls += 1 URL(s)" in result.stdout
 
 
 def test_three_hosts_crawl_one_listing_exactly_once(
-    hosts: Hosts, site_on: Callable[[int], NetSite], tmp_path: Path,
+    hosts: Hosts,
+    site_on: Callable[[int], NetSite],
+    tmp_path: Path,
     nodes: list[Node],
 ) -> None:
     site = site_on(50)
     # Nodes first, then the seed: every node is waiting when the work arrives.
-    nodes += [node_on(host, hosts, tmp_path, "REDIS_LEASE_SECONDS=30", "REDIS_IDLE_TIMEOUT=60")
-              for host in hosts.nodes]
+    nodes += [
+        node_on(host, hosts, tmp_path, "REDIS_LEASE_SECONDS=30", "REDIS_IDLE_TIMEOUT=60")
+        for host in hosts.nodes
+    ]
     seed(hosts, site, 3000, tmp_path)
     assert [node.wait() for node in nodes] == [0, 0, 0]
 
@@ -162,21 +219,32 @@ def test_three_hosts_crawl_one_listing_exactly_once(
 
 def leases_of(hosts: Hosts, node: Node) -> int:
     """How many leases the node holds now (tokens are "<host>:<pid>:<id>:<n>")."""
-    return sum(f":{node.proc.pid}:" in token for token in
-               hosts.redis("HKEYS", "listing:leased").split())
+    return sum(
+        f":{node.proc.pid}:" in token for token in hosts.redis("HKEYS", "listing:leased").split()
+    )
 
 
 def test_a_partitioned_node_loses_its_leases_and_rejoins_cleanly(
-    hosts: Hosts, site_on: Callable[[int], NetSite], tmp_path: Path,
+    hosts: Hosts,
+    site_on: Callable[[int], NetSite],
+    tmp_path: Path,
     nodes: list[Node],
 ) -> None:
     lease = 4
     # 1 s per page and 20 in flight per node: ~60 pages/s, so the crawl of 1,200 pages
     # outlasts the cut, and the cut node always has requests in flight when it comes.
     site = site_on(1000)
-    nodes += [node_on(host, hosts, tmp_path, f"REDIS_LEASE_SECONDS={lease}",
-                      "CONCURRENT_REQUESTS=20", "REDIS_IDLE_TIMEOUT=60")
-              for host in hosts.nodes]
+    nodes += [
+        node_on(
+            host,
+            hosts,
+            tmp_path,
+            f"REDIS_LEASE_SECONDS={lease}",
+            "CONCURRENT_REQUESTS=20",
+            "REDIS_IDLE_TIMEOUT=60",
+        )
+        for host in hosts.nodes
+    ]
     seed(hosts, site, 1200, tmp_path)
     cut_node, cut_host = nodes[0], hosts.nodes[0]
     deadline = time.monotonic() + 60
@@ -207,7 +275,9 @@ def test_a_partitioned_node_loses_its_leases_and_rejoins_cleanly(
 
 
 def test_nodes_with_clocks_minutes_off_steal_nothing_and_keep_no_dead_lease(
-    hosts: Hosts, site_on: Callable[[int], NetSite], tmp_path: Path,
+    hosts: Hosts,
+    site_on: Callable[[int], NetSite],
+    tmp_path: Path,
     nodes: list[Node],
 ) -> None:
     """Lease deadlines are Redis's clock (TIME in the scripts), never a node's: a node
@@ -216,9 +286,18 @@ def test_nodes_with_clocks_minutes_off_steal_nothing_and_keep_no_dead_lease(
     lease = 10
     site = site_on(200)
     clocks = ["+10m", "-10m", None]
-    nodes += [node_on(host, hosts, tmp_path, f"REDIS_LEASE_SECONDS={lease}",
-                      "CONCURRENT_REQUESTS=20", "REDIS_IDLE_TIMEOUT=60",
-                      clock=clock) for host, clock in zip(hosts.nodes, clocks, strict=True)]
+    nodes += [
+        node_on(
+            host,
+            hosts,
+            tmp_path,
+            f"REDIS_LEASE_SECONDS={lease}",
+            "CONCURRENT_REQUESTS=20",
+            "REDIS_IDLE_TIMEOUT=60",
+            clock=clock,
+        )
+        for host, clock in zip(hosts.nodes, clocks, strict=True)
+    ]
     seed(hosts, site, 1200, tmp_path)
     ahead, behind, _ = nodes
     deadline = time.monotonic() + 60
@@ -235,8 +314,10 @@ def test_nodes_with_clocks_minutes_off_steal_nothing_and_keep_no_dead_lease(
     # The clocks really were off (log lines carry the node's own time).
     for node, offset in ((ahead, 600), (behind, -600)):
         first = node.log.read_text().split(" [", 1)[0]
-        skew = datetime.strptime(first, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp() \
+        skew = (
+            datetime.strptime(first, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
             - time.time()
+        )
         assert abs(skew - offset) < 120, (node.log, skew)
     assert_stored_once(site, tmp_path, 1200)  # type: ignore[arg-type]
     survivors = [ahead.stats(), nodes[2].stats()]

@@ -33,16 +33,22 @@ if TYPE_CHECKING:
 
 
 def stores(mongo_uri: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {"BODY_STORE": str(tmp_path / "bodies"), "META_STORE": mongo_uri,
-            "META_STORE_SPOOL": str(tmp_path / "spool.jsonl"), **extra}
+    return {
+        "BODY_STORE": str(tmp_path / "bodies"),
+        "META_STORE": mongo_uri,
+        "META_STORE_SPOOL": str(tmp_path / "spool.jsonl"),
+        **extra,
+    }
 
 
 @deferred_f_from_coro_f
 async def test_meta_documents_are_written_in_batches_of_the_set_size(
     site: Site, mongo_uri: str, tmp_path: Path
 ) -> None:
-    crawler = await crawl(site.listing_url(50), **stores(
-        mongo_uri, tmp_path, META_STORE_BATCH_SIZE=7, META_STORE_FLUSH_INTERVAL=60))
+    crawler = await crawl(
+        site.listing_url(50),
+        **stores(mongo_uri, tmp_path, META_STORE_BATCH_SIZE=7, META_STORE_FLUSH_INTERVAL=60),
+    )
 
     pages = mongo_collection(mongo_uri)
     assert pages.count_documents({}) == 50
@@ -61,13 +67,17 @@ async def test_the_last_partial_batch_is_written_when_the_crawl_drains(
 ) -> None:
     """The tail of a crawl does not wait for the flush timer (here a minute) to finish."""
     started = time.monotonic()
-    crawler = await crawl(site.listing_url(30), CONCURRENT_REQUESTS=100, **stores(
-        mongo_uri, tmp_path, META_STORE_BATCH_SIZE=1000, META_STORE_FLUSH_INTERVAL=60))
+    crawler = await crawl(
+        site.listing_url(30),
+        CONCURRENT_REQUESTS=100,
+        **stores(mongo_uri, tmp_path, META_STORE_BATCH_SIZE=1000, META_STORE_FLUSH_INTERVAL=60),
+    )
     assert mongo_collection(mongo_uri).count_documents({}) == 30
     assert crawler.stats.get_value("meta_store/written") == 30
     assert time.monotonic() - started < 30
-    assert_children_recorded(crawler.stats.get_stats(),
-                             mongo_collection(mongo_uri).count_documents({}))
+    assert_children_recorded(
+        crawler.stats.get_stats(), mongo_collection(mongo_uri).count_documents({})
+    )
 
 
 @deferred_f_from_coro_f
@@ -116,8 +126,14 @@ async def test_an_item_returns_only_once_its_batch_is_written(mongo_uri: str) ->
     """A lone item is flushed by time, and process_item() returns after the write."""
     pipeline = await open_pipeline(mongo_uri, batch_size=100, flush_interval=0.3)
     crawler = pipeline.crawler
-    item = PageItem(fingerprint="f" * 40, url="http://x/1", listing_url="http://x/",
-                    fetched_at=datetime.now(UTC), status=200, body=b"body")
+    item = PageItem(
+        fingerprint="f" * 40,
+        url="http://x/1",
+        listing_url="http://x/",
+        fetched_at=datetime.now(UTC),
+        status=200,
+        body=b"body",
+    )
     started = time.monotonic()
     assert await pipeline.process_item(item) is item
     waited = time.monotonic() - started
@@ -131,8 +147,15 @@ async def test_an_item_returns_only_once_its_batch_is_written(mongo_uri: str) ->
 @deferred_f_from_coro_f
 async def test_a_full_batch_is_written_without_waiting_for_the_timer(mongo_uri: str) -> None:
     pipeline = await open_pipeline(mongo_uri, batch_size=5, flush_interval=60)
-    items = [PageItem(fingerprint=f"{i:040x}", url=f"http://x/{i}", listing_url="http://x/",
-                      fetched_at=datetime.now(UTC)) for i in range(5)]
+    items = [
+        PageItem(
+            fingerprint=f"{i:040x}",
+            url=f"http://x/{i}",
+            listing_url="http://x/",
+            fetched_at=datetime.now(UTC),
+        )
+        for i in range(5)
+    ]
     await asyncio.wait_for(asyncio.gather(*(pipeline.process_item(i) for i in items)), 10)
     assert mongo_collection(mongo_uri).count_documents({}) == 5
     await pipeline.close_spider()
@@ -144,10 +167,15 @@ async def test_documented_s3_and_mongo_command(
 ) -> None:
     """`scrapy crawl listing -a url=... -s BODY_STORE=s3://... -s META_STORE=mongodb://...`"""
     endpoint = f"http://127.0.0.1:{moto.port}"
-    crawler = await crawl(site.listing_url(120), BODY_STORE=f"s3://{bucket}/pages",
-                          META_STORE=mongo_uri, AWS_ENDPOINT_URL=endpoint,
-                          AWS_REGION_NAME="us-east-1", **S3_CREDENTIALS,
-                          CONCURRENT_REQUESTS=1000)
+    crawler = await crawl(
+        site.listing_url(120),
+        BODY_STORE=f"s3://{bucket}/pages",
+        META_STORE=mongo_uri,
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_REGION_NAME="us-east-1",
+        **S3_CREDENTIALS,
+        CONCURRENT_REQUESTS=1000,
+    )
     pages = mongo_collection(mongo_uri)
     client = s3_client(endpoint)
     assert pages.count_documents({}) == 120
@@ -167,8 +195,7 @@ async def test_documents_refused_for_good_are_spooled_at_once_not_retried(
     documents are spooled, the others written, and replay writes them once it is fixed."""
     pages = mongo_collection(mongo_uri)
     pages.create_index("listing_url", unique=True)
-    settings = stores(mongo_uri, tmp_path, META_STORE_RETRY_TIMEOUT=600,
-                      META_STORE_BATCH_SIZE=10)
+    settings = stores(mongo_uri, tmp_path, META_STORE_RETRY_TIMEOUT=600, META_STORE_BATCH_SIZE=10)
     crawler = await crawl(site.listing_url(30), **settings)
 
     stats = crawler.stats
@@ -178,8 +205,9 @@ async def test_documents_refused_for_good_are_spooled_at_once_not_retried(
     assert stats.get_value("meta_store/rejected") == stats.get_value("meta_store/spooled") == 29
     assert stats.get_value("meta_store/retries") is None
     assert count_lines(tmp_path / "spool.jsonl") == 29
-    assert_children_recorded(stats.get_stats(), pages.count_documents({})
-                             + count_lines(tmp_path / "spool.jsonl"))
+    assert_children_recorded(
+        stats.get_stats(), pages.count_documents({}) + count_lines(tmp_path / "spool.jsonl")
+    )
     said = [r.getMessage() for r in caplog.records if r.name == "scraper.pipelines"]
     refused = [line for line in said if line.startswith("META_STORE refused")]
     assert refused and all("for good (E11000" in line for line in refused)

@@ -71,10 +71,15 @@ async def crawl_watching_slots(url: str, **settings: Any) -> tuple[Crawler, dict
     def closed() -> None:
         assert crawler.engine is not None
         downloader = crawler.engine.downloader
-        seen["slots"] = {key: (slot.delay, slot.concurrency, slot.jitter)
-                         for key, slot in downloader.slots.items()}
-        seen["slowed"] = next(dict(mw.slowed) for mw in downloader.middleware.middlewares
-                              if isinstance(mw, RetryAfterMiddleware))
+        seen["slots"] = {
+            key: (slot.delay, slot.concurrency, slot.jitter)
+            for key, slot in downloader.slots.items()
+        }
+        seen["slowed"] = next(
+            dict(mw.slowed)
+            for mw in downloader.middleware.middlewares
+            if isinstance(mw, RetryAfterMiddleware)
+        )
 
     crawler.signals.connect(closed, signal=signals.spider_closed)
     await crawler.crawl_async(url=url)
@@ -89,8 +94,9 @@ async def test_429_with_retry_after_slows_the_site_then_retries_and_recovers(
     polite_site.stats(reset=True)
     busy = "/page/0?push_back=429&retry_after=2&times=1"
     hrefs = [busy, *(f"/page/{i}" for i in range(1, 30))]
-    crawler, seen = await crawl_watching_slots(links_page(polite_site, hrefs),
-                                               CONCURRENT_REQUESTS=4, **local_stores(tmp_path))
+    crawler, seen = await crawl_watching_slots(
+        links_page(polite_site, hrefs), CONCURRENT_REQUESTS=4, **local_stores(tmp_path)
+    )
 
     # From the server's side: the 429, then the retry no earlier than 2 s after it was sent,
     # and nothing at all from the crawler in between (the whole site waited, not just the
@@ -121,8 +127,10 @@ async def test_429_with_retry_after_slows_the_site_then_retries_and_recovers(
     # CONCURRENT_REQUESTS), Scrapy's default jitter.
     assert seen["slots"] == {"127.0.0.1": (0.0, 4, 0.5)}
     assert seen["slowed"] == {}
-    assert ("Politeness: 127.0.0.1 answered 429, Retry-After 2 s: nothing sent to it for 2 s, "
-            "then delay 2.0 s and concurrency 2 until it recovers") in caplog.text
+    assert (
+        "Politeness: 127.0.0.1 answered 429, Retry-After 2 s: nothing sent to it for 2 s, "
+        "then delay 2.0 s and concurrency 2 until it recovers"
+    ) in caplog.text
     assert "Politeness: 127.0.0.1 recovered: delay 0.0 s, concurrency 4 again" in caplog.text
     assert_children_recorded(stats, len(records(tmp_path)))
 
@@ -164,8 +172,10 @@ async def test_a_wait_over_retry_after_max_ends_as_a_record_without_a_retry(
     assert stats["politeness/retry_after/gave_up"] == 1
     assert stats["politeness/retry_after/max_seconds"] == 600
     assert "politeness/retry_after/retried" not in stats and "retry/count" not in stats
-    assert (f"Politeness: gave up on {polite_site.base}{busy}: asked to wait 600 s, over "
-            "RETRY_AFTER_MAX=300") in caplog.text
+    assert (
+        f"Politeness: gave up on {polite_site.base}{busy}: asked to wait 600 s, over "
+        "RETRY_AFTER_MAX=300"
+    ) in caplog.text
     assert_children_recorded(stats, len(records(tmp_path)))
 
 
@@ -175,8 +185,9 @@ async def test_out_of_its_budget_a_push_back_ends_as_a_record(
 ) -> None:
     polite_site.stats(reset=True)
     busy = "/page/8?push_back=429&retry_after=0&times=10"
-    crawler = await crawl(links_page(polite_site, [busy]), RETRY_AFTER_TIMES=2,
-                          **local_stores(tmp_path))
+    crawler = await crawl(
+        links_page(polite_site, [busy]), RETRY_AFTER_TIMES=2, **local_stores(tmp_path)
+    )
 
     assert len(arrivals(polite_site, path=busy)) == 3  # the first try and 2 retries
     doc = docs_by_url(tmp_path)[polite_site.base + busy]
@@ -214,12 +225,12 @@ async def test_robots_txt_is_obeyed_by_default(polite_site: Site, tmp_path: Path
     assert_children_recorded(stats, len(records(tmp_path)))
 
 
-def test_robots_txt_off_on_the_command_line_fetches_them(polite_site: Site,
-                                                         tmp_path: Path) -> None:
+def test_robots_txt_off_on_the_command_line_fetches_them(polite_site: Site, tmp_path: Path) -> None:
     polite_site.stats(reset=True)
     url = polite_site.base + Listing(5, 10, private=3).query(1)
-    result = scrapy_crawl(["-a", f"url={url}", "-s", "ROBOTSTXT_OBEY=False"], cwd=tmp_path,
-                          timeout=120)
+    result = scrapy_crawl(
+        ["-a", f"url={url}", "-s", "ROBOTSTXT_OBEY=False"], cwd=tmp_path, timeout=120
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     docs = {d["url"]: d for d in read_jsonl(tmp_path / "data" / "meta.jsonl")}
@@ -239,8 +250,12 @@ async def test_a_distributed_node_retries_under_the_same_lease(
 
     polite_site.stats(reset=True)
     busy = "/page/9?push_back=429&retry_after=1&times=1"
-    crawler = await crawl(links_page(polite_site, [busy, "/page/10"]), REDIS_URL=redis_url,
-                          REDIS_IDLE_TIMEOUT=5, **local_stores(tmp_path))
+    crawler = await crawl(
+        links_page(polite_site, [busy, "/page/10"]),
+        REDIS_URL=redis_url,
+        REDIS_IDLE_TIMEOUT=5,
+        **local_stores(tmp_path),
+    )
 
     assert len(arrivals(polite_site, path=busy)) == 2
     docs = docs_by_url(tmp_path)
@@ -262,47 +277,56 @@ async def test_a_distributed_node_retries_under_the_same_lease(
 NOW = 1_800_000_000.0
 
 
-@pytest.mark.parametrize(("value", "date", "expected"), [
-    (b"120", None, 120.0),
-    ("0", None, 0.0),
-    (" 7 ", None, 7.0),
-    (formatdate(NOW + 30, usegmt=True), None, 30.0),  # measured from our clock...
-    # ...or from the response's Date, so a server clock that is off does not matter.
-    (formatdate(NOW + 3600 + 30, usegmt=True), formatdate(NOW + 3600, usegmt=True), 30.0),
-    (formatdate(NOW - 30, usegmt=True), None, 0.0),  # in the past: at once
-    (None, None, None),
-    ("", None, None),
-    ("soon", None, None),
-    ("-5", None, None),
-    ("1.5", None, None),
-    ("Fri, 32 Nov 2026 99:00:00 GMT", None, None),
-    ("Fri, 27 Nov 2026 17:00:00", None, None),  # no zone: not an HTTP-date
-])
-def test_parse_retry_after(value: str | bytes | None, date: str | None,
-                           expected: float | None) -> None:
+@pytest.mark.parametrize(
+    ("value", "date", "expected"),
+    [
+        (b"120", None, 120.0),
+        ("0", None, 0.0),
+        (" 7 ", None, 7.0),
+        (formatdate(NOW + 30, usegmt=True), None, 30.0),  # measured from our clock...
+        # ...or from the response's Date, so a server clock that is off does not matter.
+        (formatdate(NOW + 3600 + 30, usegmt=True), formatdate(NOW + 3600, usegmt=True), 30.0),
+        (formatdate(NOW - 30, usegmt=True), None, 0.0),  # in the past: at once
+        (None, None, None),
+        ("", None, None),
+        ("soon", None, None),
+        ("-5", None, None),
+        ("1.5", None, None),
+        ("Fri, 32 Nov 2026 99:00:00 GMT", None, None),
+        ("Fri, 27 Nov 2026 17:00:00", None, None),  # no zone: not an HTTP-date
+    ],
+)
+def test_parse_retry_after(
+    value: str | bytes | None, date: str | None, expected: float | None
+) -> None:
     assert parse_retry_after(value, date, now=NOW) == expected
 
 
 def middleware(**settings: Any) -> RetryAfterMiddleware:
-    crawler = get_crawler(ListingSpider, settings_dict={**project_settings().copy_to_dict(),
-                                                        **settings})
+    crawler = get_crawler(
+        ListingSpider, settings_dict={**project_settings().copy_to_dict(), **settings}
+    )
     crawler.stats.open_spider()
     crawler.spider = crawler._create_spider(url="http://site.test/")
     return RetryAfterMiddleware(crawler)
 
 
-@pytest.mark.parametrize(("status", "header", "expected"), [
-    (429, b"3", 3.0),
-    (429, None, 5.0),  # RETRY_AFTER_DEFAULT
-    (429, b"garbage", 5.0),
-    (503, b"3", 3.0),
-    (503, None, None),  # left to RetryMiddleware
-    (503, b"garbage", None),
-    (500, b"3", None),
-    (200, b"3", None),
-])
-def test_which_answers_are_push_back(status: int, header: bytes | None,
-                                     expected: float | None) -> None:
+@pytest.mark.parametrize(
+    ("status", "header", "expected"),
+    [
+        (429, b"3", 3.0),
+        (429, None, 5.0),  # RETRY_AFTER_DEFAULT
+        (429, b"garbage", 5.0),
+        (503, b"3", 3.0),
+        (503, None, None),  # left to RetryMiddleware
+        (503, b"garbage", None),
+        (500, b"3", None),
+        (200, b"3", None),
+    ],
+)
+def test_which_answers_are_push_back(
+    status: int, header: bytes | None, expected: float | None
+) -> None:
     headers = {"Retry-After": header} if header is not None else {}
     response = Response("http://site.test/a", status=status, headers=headers)
     assert middleware().wait_for(response) == expected
@@ -310,8 +334,10 @@ def test_which_answers_are_push_back(status: int, header: bytes | None,
 
 def test_the_retry_keeps_meta_and_retry_middlewares_own_count() -> None:
     mw = middleware()
-    request = Request("http://site.test/a", meta={"_lease": "node1:42", "retry_times": 1,
-                                                  "_retry_after_wait": 2.0})
+    request = Request(
+        "http://site.test/a",
+        meta={"_lease": "node1:42", "retry_times": 1, "_retry_after_wait": 2.0},
+    )
     retry = mw.process_response(request, Response(request.url, status=429), None)
     assert isinstance(retry, Request)
     assert retry.meta["_lease"] == "node1:42"  # distributed mode: the same lease
@@ -327,7 +353,6 @@ def test_the_retry_keeps_meta_and_retry_middlewares_own_count() -> None:
     last = Response(request.url, status=429)
     assert mw.process_response(retry, last, None) is last  # out of budget: the response
     assert retry.meta["dont_retry"] is True
-
 
 
 def test_a_second_push_back_while_recovering_keeps_the_slots_own_values() -> None:

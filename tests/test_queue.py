@@ -22,14 +22,23 @@ async def fresh(redis_url: str) -> tuple[Redis, CrawlQueue]:
 async def test_priority_first_then_first_in_first_out(redis_url: str) -> None:
     client, queue = await fresh(redis_url)
     try:
-        entries = [(f"fp{i}", priority, f"r{i}") for i, priority in
-                   enumerate([0, 0, 1, 0, 5, 1, 0])]
+        entries = [
+            (f"fp{i}", priority, f"r{i}") for i, priority in enumerate([0, 0, 1, 0, 5, 1, 0])
+        ]
         assert await queue.enqueue(entries) == []  # none seen before
         # Seen: "fp3" (position 0); "" (dont_filter) is never seen.
         assert await queue.enqueue([("fp3", 0, "again"), ("", 0, "unfiltered")]) == [0]
         leased = await queue.lease("node-a", 100, 60_000, start_n=0)
         assert [e.payload.split(" ", 1)[1] for e in leased] == [
-            "r4", "r2", "r5", "r0", "r1", "r3", "r6", "unfiltered"]
+            "r4",
+            "r2",
+            "r5",
+            "r0",
+            "r1",
+            "r3",
+            "r6",
+            "unfiltered",
+        ]
     finally:
         await client.aclose()
 
@@ -47,8 +56,7 @@ async def test_ack_once_and_refuse_after_reclaim(redis_url: str) -> None:
         await asyncio.sleep(0.4)
         assert await queue.reclaim(max_attempts=5) == (1, 0)  # only the unextended one
         # The reclaimed lease is no longer ours: extend says so (and does not revive it).
-        assert await queue.extend([leased[1].token, leased[2].token], 60_000) == [
-            leased[2].token]
+        assert await queue.extend([leased[1].token, leased[2].token], 60_000) == [leased[2].token]
         assert await queue.ack([leased[2].token]) == (0, 1)  # a late ack: refused
         status = await queue.status()
         assert (status.queued, status.leased) == (1, 1)

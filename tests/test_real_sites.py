@@ -35,8 +35,9 @@ def hits(site: Site, prefix: str) -> list[str]:
         return [hit["path"] for hit in json.loads(r.read())["hits"]]
 
 
-def assert_crawled(site: Site, folder: Path, crawler: Crawler, want: Expected,
-                   prefix: str) -> list[dict[str, Any]]:
+def assert_crawled(
+    site: Site, folder: Path, crawler: Crawler, want: Expected, prefix: str
+) -> list[dict[str, Any]]:
     """Every child stored once with the bytes the site served, every list page fetched
     once, no list page stored as a child; ``listing/children`` == records."""
     docs = records(folder)
@@ -54,13 +55,22 @@ def assert_crawled(site: Site, folder: Path, crawler: Crawler, want: Expected,
     list_hits = [p for p in asked if p in want.list_pages]
     assert sorted(list_hits) == sorted(want.list_pages)  # each list page once
     assert stats.get("listing/list_pages", 0) + stats.get("listing/sitemaps", 0) == len(
-        want.list_pages)
+        want.list_pages
+    )
     assert_children_recorded(stats, len(docs))
     return docs
 
 
-SHAPES = [("bookshop", 95, 20), ("blog", 130, 10), ("shop", 120, 24), ("numbered", 110, 10),
-          ("offsets", 75, 15), ("api", 60, 10), ("catalog", 70, 10), ("feed", 50, 10)]
+SHAPES = [
+    ("bookshop", 95, 20),
+    ("blog", 130, 10),
+    ("shop", 120, 24),
+    ("numbered", 110, 10),
+    ("offsets", 75, 15),
+    ("api", 60, 10),
+    ("catalog", 70, 10),
+    ("feed", 50, 10),
+]
 
 
 @pytest.mark.parametrize(("shape", "n", "per_page"), SHAPES)
@@ -72,16 +82,23 @@ async def test_each_pagination_idiom_is_followed_with_no_option(
     crawler = await crawl(site.base + want.start, **local_stores(tmp_path))
 
     assert_crawled(site, tmp_path, crawler, want, root(shape, n, per_page))
-    idioms = {key.rsplit("/", 1)[1]: count for key, count in crawler.stats.get_stats().items()
-              if key.startswith("listing/pagination/")}
+    idioms = {
+        key.rsplit("/", 1)[1]: count
+        for key, count in crawler.stats.get_stats().items()
+        if key.startswith("listing/pagination/")
+    }
     assert sum(idioms.values()) == len(want.list_pages)  # one idiom per list page
     # Every page but the last led on by the shape's idiom (the last one has none, or only
     # links back: a "previous" page number); a numbered pager shows several pages ahead.
-    assert idioms[IDIOM[shape]] >= 1 if IDIOM[shape] == "numbered" else \
-        idioms[IDIOM[shape]] == len(want.list_pages) - 1
+    assert (
+        idioms[IDIOM[shape]] >= 1
+        if IDIOM[shape] == "numbered"
+        else idioms[IDIOM[shape]] == len(want.list_pages) - 1
+    )
 
 
 # --- The three bugs of issue 13, each against a promise of the README ----------------------
+
 
 @deferred_f_from_coro_f
 async def test_a_numbered_pager_link_on_page_one_is_a_list_page_not_a_child(
@@ -95,7 +112,8 @@ async def test_a_numbered_pager_link_on_page_one_is_a_list_page_not_a_child(
     docs = assert_crawled(site, tmp_path, crawler, want, root("blog", 60, 10))
     assert not {path_of(d["url"]) for d in docs} & want.list_pages
     assert {f"{root('blog', 60, 10)}/2024/05/post-{i}/" for i in range(50, 60)} <= {
-        path_of(d["url"]) for d in docs}
+        path_of(d["url"]) for d in docs
+    }
     assert crawler.stats.get_value("listing/links_skipped/pager") >= 3
 
 
@@ -132,6 +150,7 @@ async def test_links_resolve_against_base_href(site: Site, tmp_path: Path) -> No
 
 # --- One record per page, not per URL ---------------------------------------------------------
 
+
 @deferred_f_from_coro_f
 async def test_a_child_under_tracking_parameters_and_its_canonical_url_is_one_record(
     site: Site, tmp_path: Path
@@ -144,14 +163,14 @@ async def test_a_child_under_tracking_parameters_and_its_canonical_url_is_one_re
     assert paths.count(f"{r}/products/p-7") == 1  # linked as ?utm_source=...&utm_medium=...
     assert not [p for p in paths if "utm_" in p]
     by_path = {path_of(d["url"]): d for d in docs}
-    assert by_path[f"{r}/collections/all/products/p-7"]["canonical_url"] == \
-        f"{site.base}{r}/products/p-7"
+    assert (
+        by_path[f"{r}/collections/all/products/p-7"]["canonical_url"]
+        == f"{site.base}{r}/products/p-7"
+    )
 
 
 @deferred_f_from_coro_f
-async def test_dedup_canonical_keeps_one_body_per_canonical_url(
-    site: Site, tmp_path: Path
-) -> None:
+async def test_dedup_canonical_keeps_one_body_per_canonical_url(site: Site, tmp_path: Path) -> None:
     want = expected("shop", 40, 10)
     crawler = await crawl(site.base + want.start, DEDUP_CANONICAL=True, **local_stores(tmp_path))
     docs = assert_crawled(site, tmp_path, crawler, want, root("shop", 40, 10))
@@ -178,14 +197,19 @@ async def test_navigation_links_are_skipped_unless_all_links_are_asked_for(
     crawler = await crawl(site.base + want.start, **local_stores(tmp_path / "content"))
     # Header menu and footer: 4 links a page (on page 1, "Home" is the page itself).
     assert crawler.stats.get_value("listing/links_skipped/nav") == 4 + 3
-    crawler = await crawl(site.base + want.start, LISTING_CHILDREN="all", RETRY_TIMES=0,
-                          **local_stores(tmp_path / "all"))
+    crawler = await crawl(
+        site.base + want.start,
+        LISTING_CHILDREN="all",
+        RETRY_TIMES=0,
+        **local_stores(tmp_path / "all"),
+    )
     paths = {path_of(d["url"]) for d in records(tmp_path / "all")}
     assert {f"{r}/about/", f"{r}/feed/", f"{r}/privacy-policy/"} <= paths
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path / "all")))
 
 
 # --- Where the page does not say: one obvious option ------------------------------------------
+
 
 @deferred_f_from_coro_f
 async def test_a_pager_nothing_recognizes_ends_with_a_warning_naming_it(
@@ -195,16 +219,16 @@ async def test_a_pager_nothing_recognizes_ends_with_a_warning_naming_it(
     want = expected("custom", 30, 10)
     crawler = await crawl(site.base + want.start, **local_stores(tmp_path))
     assert crawler.stats.get_value("listing/list_pages") == 1
-    warnings = [r.getMessage() for r in caplog.records if "look like pagination" in
-                r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "look like pagination" in r.getMessage()]
     assert len(warnings) == 1
     assert "'2' (list-2)" in warnings[0] and "-a next_css=" in warnings[0]
     assert f"-a url='{site.base}{root('custom', 30, 10)}/list-{{1..N}}'" in warnings[0]
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
-@pytest.mark.parametrize("option", [{"next_css": "p.more a"},
-                                    {"next_xpath": "//a[@class='cta']/@href"}])
+@pytest.mark.parametrize(
+    "option", [{"next_css": "p.more a"}, {"next_xpath": "//a[@class='cta']/@href"}]
+)
 @deferred_f_from_coro_f
 async def test_next_css_and_next_xpath_say_where_the_next_page_is(
     site: Site, tmp_path: Path, option: dict[str, str]
@@ -241,7 +265,8 @@ async def test_a_sitemap_index_gives_the_children(
     assert_crawled(site, tmp_path, crawler, want, root("sitemap", n, 10))
     assert crawler.stats.get_value("listing/sitemaps") == 3
     assert crawler.stats.get_value("listing/links_skipped/sitemap_filter") == (
-        5 if sitemap_filter else None)
+        5 if sitemap_filter else None
+    )
 
 
 @deferred_f_from_coro_f
@@ -250,25 +275,29 @@ async def test_a_file_of_list_pages_crawls_each_with_its_pagination(
 ) -> None:
     wants = [expected("numbered", 33, 10), expected("bookshop", 21, 10)]
     urls = tmp_path / "lists.txt"
-    urls.write_text("# list pages\n" + "".join(f"{site.base}{w.start}\n\n" for w in wants)
-                    + "not a url\n")
-    crawler = await crawl(None, spider_args={"urls_file": str(urls)},
-                          **local_stores(tmp_path))
-    union = Expected("", wants[0].list_pages | wants[1].list_pages,
-                     wants[0].children | wants[1].children)
+    urls.write_text(
+        "# list pages\n" + "".join(f"{site.base}{w.start}\n\n" for w in wants) + "not a url\n"
+    )
+    crawler = await crawl(None, spider_args={"urls_file": str(urls)}, **local_stores(tmp_path))
+    union = Expected(
+        "", wants[0].list_pages | wants[1].list_pages, wants[0].children | wants[1].children
+    )
     assert_crawled(site, tmp_path, crawler, union, "/shapes/")
     assert crawler.stats.get_value("listing/urls_file_skipped") == 1
 
 
-@pytest.mark.parametrize(("args", "error"), [
-    ({"url": "http://x.test/list?page={5..1}"}, "names no page"),
-    ({"url": "http://x.test/", "next_css": "a[["}, "-a next_css='a[[' is not a valid selector"),
-    ({"url": "http://x.test/", "link_xpath": "//a[@"}, "is not a valid selector"),
-    ({"sitemap": "http://x.test/s.xml", "sitemap_filter": "(doc"}, "is not a regex"),
-    ({"urls_file": "/nonexistent/lists.txt"}, "-a urls_file=/nonexistent/lists.txt cannot be"),
-    ({"url": "example.com/list"}, "did you mean -a url='https://example.com/list'?"),
-    ({"sitemap": "ftp://x.test/s.xml"}, "-a sitemap='ftp://x.test/s.xml' is not an http(s)"),
-])
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ({"url": "http://x.test/list?page={5..1}"}, "names no page"),
+        ({"url": "http://x.test/", "next_css": "a[["}, "-a next_css='a[[' is not a valid selector"),
+        ({"url": "http://x.test/", "link_xpath": "//a[@"}, "is not a valid selector"),
+        ({"sitemap": "http://x.test/s.xml", "sitemap_filter": "(doc"}, "is not a regex"),
+        ({"urls_file": "/nonexistent/lists.txt"}, "-a urls_file=/nonexistent/lists.txt cannot be"),
+        ({"url": "example.com/list"}, "did you mean -a url='https://example.com/list'?"),
+        ({"sitemap": "ftp://x.test/s.xml"}, "-a sitemap='ftp://x.test/s.xml' is not an http(s)"),
+    ],
+)
 @deferred_f_from_coro_f
 async def test_bad_arguments_stop_the_crawl_with_one_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, args: dict[str, str], error: str
@@ -288,10 +317,16 @@ def test_distributed_nodes_take_each_source_and_keep_one_body_per_canonical_url(
     list page, the other from a sitemap index; with DEDUP_CANONICAL the nodes agree in
     Redis which child holds each canonical URL's body."""
     shop, sitemap = expected("shop", 60, 10), expected("sitemap", 40, 10)
-    nodes += [Node("node0", redis_url, tmp_path, "DEDUP_CANONICAL=True",
-                   url=site.base + shop.start),
-              Node("node1", redis_url, tmp_path, "DEDUP_CANONICAL=True",
-                   spider_args={"sitemap": site.base + sitemap.start})]
+    nodes += [
+        Node("node0", redis_url, tmp_path, "DEDUP_CANONICAL=True", url=site.base + shop.start),
+        Node(
+            "node1",
+            redis_url,
+            tmp_path,
+            "DEDUP_CANONICAL=True",
+            spider_args={"sitemap": site.base + sitemap.start},
+        ),
+    ]
     assert [node.wait() for node in nodes] == [0, 0]
 
     docs = records(tmp_path)
@@ -301,6 +336,9 @@ def test_distributed_nodes_take_each_source_and_keep_one_body_per_canonical_url(
     assert len({d["canonical_url"] for d in owners if d["canonical_url"]}) == 60
     assert len(owners) == 60 + len(sitemap.children)  # sitemap pages declare no canonical
     fingerprints = {d["fingerprint"] for d in owners}
-    assert all(d["duplicate_of"] in fingerprints and d["body_key"] is None
-               for d in docs if d["duplicate_of"])
+    assert all(
+        d["duplicate_of"] in fingerprints and d["body_key"] is None
+        for d in docs
+        if d["duplicate_of"]
+    )
     assert sum(1 for p in (tmp_path / "bodies").rglob("*") if p.is_file()) == len(owners)

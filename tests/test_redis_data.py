@@ -55,41 +55,50 @@ def plant(client: redis.Redis, site: Site, tmp_path: Path) -> None:
     )
     # requests: "<sequence> <request JSON>", as the enqueue script writes them
     page0 = f"{site.base}/page/0"
-    client.zadd("listing:requests", {
-        b"1 " + boom: -5,
-        "2 {not json": -5,
-        "3 " + json.dumps({"url": page0, "callback": "nope"}): -5,
-        "4 " + json.dumps({"url": page0, "callback": "start"}): -5,  # not a callback
-        "5 " + json.dumps({"url": page0, "meta": {"pad": "y" * MAX_ENTRY_BYTES}}): -5,
-        b'6 {"url": "' + page0.encode() + b'\xff"}': -5,  # not UTF-8
-        "7 " + json.dumps({"url": page0, "_class": "planted.Request"}): -5,
-        "8 " + json.dumps(["url", page0]): -5,
-        "9 " + deep: -5,
-        "10 " + json.dumps({"url": page0, "encoding": "no-such-codec"}): -5,
-        "11 " + json.dumps({"url": page0}): -5,  # Scrapy would call parse: none here
-        "12 " + json.dumps({"url": page0, "callback": "parse"}): -5,
-        "nospace": -5,
-    })
+    client.zadd(
+        "listing:requests",
+        {
+            b"1 " + boom: -5,
+            "2 {not json": -5,
+            "3 " + json.dumps({"url": page0, "callback": "nope"}): -5,
+            "4 " + json.dumps({"url": page0, "callback": "start"}): -5,  # not a callback
+            "5 " + json.dumps({"url": page0, "meta": {"pad": "y" * MAX_ENTRY_BYTES}}): -5,
+            b'6 {"url": "' + page0.encode() + b'\xff"}': -5,  # not UTF-8
+            "7 " + json.dumps({"url": page0, "_class": "planted.Request"}): -5,
+            "8 " + json.dumps(["url", page0]): -5,
+            "9 " + deep: -5,
+            "10 " + json.dumps({"url": page0, "encoding": "no-such-codec"}): -5,
+            "11 " + json.dumps({"url": page0}): -5,  # Scrapy would call parse: none here
+            "12 " + json.dumps({"url": page0, "callback": "parse"}): -5,
+            "nospace": -5,
+        },
+    )
     # Expired leases: what they hold goes back to requests / start_urls, or to :dead.
     client.zadd("listing:leases", {f"planted:{i}": 0 for i in range(1, 6)})
     client.zadd("listing:leases", {"planted:6": 2**52})  # no lease data, never expiring
-    client.hset("listing:leased", mapping={
-        "planted:1": "nospace",
-        "planted:2": b"abc 9 " + boom,  # the score is not a number
-        "planted:3": b"start " + boom,  # a start URL: back to start_urls, rejected there
-        "planted:4": b"-1000000000000 424242 " + boom,  # back to requests, rejected there
-        "planted:5": b"\xff\xfe 1 x",
-        "planted:7": b"-1000000000000 424243 " + boom,  # lease data without a deadline
-    })
+    client.hset(
+        "listing:leased",
+        mapping={
+            "planted:1": "nospace",
+            "planted:2": b"abc 9 " + boom,  # the score is not a number
+            "planted:3": b"start " + boom,  # a start URL: back to start_urls, rejected there
+            "planted:4": b"-1000000000000 424242 " + boom,  # back to requests, rejected there
+            "planted:5": b"\xff\xfe 1 x",
+            "planted:7": b"-1000000000000 424243 " + boom,  # lease data without a deadline
+        },
+    )
     client.hset("listing:attempts", "424242", "not a count")
     # nodes: "<ms> <heartbeat JSON object>"
-    client.hset("listing:nodes", mapping={
-        "planted-a": boom,
-        "planted-b": "garbage",
-        "planted-c": "123 [1, 2]",
-        "planted-d": "123 {" + "x" * MAX_ENTRY_BYTES,
-        "planted-e": b'123 {"a": "\xff"}',
-    })
+    client.hset(
+        "listing:nodes",
+        mapping={
+            "planted-a": boom,
+            "planted-b": "garbage",
+            "planted-c": "123 [1, 2]",
+            "planted-d": "123 {" + "x" * MAX_ENTRY_BYTES,
+            "planted-e": b'123 {"a": "\xff"}',
+        },
+    )
 
 
 def test_planted_entries_are_rejected_logged_and_run_no_code(
@@ -99,20 +108,40 @@ def test_planted_entries_are_rejected_logged_and_run_no_code(
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "planted.py").write_text(
-        f"open({str(tmp_path / 'imported')!r}, 'w').close()\n"
-        "from scrapy import Request\n"
+        f"open({str(tmp_path / 'imported')!r}, 'w').close()\nfrom scrapy import Request\n"
     )
     client = redis.Redis.from_url(redis_url)
     plant(client, site, tmp_path)
     seed(site, redis_url, tmp_path, 300)
     log = tmp_path / "node.log"
     result = subprocess.run(
-        [sys.executable, "-m", "scrapy", "crawl", "listing", "-s", f"REDIS_URL={redis_url}",
-         "-s", f"BODY_STORE={tmp_path / 'bodies'}", "-s", f"META_STORE={tmp_path / 'meta.jsonl'}",
-         "-s", "REDIS_LEASE_SECONDS=3", "-s", f"LOG_FILE={log}"],
-        cwd=tmp_path, env={**ENV, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(plugins), ENV.get("PYTHONPATH")) if p)},
-        capture_output=True, text=True, timeout=240, check=False)
+        [
+            sys.executable,
+            "-m",
+            "scrapy",
+            "crawl",
+            "listing",
+            "-s",
+            f"REDIS_URL={redis_url}",
+            "-s",
+            f"BODY_STORE={tmp_path / 'bodies'}",
+            "-s",
+            f"META_STORE={tmp_path / 'meta.jsonl'}",
+            "-s",
+            "REDIS_LEASE_SECONDS=3",
+            "-s",
+            f"LOG_FILE={log}",
+        ],
+        cwd=tmp_path,
+        env={
+            **ENV,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(plugins), ENV.get("PYTHONPATH")) if p),
+        },
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
 
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (tmp_path / "pwned").exists()  # no pickle was loaded
@@ -123,13 +152,25 @@ def test_planted_entries_are_rejected_logged_and_run_no_code(
     assert stats["finish_reason"] == "finished"
     assert_stored_once(site, tmp_path, 300)
     assert_children_recorded(stats, len(records(tmp_path)))
-    rejected = {key.rsplit("/", 1)[1]: n for key, n in stats.items()
-                if key.startswith("distributed/rejected/")}
+    rejected = {
+        key.rsplit("/", 1)[1]: n
+        for key, n in stats.items()
+        if key.startswith("distributed/rejected/")
+    }
     assert rejected == {"start_urls": 8, "requests": 14, "leased": 4, "leases": 1, "nodes": 5}
     assert text.count("that is not ours") == sum(rejected.values())
-    for reason in ("not JSON", "not UTF-8", "is over", "not a request", "not a callback",
-                   "not an http(s) URL", "too deeply nested", "no lease data", "no callback",
-                   "not a heartbeat"):
+    for reason in (
+        "not JSON",
+        "not UTF-8",
+        "is over",
+        "not a request",
+        "not a callback",
+        "not an http(s) URL",
+        "too deeply nested",
+        "no lease data",
+        "no callback",
+        "not a heartbeat",
+    ):
         assert reason in text, reason
     # Nothing planted is left where a node would read it again.
     assert client.zcard("listing:leases") == client.hlen("listing:leased") == 0

@@ -35,13 +35,18 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def s3_settings(endpoint: str, bucket: str, prefix: str, tmp_path: Path,
-                client: str = "obstore") -> dict[str, Any]:
-    return {"BODY_STORE": f"s3://{bucket}/{prefix}", "AWS_ENDPOINT_URL": endpoint,
-            "BODY_STORE_S3_CLIENT": client,
-            "AWS_REGION_NAME": "us-east-1", **S3_CREDENTIALS,
-            "META_STORE": str(tmp_path / "meta.jsonl"),
-            "META_STORE_SPOOL": str(tmp_path / "spool.jsonl")}
+def s3_settings(
+    endpoint: str, bucket: str, prefix: str, tmp_path: Path, client: str = "obstore"
+) -> dict[str, Any]:
+    return {
+        "BODY_STORE": f"s3://{bucket}/{prefix}",
+        "AWS_ENDPOINT_URL": endpoint,
+        "BODY_STORE_S3_CLIENT": client,
+        "AWS_REGION_NAME": "us-east-1",
+        **S3_CREDENTIALS,
+        "META_STORE": str(tmp_path / "meta.jsonl"),
+        "META_STORE_SPOOL": str(tmp_path / "spool.jsonl"),
+    }
 
 
 def all_objects(client: Any, bucket: str) -> dict[str, dict[str, Any]]:
@@ -58,8 +63,11 @@ async def test_bodies_in_s3_are_byte_equal_under_prefix_and_fingerprint(
     site: Site, moto: Server, bucket: str, tmp_path: Path, client: str
 ) -> None:
     endpoint = f"http://127.0.0.1:{moto.port}"
-    crawler = await crawl(site.listing_url(300), CONCURRENT_REQUESTS=300,
-                          **s3_settings(endpoint, bucket, "run-1", tmp_path, client=client))
+    crawler = await crawl(
+        site.listing_url(300),
+        CONCURRENT_REQUESTS=300,
+        **s3_settings(endpoint, bucket, "run-1", tmp_path, client=client),
+    )
 
     docs = read_jsonl(tmp_path / "meta.jsonl")
     client = s3_client(endpoint)
@@ -79,8 +87,9 @@ async def test_gzip_bodies_are_marked_and_unzip_to_the_page(
     site: Site, moto: Server, bucket: str, tmp_path: Path
 ) -> None:
     endpoint = f"http://127.0.0.1:{moto.port}"
-    crawler = await crawl(site.listing_url(20), BODY_STORE_GZIP=True,
-                          **s3_settings(endpoint, bucket, "", tmp_path))
+    crawler = await crawl(
+        site.listing_url(20), BODY_STORE_GZIP=True, **s3_settings(endpoint, bucket, "", tmp_path)
+    )
 
     client = s3_client(endpoint)
     docs = read_jsonl(tmp_path / "meta.jsonl")
@@ -110,8 +119,9 @@ async def test_s3_outage_mid_crawl_loses_no_body(
         outage["stored_before"] = crawler.stats.get_value("body_store/stored")
         proxy.stop()
         await asyncio.sleep(3)
-        outage["stored_during"] = crawler.stats.get_value("body_store/stored") - outage[
-            "stored_before"]
+        outage["stored_during"] = (
+            crawler.stats.get_value("body_store/stored") - outage["stored_before"]
+        )
         proxy.start()
 
     from scrapy.crawler import Crawler
@@ -119,8 +129,12 @@ async def test_s3_outage_mid_crawl_loses_no_body(
     from scraper.spiders.listing import ListingSpider
     from tests.conftest import project_settings
 
-    crawler = Crawler(ListingSpider, project_settings(
-        CONCURRENT_REQUESTS=100, **s3_settings(endpoint, bucket, "o", tmp_path, client=client)))
+    crawler = Crawler(
+        ListingSpider,
+        project_settings(
+            CONCURRENT_REQUESTS=100, **s3_settings(endpoint, bucket, "o", tmp_path, client=client)
+        ),
+    )
     watcher = asyncio.ensure_future(cut_when_some_are_stored(crawler))
     try:
         await crawler.crawl_async(url=site.listing_url(400))
@@ -145,13 +159,16 @@ async def test_missing_bucket_stops_the_crawl_at_start(
     site: Site, moto: Server, tmp_path: Path, caplog: pytest.LogCaptureFixture, client: str
 ) -> None:
     endpoint = f"http://127.0.0.1:{moto.port}"
-    crawler = await crawl(site.listing_url(10),
-                          **s3_settings(endpoint, "no-such-bucket", "", tmp_path, client=client))
+    crawler = await crawl(
+        site.listing_url(10), **s3_settings(endpoint, "no-such-bucket", "", tmp_path, client=client)
+    )
     assert crawler.stats.get_value("finish_reason") == "body_store_unusable"
     assert crawler.stats.get_value("item_scraped_count") is None
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert errors == [f"BODY_STORE unusable, crawl stopped: S3 bucket s3://no-such-bucket at "
-                      f"{endpoint} does not exist"]
+    assert errors == [
+        f"BODY_STORE unusable, crawl stopped: S3 bucket s3://no-such-bucket at "
+        f"{endpoint} does not exist"
+    ]
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
@@ -163,15 +180,22 @@ async def test_refused_credentials_stop_the_crawl_at_start(
     endpoint = f"http://127.0.0.1:{s3sink.port}"
     bucket = f"refused-{client}"
     s3_client(endpoint).create_bucket(Bucket=bucket)
-    crawler = await crawl(site.listing_url(10), BODY_STORE=f"s3://{bucket}/",
-                          AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=REFUSED_KEY_ID,
-                          AWS_SECRET_ACCESS_KEY="wrong-secret", BODY_STORE_S3_CLIENT=client,
-                          META_STORE=str(tmp_path / "meta.jsonl"))
+    crawler = await crawl(
+        site.listing_url(10),
+        BODY_STORE=f"s3://{bucket}/",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID=REFUSED_KEY_ID,
+        AWS_SECRET_ACCESS_KEY="wrong-secret",
+        BODY_STORE_S3_CLIENT=client,
+        META_STORE=str(tmp_path / "meta.jsonl"),
+    )
     assert crawler.stats.get_value("finish_reason") == "body_store_unusable"
     assert crawler.stats.get_value("item_scraped_count") is None
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert errors == [f"BODY_STORE unusable, crawl stopped: S3 bucket s3://{bucket} at "
-                      f"{endpoint}: access denied for these credentials"]
+    assert errors == [
+        f"BODY_STORE unusable, crawl stopped: S3 bucket s3://{bucket} at "
+        f"{endpoint}: access denied for these credentials"
+    ]
     assert "wrong-secret" not in caplog.text
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
@@ -180,9 +204,12 @@ async def test_refused_credentials_stop_the_crawl_at_start(
 def test_s3_store_never_lets_a_key_name_another_object(
     moto: Server, bucket: str, store_class: type[ObstoreS3BodyStore | Boto3S3BodyStore]
 ) -> None:
-    store = store_class(f"s3://{bucket}/p", endpoint_url=f"http://127.0.0.1:{moto.port}",
-                        region_name="us-east-1",
-                        credentials={k.lower(): v for k, v in S3_CREDENTIALS.items()})
+    store = store_class(
+        f"s3://{bucket}/p",
+        endpoint_url=f"http://127.0.0.1:{moto.port}",
+        region_name="us-east-1",
+        credentials={k.lower(): v for k, v in S3_CREDENTIALS.items()},
+    )
     store.open()
     for key in ("../x", "a/b", "", "ABCDEF0123456789", "0" * 16 + "/../.."):
         with pytest.raises(ValueError, match="invalid body key"):
@@ -210,7 +237,11 @@ def test_fs_store_that_cannot_write_says_so(tmp_path: Path) -> None:
 
 @deferred_f_from_coro_f
 async def test_no_s3_or_mongo_call_runs_on_the_reactor_thread(
-    site: Site, moto: Server, bucket: str, mongo_uri: str, tmp_path: Path,
+    site: Site,
+    moto: Server,
+    bucket: str,
+    mongo_uri: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every HTTP request botocore sends and every Mongo call is made off the reactor thread."""
@@ -224,7 +255,8 @@ async def test_no_s3_or_mongo_call_runs_on_the_reactor_thread(
     def open_and_watch(self: Boto3S3BodyStore) -> None:
         original_open(self)
         self.client.meta.events.register(
-            "before-send.s3", lambda **_: threads["s3"].add(threading.current_thread().name))
+            "before-send.s3", lambda **_: threads["s3"].add(threading.current_thread().name)
+        )
 
     monkeypatch.setattr(Boto3S3BodyStore, "open", open_and_watch)
     for name in ("open", "write", "close"):
@@ -237,8 +269,11 @@ async def test_no_s3_or_mongo_call_runs_on_the_reactor_thread(
         monkeypatch.setattr(MongoMetaStore, name, watched)
 
     endpoint = f"http://127.0.0.1:{moto.port}"
-    settings = {**s3_settings(endpoint, bucket, "", tmp_path), "META_STORE": mongo_uri,
-                "BODY_STORE_S3_CLIENT": "boto3"}  # obstore's own I/O is in Rust: next test
+    settings = {
+        **s3_settings(endpoint, bucket, "", tmp_path),
+        "META_STORE": mongo_uri,
+        "BODY_STORE_S3_CLIENT": "boto3",
+    }  # obstore's own I/O is in Rust: next test
     crawler = await crawl(site.listing_url(100), **settings)
 
     assert crawler.stats.get_value("meta_store/written") == 100
@@ -247,13 +282,18 @@ async def test_no_s3_or_mongo_call_runs_on_the_reactor_thread(
     assert all(t.startswith("body-store") for t in threads["s3"])
     assert threads["mongo"] == {"meta-store_0"}
     assert len(threads["s3"]) > 4  # S3 uploads use BODY_STORE_THREADS, not the folder's cap
-    assert_children_recorded(crawler.stats.get_stats(),
-                             mongo_collection(mongo_uri).count_documents({}))
+    assert_children_recorded(
+        crawler.stats.get_stats(), mongo_collection(mongo_uri).count_documents({})
+    )
 
 
 @deferred_f_from_coro_f
 async def test_obstore_uploads_are_awaited_on_the_loop_and_bounded(
-    site: Site, moto: Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    site: Site,
+    moto: Server,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The default client: every PUT is obstore's put_async, awaited on the event loop (its
     HTTP runs in Rust threads), never a blocking call on the reactor thread, and at most
@@ -279,9 +319,12 @@ async def test_obstore_uploads_are_awaited_on_the_loop_and_bounded(
     monkeypatch.setattr(obstore, "put_async", watched)
     monkeypatch.setattr(obstore, "put", sync_put)
     endpoint = f"http://127.0.0.1:{moto.port}"
-    crawler = await crawl(site.listing_url(120), BODY_STORE_S3_IN_FLIGHT=8,
-                          CONCURRENT_REQUESTS=100,
-                          **s3_settings(endpoint, bucket, "", tmp_path))
+    crawler = await crawl(
+        site.listing_url(120),
+        BODY_STORE_S3_IN_FLIGHT=8,
+        CONCURRENT_REQUESTS=100,
+        **s3_settings(endpoint, bucket, "", tmp_path),
+    )
 
     assert crawler.stats.get_value("body_store/stored") == 120
     assert calls["async"] == 120 and calls["sync"] == 0
@@ -294,7 +337,11 @@ async def test_obstore_uploads_are_awaited_on_the_loop_and_bounded(
 @pytest.mark.parametrize("client", S3_CLIENTS)
 @deferred_f_from_coro_f
 async def test_credentials_come_from_boto3s_chain(
-    site: Site, s3sink: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: str,
+    site: Site,
+    s3sink: Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    client: str,
     source: str,
 ) -> None:
     """No credential in the settings: boto3's chain finds them (environment variables, or
@@ -303,8 +350,7 @@ async def test_credentials_come_from_boto3s_chain(
     endpoint = f"http://127.0.0.1:{s3sink.port}"
     bucket = f"creds-{source}-{client}"
     s3_client(endpoint).create_bucket(Bucket=bucket)  # before the environment changes
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_PROFILE"):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
@@ -316,12 +362,18 @@ async def test_credentials_come_from_boto3s_chain(
     else:
         (tmp_path / "credentials").write_text(
             f"[crawler]\naws_access_key_id = {key_id}\naws_secret_access_key = secret\n"
-            f"aws_session_token = {token}\n")
+            f"aws_session_token = {token}\n"
+        )
         monkeypatch.setenv("AWS_PROFILE", "crawler")
 
-    crawler = await crawl(site.listing_url(30), BODY_STORE=f"s3://{bucket}/",
-                          AWS_ENDPOINT_URL=endpoint, AWS_REGION_NAME="eu-west-1",
-                          BODY_STORE_S3_CLIENT=client, META_STORE=str(tmp_path / "meta.jsonl"))
+    crawler = await crawl(
+        site.listing_url(30),
+        BODY_STORE=f"s3://{bucket}/",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_REGION_NAME="eu-west-1",
+        BODY_STORE_S3_CLIENT=client,
+        META_STORE=str(tmp_path / "meta.jsonl"),
+    )
 
     assert crawler.stats.get_value("body_store/stored") == 30
     with urllib.request.urlopen(f"{endpoint}/_stats", timeout=10) as r:

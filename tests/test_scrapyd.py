@@ -57,14 +57,20 @@ class Scrapyd:
             f"bind_address = 127.0.0.1\nhttp_port = {self.port}\n"
             f"eggs_dir = {root / 'eggs'}\nlogs_dir = {root / 'logs'}\ndbs_dir = {root / 'dbs'}\n"
             "items_dir =\npoll_interval = 0.2\nmax_proc = 4\n"
-            f"username = {username}\npassword = {password}\n")
+            f"username = {username}\npassword = {password}\n"
+        )
         # Started from its own folder: it reads ./scrapyd.conf, and its jobs cannot import
         # the project from the working directory, only from the deployed egg.
-        self.server = Server([sys.executable, "-m", "scrapyd"], self.port,
-                             root / "scrapyd.log", cwd=root)
+        self.server = Server(
+            [sys.executable, "-m", "scrapyd"], self.port, root / "scrapyd.log", cwd=root
+        )
 
-    def call(self, endpoint: str, data: dict[str, Any] | list[tuple[str, str]] | None = None,
-             auth: bool = True) -> dict[str, Any]:
+    def call(
+        self,
+        endpoint: str,
+        data: dict[str, Any] | list[tuple[str, str]] | None = None,
+        auth: bool = True,
+    ) -> dict[str, Any]:
         """GET (or POST with ``data``) a JSON endpoint."""
         body = urllib.parse.urlencode(data).encode() if data is not None else None
         request = urllib.request.Request(self.url + endpoint, data=body)
@@ -77,8 +83,12 @@ class Scrapyd:
         return answer
 
     def schedule(self, *settings: str, **spider_args: str) -> str:
-        data = [("project", "scraper"), ("spider", "listing"),
-                *(("setting", s) for s in settings), *spider_args.items()]
+        data = [
+            ("project", "scraper"),
+            ("spider", "listing"),
+            *(("setting", s) for s in settings),
+            *spider_args.items(),
+        ]
         return str(self.call("schedule.json", data)["jobid"])
 
     def job(self, job_id: str) -> dict[str, Any] | None:
@@ -112,8 +122,9 @@ def scrapyds(tmp_path: Path) -> Iterator[list[Scrapyd]]:
         scrapyd.server.stop()
 
 
-def start_scrapyd(made: list[Scrapyd], root: Path, username: str = "",
-                  password: str = "") -> Scrapyd:
+def start_scrapyd(
+    made: list[Scrapyd], root: Path, username: str = "", password: str = ""
+) -> Scrapyd:
     scrapyd = Scrapyd(root, username, password)
     made.append(scrapyd)
     scrapyd.server.start()
@@ -133,21 +144,32 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
-def deploy(project: Path, target: str, url: str | None = None,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def deploy(
+    project: Path, target: str, url: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`scrapyd-deploy <target>` from the project copy; the local target aimed at ``url``."""
     if url is not None:
         cfg = (ROOT / "scrapy.cfg").read_text()
         assert "url = http://127.0.0.1:6800/" in cfg
         (project / "scrapy.cfg").write_text(cfg.replace("http://127.0.0.1:6800/", url))
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCRAPYD_")}
-    return subprocess.run([str(SCRAPYD_DEPLOY), target], cwd=project, capture_output=True,
-                          text=True, timeout=120, check=False, env={**clean, **(env or {})})
+    return subprocess.run(
+        [str(SCRAPYD_DEPLOY), target],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**clean, **(env or {})},
+    )
 
 
 def stores(tmp_path: Path) -> tuple[str, ...]:
-    return (f"BODY_STORE={tmp_path / 'bodies'}", f"META_STORE={tmp_path / 'meta.jsonl'}",
-            "PROGRESS_INTERVAL=1")
+    return (
+        f"BODY_STORE={tmp_path / 'bodies'}",
+        f"META_STORE={tmp_path / 'meta.jsonl'}",
+        "PROGRESS_INTERVAL=1",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -157,16 +179,26 @@ def slow_site(logs: Path) -> Iterator[Site]:
         yield site
 
 
-def test_the_egg_holds_every_module_and_the_settings_entry_point(project: Path,
-                                                                  tmp_path: Path) -> None:
+def test_the_egg_holds_every_module_and_the_settings_entry_point(
+    project: Path, tmp_path: Path
+) -> None:
     egg = tmp_path / "scraper.egg"
-    result = subprocess.run([str(SCRAPYD_DEPLOY), "--build-egg", str(egg)], cwd=project,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [str(SCRAPYD_DEPLOY), "--build-egg", str(egg)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
     names = set(zipfile.ZipFile(egg).namelist())
-    modules = {str(p.relative_to(ROOT)) for pattern in ("*.py", "*.lua")
-               for p in (ROOT / "scraper").rglob(pattern)}
+    modules = {
+        str(p.relative_to(ROOT))
+        for pattern in ("*.py", "*.lua")
+        for p in (ROOT / "scraper").rglob(pattern)
+    }
     assert any(m.endswith(".lua") for m in modules)
     assert modules <= names, sorted(modules - names)
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
@@ -203,9 +235,22 @@ def test_two_scrapyds_share_one_crawl_from_one_redis(
     for node, job in zip(nodes, jobs, strict=True):
         node.wait_until(job, "running")
     seed = subprocess.run(
-        [sys.executable, "-m", "scrapy", "seed", "listing", slow_site.listing_url(2000),
-         "-s", f"REDIS_URL={redis_url}"], cwd=project, capture_output=True, text=True,
-        timeout=60, check=False)
+        [
+            sys.executable,
+            "-m",
+            "scrapy",
+            "seed",
+            "listing",
+            slow_site.listing_url(2000),
+            "-s",
+            f"REDIS_URL={redis_url}",
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert seed.returncode == 0, seed.stderr
 
     for node, job in zip(nodes, jobs, strict=True):
@@ -226,8 +271,9 @@ def test_a_cancelled_job_hands_back_its_work_and_another_job_finishes_it(
     settings = (*stores(tmp_path), f"REDIS_URL={redis_url}", "CONCURRENT_REQUESTS=50")
     first = scrapyd.schedule(*settings, url=slow_site.listing_url(3000))
     wait_for_lines(tmp_path / "meta.jsonl", 300)
-    assert scrapyd.call("cancel.json", {"project": "scraper", "job": first})[
-        "prevstate"] == "running"
+    assert (
+        scrapyd.call("cancel.json", {"project": "scraper", "job": first})["prevstate"] == "running"
+    )
     scrapyd.wait_until(first, "finished", timeout=60)
     cancelled = log_stats(scrapyd.log(first))
     assert cancelled["finish_reason"] == "shutdown"
@@ -260,8 +306,11 @@ def test_scrapyd_with_auth_refuses_a_deploy_without_credentials(
     with pytest.raises(urllib.error.HTTPError, match="401"):
         scrapyd.call("listprojects.json", auth=False)
 
-    accepted = deploy(project, "remote", env={**env, "SCRAPYD_USERNAME": "crawler",
-                                              "SCRAPYD_PASSWORD": "s3cret-pass"})
+    accepted = deploy(
+        project,
+        "remote",
+        env={**env, "SCRAPYD_USERNAME": "crawler", "SCRAPYD_PASSWORD": "s3cret-pass"},
+    )
     assert accepted.returncode == 0, accepted.stderr
     assert scrapyd.call("listprojects.json")["projects"] == ["scraper"]
     assert "s3cret-pass" not in accepted.stdout + accepted.stderr

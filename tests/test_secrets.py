@@ -60,8 +60,7 @@ def assert_no_secret(text: str) -> None:
 @pytest.fixture(scope="module")
 def private_redis(logs: Path) -> Iterator[Server]:
     """A redis-server that wants REDIS_PASSWORD."""
-    server = redis_server(free_port(), logs / "redis-private.log", "--requirepass",
-                          REDIS_PASSWORD)
+    server = redis_server(free_port(), logs / "redis-private.log", "--requirepass", REDIS_PASSWORD)
     server.start()
     yield server
     server.stop()
@@ -75,9 +74,13 @@ def redis_url_of(server: Server, password: str = REDIS_PASSWORD) -> str:
 
 
 def s3_settings(moto: Server, bucket: str) -> dict[str, str]:
-    return {"BODY_STORE": f"s3://{bucket}/crawl/", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto.port}",
-            "AWS_REGION_NAME": "us-east-1", "AWS_ACCESS_KEY_ID": KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    return {
+        "BODY_STORE": f"s3://{bucket}/crawl/",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto.port}",
+        "AWS_REGION_NAME": "us-east-1",
+        "AWS_ACCESS_KEY_ID": KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
 
 
 def args_of(settings: dict[str, str]) -> list[str]:
@@ -87,8 +90,12 @@ def args_of(settings: dict[str, str]) -> list[str]:
 def test_a_distributed_crawl_to_s3_logs_no_secret(
     site: Site, moto: Server, bucket: str, private_redis: Server, tmp_path: Path
 ) -> None:
-    settings = {**s3_settings(moto, bucket), "REDIS_URL": redis_url_of(private_redis),
-                "META_STORE": str(tmp_path / "meta.jsonl"), "LOG_LEVEL": "DEBUG"}
+    settings = {
+        **s3_settings(moto, bucket),
+        "REDIS_URL": redis_url_of(private_redis),
+        "META_STORE": str(tmp_path / "meta.jsonl"),
+        "LOG_LEVEL": "DEBUG",
+    }
     result = scrapy_crawl(["-a", f"url={site.listing_url(60)}", *args_of(settings)], tmp_path)
 
     output = result.stdout + result.stderr
@@ -110,21 +117,28 @@ def test_stores_that_fail_show_their_error_without_secrets(
     site: Site, moto: Server, bucket: str, private_redis: Server, tmp_path: Path, failing: str
 ) -> None:
     closed = free_port()
-    settings = {**s3_settings(moto, bucket), "REDIS_URL": redis_url_of(private_redis),
-                "META_STORE": str(tmp_path / "meta.jsonl"), "LOG_LEVEL": "DEBUG"}
+    settings = {
+        **s3_settings(moto, bucket),
+        "REDIS_URL": redis_url_of(private_redis),
+        "META_STORE": str(tmp_path / "meta.jsonl"),
+        "LOG_LEVEL": "DEBUG",
+    }
     if failing == "mongo":
         settings["META_STORE"] = f"mongodb://crawler:{MONGO_PASSWORD}@127.0.0.1:{closed}/crawl"
         settings["META_STORE_CONNECT_TIMEOUT_MS"] = "300"
-        expected = (f"META_STORE unusable, crawl stopped: MongoDB at "
-                    f"mongodb://crawler:***@127.0.0.1:{closed}/crawl unusable")
+        expected = (
+            f"META_STORE unusable, crawl stopped: MongoDB at "
+            f"mongodb://crawler:***@127.0.0.1:{closed}/crawl unusable"
+        )
     elif failing == "s3":
         settings["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{closed}"
         expected = f"BODY_STORE unusable, crawl stopped: S3 bucket s3://{bucket} at http"
     else:
         settings["REDIS_URL"] = redis_url_of(private_redis, WRONG_REDIS_PASSWORD)
         expected = f"REDIS_URL unusable, crawl stopped: redis://:***@127.0.0.1:{private_redis.port}"
-    result = scrapy_crawl(["-a", f"url={site.listing_url(20)}", *args_of(settings)], tmp_path,
-                          timeout=120)
+    result = scrapy_crawl(
+        ["-a", f"url={site.listing_url(20)}", *args_of(settings)], tmp_path, timeout=120
+    )
 
     output = result.stdout + result.stderr
     assert expected in output
@@ -151,9 +165,13 @@ async def test_a_crawl_into_mongo_with_a_password_logs_no_secret(
     root.setLevel(logging.DEBUG)
     scrapy_logger.setLevel(logging.DEBUG)
     try:
-        crawler = await crawl(site.listing_url(40), **s3_settings(moto, bucket),
-                              REDIS_URL=redis_url_of(private_redis), META_STORE=uri,
-                              LOG_LEVEL="DEBUG")
+        crawler = await crawl(
+            site.listing_url(40),
+            **s3_settings(moto, bucket),
+            REDIS_URL=redis_url_of(private_redis),
+            META_STORE=uri,
+            LOG_LEVEL="DEBUG",
+        )
     finally:
         root.removeHandler(handler)
         root.setLevel(levels[0])
@@ -173,13 +191,20 @@ async def test_a_crawl_into_mongo_with_a_password_logs_no_secret(
 def test_store_errors_carry_no_secret() -> None:
     closed = free_port()
     errors: list[BaseException] = []
-    mongo = MongoMetaStore(f"mongodb://crawler:{MONGO_PASSWORD}@127.0.0.1:{closed}/crawl",
-                           connect_timeout_ms=300)
-    s3 = [store_class("s3://bucket/crawl/", endpoint_url=f"http://127.0.0.1:{closed}",
-                      region_name="us-east-1", max_attempts=1, timeout=2,
-                      credentials={"aws_access_key_id": KEY_ID,
-                                   "aws_secret_access_key": SECRET_KEY})
-          for store_class in (Boto3S3BodyStore, ObstoreS3BodyStore)]
+    mongo = MongoMetaStore(
+        f"mongodb://crawler:{MONGO_PASSWORD}@127.0.0.1:{closed}/crawl", connect_timeout_ms=300
+    )
+    s3 = [
+        store_class(
+            "s3://bucket/crawl/",
+            endpoint_url=f"http://127.0.0.1:{closed}",
+            region_name="us-east-1",
+            max_attempts=1,
+            timeout=2,
+            credentials={"aws_access_key_id": KEY_ID, "aws_secret_access_key": SECRET_KEY},
+        )
+        for store_class in (Boto3S3BodyStore, ObstoreS3BodyStore)
+    ]
     for store in (mongo, *s3):
         with pytest.raises(StoreError) as info:
             store.open()

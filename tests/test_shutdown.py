@@ -44,8 +44,9 @@ def slow_site(logs: Path) -> Iterator[Site]:
         yield site
 
 
-def wait_until(condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes],
-               timeout: float = 120) -> None:
+def wait_until(
+    condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], timeout: float = 120
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         if condition():
@@ -82,13 +83,32 @@ def leases_in_redis(redis_url: str) -> tuple[int, int]:
 def test_sigterm_drains_a_single_node_crawl_and_exits_0(slow_site: Site, tmp_path: Path) -> None:
     log = tmp_path / "crawl.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scrapy", "crawl", "listing", "-a",
-         f"url={slow_site.listing_url(2000)}", "-s", f"BODY_STORE={tmp_path / 'bodies'}",
-         "-s", f"META_STORE={tmp_path / 'meta.jsonl'}",
-         "-s", f"META_STORE_SPOOL={tmp_path / 'spool.jsonl'}",
-         "-s", "CONCURRENT_REQUESTS=40", "-s", "META_STORE_FLUSH_INTERVAL=2",
-         "-s", f"LOG_FILE={log}"],
-        cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "scrapy",
+            "crawl",
+            "listing",
+            "-a",
+            f"url={slow_site.listing_url(2000)}",
+            "-s",
+            f"BODY_STORE={tmp_path / 'bodies'}",
+            "-s",
+            f"META_STORE={tmp_path / 'meta.jsonl'}",
+            "-s",
+            f"META_STORE_SPOOL={tmp_path / 'spool.jsonl'}",
+            "-s",
+            "CONCURRENT_REQUESTS=40",
+            "-s",
+            "META_STORE_FLUSH_INTERVAL=2",
+            "-s",
+            f"LOG_FILE={log}",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: len(body_files(tmp_path)) >= 150, "150 bodies stored", proc)
         proc.send_signal(signal.SIGTERM)
@@ -120,8 +140,10 @@ def test_sigterm_drains_a_single_node_crawl_and_exits_0(slow_site: Site, tmp_pat
     # the process: the crawl has to be started again).
     assert_children_recorded(stats, len(docs))
     assert stats["listing/children_not_crawled"] > 0
-    assert (f"{stats['listing/children_not_crawled']} discovered children were not crawled: "
-            "the crawl stopped (shutdown) first" in text)
+    assert (
+        f"{stats['listing/children_not_crawled']} discovered children were not crawled: "
+        "the crawl stopped (shutdown) first" in text
+    )
 
 
 def test_sigterm_hands_a_nodes_leases_back_at_once(
@@ -130,8 +152,9 @@ def test_sigterm_hands_a_nodes_leases_back_at_once(
     seed(slow_site, redis_url, tmp_path, 800)
     # Leases long enough that none expires on a busy machine: any reclaim below would be
     # one that this node failed to hand back.
-    nodes.append(Node("node0", redis_url, tmp_path, "CONCURRENT_REQUESTS=40",
-                      "REDIS_LEASE_SECONDS=60"))
+    nodes.append(
+        Node("node0", redis_url, tmp_path, "CONCURRENT_REQUESTS=40", "REDIS_LEASE_SECONDS=60")
+    )
     wait_for_lines(tmp_path / "meta.jsonl", 100)
     wait_for_leases_of(nodes[0], redis_url)
     nodes[0].proc.send_signal(signal.SIGTERM)
@@ -144,8 +167,9 @@ def test_sigterm_hands_a_nodes_leases_back_at_once(
     assert first["distributed/released"] > 0  # leased, not started, handed back
     assert first["meta_store/written"] < 800
 
-    nodes.append(Node("node1", redis_url, tmp_path, "CONCURRENT_REQUESTS=100",
-                      "REDIS_LEASE_SECONDS=60"))
+    nodes.append(
+        Node("node1", redis_url, tmp_path, "CONCURRENT_REQUESTS=100", "REDIS_LEASE_SECONDS=60")
+    )
     assert nodes[1].wait() == 0
     second = nodes[1].stats()
     assert second["finish_reason"] == "finished"
@@ -173,9 +197,10 @@ def test_a_second_sigterm_stops_at_once_and_leases_expire(
     leases, leased = leases_in_redis(redis_url)
     assert leases > 0 and leased == leases  # not handed back: they must expire
 
-    nodes.append(Node("node1", redis_url, tmp_path, "CONCURRENT_REQUESTS=100",
-                      "REDIS_LEASE_SECONDS=60"))  # its own leases never expire: what it
-                                                   # reclaims is the first node's
+    nodes.append(
+        Node("node1", redis_url, tmp_path, "CONCURRENT_REQUESTS=100", "REDIS_LEASE_SECONDS=60")
+    )  # its own leases never expire: what it
+    # reclaims is the first node's
     assert nodes[1].wait() == 0
     second = nodes[1].stats()
     assert second["finish_reason"] == "finished"

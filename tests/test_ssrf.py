@@ -43,52 +43,65 @@ if TYPE_CHECKING:
 LOOPBACK_ONLY = ["127.0.0.1/32"]
 
 
-@pytest.mark.parametrize(("address", "kind"), [
-    ("127.0.0.1", "loopback"),
-    ("127.255.0.9", "loopback"),
-    ("10.1.2.3", "private"),
-    ("172.16.5.4", "private"),
-    ("192.168.1.1", "private"),
-    ("169.254.169.254", "link-local"),  # cloud metadata service
-    ("224.0.0.1", "multicast"),
-    ("240.0.0.1", "reserved"),
-    ("255.255.255.255", "reserved"),
-    ("0.0.0.0", "unspecified"),  # connecting to it reaches this host on Linux
-    ("100.64.0.1", "non-public"),  # carrier-grade NAT
-    ("192.0.2.1", "private"),  # documentation range
-    ("::1", "loopback"),
-    ("::", "unspecified"),
-    ("fe80::1", "link-local"),
-    ("fc00::1", "private"),
-    ("fd12:3456::1", "private"),
-    ("ff02::1", "multicast"),
-    ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped
-    ("::ffff:10.0.0.1", "private"),
-    ("::ffff:169.254.169.254", "link-local"),
-    ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
-    ("2002:a9fe:a9fe::", "link-local"),  # 6to4 of 169.254.169.254
-    ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
-    ("8.8.8.8", None),
-    ("93.184.215.14", None),
-    ("2606:4700:4700::1111", None),
-    ("::ffff:8.8.8.8", None),
-    ("64:ff9b::808:808", None),  # NAT64 of 8.8.8.8
-])
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.255.0.9", "loopback"),
+        ("10.1.2.3", "private"),
+        ("172.16.5.4", "private"),
+        ("192.168.1.1", "private"),
+        ("169.254.169.254", "link-local"),  # cloud metadata service
+        ("224.0.0.1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("255.255.255.255", "reserved"),
+        ("0.0.0.0", "unspecified"),  # connecting to it reaches this host on Linux
+        ("100.64.0.1", "non-public"),  # carrier-grade NAT
+        ("192.0.2.1", "private"),  # documentation range
+        ("::1", "loopback"),
+        ("::", "unspecified"),
+        ("fe80::1", "link-local"),
+        ("fc00::1", "private"),
+        ("fd12:3456::1", "private"),
+        ("ff02::1", "multicast"),
+        ("::ffff:127.0.0.1", "loopback"),  # IPv4-mapped
+        ("::ffff:10.0.0.1", "private"),
+        ("::ffff:169.254.169.254", "link-local"),
+        ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
+        ("2002:a9fe:a9fe::", "link-local"),  # 6to4 of 169.254.169.254
+        ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
+        ("8.8.8.8", None),
+        ("93.184.215.14", None),
+        ("2606:4700:4700::1111", None),
+        ("::ffff:8.8.8.8", None),
+        ("64:ff9b::808:808", None),  # NAT64 of 8.8.8.8
+    ],
+)
 def test_address_kind(address: str, kind: str | None) -> None:
     assert address_kind(ipaddress.ip_address(address)) == kind
 
 
-@pytest.mark.parametrize(("host", "addresses", "message"), [
-    ("10.1.2.3", ["10.1.2.3"], "10.1.2.3 is a private address, not in ALLOWED_NETWORKS"),
-    ("::1", ["::1"], "::1 is a loopback address, not in ALLOWED_NETWORKS"),
-    ("0.0.0.0", ["0.0.0.0"], "0.0.0.0 is an unspecified address, not in ALLOWED_NETWORKS"),
-    ("localhost", ["127.0.0.1"],
-     "localhost resolves to 127.0.0.1, a loopback address not in ALLOWED_NETWORKS"),
-    # One non-public address among public ones is enough: the download may use any of them.
-    ("mixed.example", ["8.8.8.8", "169.254.169.254"],
-     "mixed.example resolves to 169.254.169.254, a link-local address not in ALLOWED_NETWORKS"),
-    ("public.example", ["8.8.8.8", "2606:4700:4700::1111"], None),
-])
+@pytest.mark.parametrize(
+    ("host", "addresses", "message"),
+    [
+        ("10.1.2.3", ["10.1.2.3"], "10.1.2.3 is a private address, not in ALLOWED_NETWORKS"),
+        ("::1", ["::1"], "::1 is a loopback address, not in ALLOWED_NETWORKS"),
+        ("0.0.0.0", ["0.0.0.0"], "0.0.0.0 is an unspecified address, not in ALLOWED_NETWORKS"),
+        (
+            "localhost",
+            ["127.0.0.1"],
+            "localhost resolves to 127.0.0.1, a loopback address not in ALLOWED_NETWORKS",
+        ),
+        # One non-public address among public ones is enough: the download may use any of them.
+        (
+            "mixed.example",
+            ["8.8.8.8", "169.254.169.254"],
+            "mixed.example resolves to 169.254.169.254, a link-local address not in "
+            "ALLOWED_NETWORKS",
+        ),
+        ("public.example", ["8.8.8.8", "2606:4700:4700::1111"], None),
+    ],
+)
 def test_refusal_message_names_the_host_and_the_address(
     host: str, addresses: list[str], message: str | None
 ) -> None:
@@ -96,18 +109,21 @@ def test_refusal_message_names_the_host_and_the_address(
     assert policy.check(host, [ipaddress.ip_address(a) for a in addresses]) == message
 
 
-@pytest.mark.parametrize(("allowed", "address", "is_allowed"), [
-    (["127.0.0.1/32"], "127.0.0.1", True),
-    (["127.0.0.1/32"], "127.0.0.2", False),
-    (["127.0.0.1/32"], "::ffff:127.0.0.1", True),  # the same address, IPv4-mapped
-    (["127.0.0.1/32"], "::1", False),
-    (["10.0.0.0/8"], "10.200.3.4", True),
-    (["10.0.0.0/8"], "192.168.0.1", False),
-    (["fd00::/8"], "fd00::5", True),
-    (["fd00::/8"], "10.0.0.1", False),
-    (["169.254.169.254"], "169.254.169.254", True),  # a bare address is a /32
-    ([], "8.8.8.8", True),  # public addresses need no listing
-])
+@pytest.mark.parametrize(
+    ("allowed", "address", "is_allowed"),
+    [
+        (["127.0.0.1/32"], "127.0.0.1", True),
+        (["127.0.0.1/32"], "127.0.0.2", False),
+        (["127.0.0.1/32"], "::ffff:127.0.0.1", True),  # the same address, IPv4-mapped
+        (["127.0.0.1/32"], "::1", False),
+        (["10.0.0.0/8"], "10.200.3.4", True),
+        (["10.0.0.0/8"], "192.168.0.1", False),
+        (["fd00::/8"], "fd00::5", True),
+        (["fd00::/8"], "10.0.0.1", False),
+        (["169.254.169.254"], "169.254.169.254", True),  # a bare address is a /32
+        ([], "8.8.8.8", True),  # public addresses need no listing
+    ],
+)
 def test_allowed_networks_let_their_addresses_through(
     allowed: list[str], address: str, is_allowed: bool
 ) -> None:
@@ -139,8 +155,9 @@ async def test_a_refused_child_link_ends_as_one_record_with_the_reason() -> None
         "169.254.169.254": "169.254.169.254 is a link-local address, not in ALLOWED_NETWORKS",
         "10.1.2.3": "10.1.2.3 is a private address, not in ALLOWED_NETWORKS",
         "[::1]:8347": "::1 is a loopback address, not in ALLOWED_NETWORKS",
-        "localhost:8347":
-            "localhost resolves to 127.0.0.1, a loopback address not in ALLOWED_NETWORKS",
+        "localhost:8347": (
+            "localhost resolves to 127.0.0.1, a loopback address not in ALLOWED_NETWORKS"
+        ),
     }
     for netloc, why in cases.items():
         listing = f"http://{netloc}/list"
@@ -189,13 +206,16 @@ def port_of(site: Site) -> int:
     return site.server.port
 
 
-@pytest.mark.parametrize(("url", "why"), [
-    ("{base}/list?n=5", "127.0.0.1 is a loopback address"),  # the test site itself
-    ("http://localhost:{port}/list?n=5", "localhost resolves to 127.0.0.1, a loopback address"),
-    ("http://[::1]:{port}/list?n=5", "::1 is a loopback address"),
-    ("http://10.1.2.3/list", "10.1.2.3 is a private address"),
-    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
-])
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("{base}/list?n=5", "127.0.0.1 is a loopback address"),  # the test site itself
+        ("http://localhost:{port}/list?n=5", "localhost resolves to 127.0.0.1, a loopback address"),
+        ("http://[::1]:{port}/list?n=5", "::1 is a loopback address"),
+        ("http://10.1.2.3/list", "10.1.2.3 is a private address"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+    ],
+)
 @deferred_f_from_coro_f
 async def test_a_refused_list_page_is_logged_and_never_fetched(
     own_site: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture, url: str, why: str
@@ -225,8 +245,7 @@ async def test_redirects_to_refused_addresses_each_end_as_one_record(
     port = port_of(own_site)
     targets = {
         "http://10.1.2.3/admin": "10.1.2.3 is a private address",
-        "http://169.254.169.254/latest/meta-data/iam/":
-            "169.254.169.254 is a link-local address",
+        "http://169.254.169.254/latest/meta-data/iam/": "169.254.169.254 is a link-local address",
         f"http://[::1]:{port}/page/2": "::1 is a loopback address",
         f"http://0.0.0.0:{port}/page/3": "0.0.0.0 is an unspecified address",
         f"http://127.0.0.2:{port}/page/4": "127.0.0.2 is a loopback address",
@@ -266,12 +285,14 @@ async def test_a_name_in_an_allowed_network_is_crawled_with_one_lookup(
     own_site: Site, tmp_path: Path
 ) -> None:
     url = f"http://localhost:{port_of(own_site)}/list?n=200&per_page=50&page=1"
-    crawler = await crawl(url, ALLOWED_NETWORKS=["127.0.0.0/8"], CONCURRENT_REQUESTS=50,
-                          **local_stores(tmp_path))
+    crawler = await crawl(
+        url, ALLOWED_NETWORKS=["127.0.0.0/8"], CONCURRENT_REQUESTS=50, **local_stores(tmp_path)
+    )
 
     docs = read_jsonl(tmp_path / "meta.jsonl")
     assert {d["url"] for d in docs} == {
-        f"http://localhost:{port_of(own_site)}/page/{i}" for i in range(200)}
+        f"http://localhost:{port_of(own_site)}/page/{i}" for i in range(200)
+    }
     assert all(d["status"] == 200 and d["error"] is None for d in docs)
     stats = crawler.stats.get_stats()
     assert stats["ssrf/hosts_resolved"] == 1
@@ -284,25 +305,32 @@ async def test_a_bad_allowed_networks_stops_the_crawl_before_any_request(
     own_site: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     own_site.stats(reset=True)
-    crawler = await crawl(own_site.listing_url(5), ALLOWED_NETWORKS=["127.0.0.1/33"],
-                          **local_stores(tmp_path))
+    crawler = await crawl(
+        own_site.listing_url(5), ALLOWED_NETWORKS=["127.0.0.1/33"], **local_stores(tmp_path)
+    )
     assert crawler.stats.get_value("finish_reason") == "allowed_networks_unusable"
-    assert ("ALLOWED_NETWORKS unusable, crawl stopped: '127.0.0.1/33' is not a network "
-            "(CIDR, e.g. 10.0.0.0/8 or fd00::/8)") in caplog.text
+    assert (
+        "ALLOWED_NETWORKS unusable, crawl stopped: '127.0.0.1/33' is not a network "
+        "(CIDR, e.g. 10.0.0.0/8 or fd00::/8)"
+    ) in caplog.text
     assert own_site.stats()["hits"] == 0
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
-@pytest.mark.parametrize(("env", "stored"), [
-    ("", 0),  # the default: loopback refused
-    ("10.0.0.0/8, 127.0.0.1/32", 5),
-])
+@pytest.mark.parametrize(
+    ("env", "stored"),
+    [
+        ("", 0),  # the default: loopback refused
+        ("10.0.0.0/8, 127.0.0.1/32", 5),
+    ],
+)
 def test_scrapy_crawl_reads_allowed_networks_from_the_environment(
     own_site: Site, tmp_path: Path, env: str, stored: int
 ) -> None:
     url = own_site.listing_url(5)
-    result = scrapy_crawl(["-a", f"url={url}"], cwd=tmp_path,
-                          env={"SCRAPER_ALLOWED_NETWORKS": env}, timeout=120)
+    result = scrapy_crawl(
+        ["-a", f"url={url}"], cwd=tmp_path, env={"SCRAPER_ALLOWED_NETWORKS": env}, timeout=120
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     stats = log_stats(output)
@@ -312,6 +340,8 @@ def test_scrapy_crawl_reads_allowed_networks_from_the_environment(
         assert "ssrf/refused" not in stats
     else:
         assert stats["ssrf/refused"] == 1
-        assert (f"List page {url} failed: AddressRefused: 127.0.0.1 is a loopback address, "
-                "not in ALLOWED_NETWORKS") in output
+        assert (
+            f"List page {url} failed: AddressRefused: 127.0.0.1 is a loopback address, "
+            "not in ALLOWED_NETWORKS"
+        ) in output
     assert_children_recorded(stats, len(records(tmp_path / "data")))

@@ -16,6 +16,7 @@ def redis_url(settings: BaseSettings) -> str:
     """REDIS_URL from -s or SCRAPER_REDIS_URL, or a usage error saying how to give it."""
     url = settings.get("REDIS_URL")
     if not url:
-        raise UsageError("REDIS_URL is not set: pass -s REDIS_URL=redis://host:6379/0 "
-                         "or set SCRAPER_REDIS_URL")
+        raise UsageError(
+            "REDIS_URL is not set: pass -s REDIS_URL=redis://host:6379/0 or set SCRAPER_REDIS_URL"
+        )
     return str(url)

@@ -98,8 +98,9 @@ class _Stores:
     async def open_body(self) -> BodyStore:
         if self.body is None:
             store = build_body_store(self.crawler, self.crawler.settings["BODY_STORE"])
-            threads = max(1, min(self.crawler.settings.getint("BODY_STORE_THREADS"),
-                                 store.max_threads))
+            threads = max(
+                1, min(self.crawler.settings.getint("BODY_STORE_THREADS"), store.max_threads)
+            )
             self.body_threads = ThreadPoolExecutor(threads, thread_name_prefix="replay-body")
             await self.call(self.body_threads, store.open)
             self.body = store
@@ -111,56 +112,73 @@ class _Stores:
                 try:
                     await self.call(executor, store.close)
                 except Exception as exc:  # closing is best effort; what was written is stored
-                    logging.getLogger(__name__).warning("Closing a store: %(error)s",
-                                                        {"error": describe(exc)})
+                    logging.getLogger(__name__).warning(
+                        "Closing a store: %(error)s", {"error": describe(exc)}
+                    )
             if executor is not None:
                 executor.shutdown(wait=True)
 
 
-async def replay(settings: BaseSettings, *, retry_timeout: float = 30,
-                 say: Callable[[str], None] = print) -> ReplayReport:
+async def replay(
+    settings: BaseSettings, *, retry_timeout: float = 30, say: Callable[[str], None] = print
+) -> ReplayReport:
     """Replay both spools named in ``settings`` into the stores named there."""
     report = ReplayReport()
     meta_spool = Path(settings["META_STORE_SPOOL"])
     bodies = BodySpool(settings["BODY_STORE_SPOOL"])
     docs_waiting, bodies_waiting = count_lines(meta_spool), bodies.count()
     if not docs_waiting and not bodies_waiting:
-        say(f"Nothing to replay: META_STORE_SPOOL {meta_spool} and BODY_STORE_SPOOL "
-            f"{bodies.root} are empty.")
+        say(
+            f"Nothing to replay: META_STORE_SPOOL {meta_spool} and BODY_STORE_SPOOL "
+            f"{bodies.root} are empty."
+        )
         return report
-    say(f"Replaying {docs_waiting} meta document(s) from {meta_spool} and {bodies_waiting} "
-        f"body(ies) from {bodies.root}")
+    say(
+        f"Replaying {docs_waiting} meta document(s) from {meta_spool} and {bodies_waiting} "
+        f"body(ies) from {bodies.root}"
+    )
     stores = _Stores(settings)
     try:
         meta_store_ok = await _replay_meta(stores, meta_spool, retry_timeout, report, say)
         if bodies_waiting and not meta_store_ok:
             say("Bodies not replayed: their records could not be updated in META_STORE")
         elif bodies_waiting:
-            await _replay_bodies(stores, bodies, settings.getint("BODY_STORE_THREADS"),
-                                 retry_timeout, report, say)
+            await _replay_bodies(
+                stores, bodies, settings.getint("BODY_STORE_THREADS"), retry_timeout, report, say
+            )
     finally:
         await stores.close()
     report.meta_left, report.bodies_left = count_lines(meta_spool), bodies.count()
-    retries = sum(stores.stats.get_value(f"{what}/retries", 0)
-                  for what in ("meta_store", "body_store"))
-    say(f"Replayed: {report.meta_written} meta document(s) written, {report.bodies_stored} "
+    retries = sum(
+        stores.stats.get_value(f"{what}/retries", 0) for what in ("meta_store", "body_store")
+    )
+    say(
+        f"Replayed: {report.meta_written} meta document(s) written, {report.bodies_stored} "
         f"body(ies) stored and their records updated ({retries} retries). Left in the "
-        f"spools: {report.meta_left} document(s), {report.bodies_left} body(ies).")
+        f"spools: {report.meta_left} document(s), {report.bodies_left} body(ies)."
+    )
     if not report.ok:
-        say("Not everything could be replayed; run `scrapy replay` again once the stores "
-            "are back (replaying twice is safe).")
+        say(
+            "Not everything could be replayed; run `scrapy replay` again once the stores "
+            "are back (replaying twice is safe)."
+        )
     return report
 
 
 async def _write_meta(stores: _Stores, docs: list[dict[str, Any]], timeout: float) -> None:
     store = await stores.open_meta()
-    await with_backoff(lambda: stores.call(stores.meta_threads, store.write, docs),
-                       what="meta_store", timeout=timeout, stats=stores.stats,
-                       retry_on=store.transient_errors)
+    await with_backoff(
+        lambda: stores.call(stores.meta_threads, store.write, docs),
+        what="meta_store",
+        timeout=timeout,
+        stats=stores.stats,
+        retry_on=store.transient_errors,
+    )
 
 
-async def _replay_meta(stores: _Stores, spool: Path, timeout: float, report: ReplayReport,
-                       say: Callable[[str], None]) -> bool:
+async def _replay_meta(
+    stores: _Stores, spool: Path, timeout: float, report: ReplayReport, say: Callable[[str], None]
+) -> bool:
     """Write the meta spool into META_STORE; False if the store failed."""
     batch_size = max(1, stores.crawler.settings.getint("META_STORE_BATCH_SIZE"))
     for _ in range(MAX_META_ROUNDS):
@@ -170,13 +188,15 @@ async def _replay_meta(stores: _Stores, spool: Path, timeout: float, report: Rep
         docs, bad = read_lines(taken)
         try:
             for start in range(0, len(docs), batch_size):
-                batch = docs[start:start + batch_size]
+                batch = docs[start : start + batch_size]
                 await _write_meta(stores, batch, timeout)
                 report.meta_written += len(batch)
         except Exception as exc:
             report.errors.append(f"META_STORE: {_describe(exc)}")
-            say(f"META_STORE {redact(stores.crawler.settings['META_STORE'])} did not take the "
-                f"spooled documents: {_describe(exc)}; they stay in {taken}")
+            say(
+                f"META_STORE {redact(stores.crawler.settings['META_STORE'])} did not take the "
+                f"spooled documents: {_describe(exc)}; they stay in {taken}"
+            )
             return False
         if bad:
             # Kept aside for a person to look at; the next replay goes on without them.
@@ -184,14 +204,22 @@ async def _replay_meta(stores: _Stores, spool: Path, timeout: float, report: Rep
             with rejected.open("ab") as f:
                 f.writelines(line if line.endswith(b"\n") else line + b"\n" for line in bad)
             report.errors.append(f"{spool}: {len(bad)} unreadable line(s)")
-            say(f"{spool}: {len(bad)} line(s) are not meta documents (a line cut by a crash?); "
-                f"moved to {rejected}")
+            say(
+                f"{spool}: {len(bad)} line(s) are not meta documents (a line cut by a crash?); "
+                f"moved to {rejected}"
+            )
         taken.unlink()
     return True
 
 
-async def _replay_bodies(stores: _Stores, spool: BodySpool, threads: int, timeout: float,
-                         report: ReplayReport, say: Callable[[str], None]) -> None:
+async def _replay_bodies(
+    stores: _Stores,
+    spool: BodySpool,
+    threads: int,
+    timeout: float,
+    report: ReplayReport,
+    say: Callable[[str], None],
+) -> None:
     try:
         store = await stores.open_body()
     except StoreError as exc:
@@ -203,16 +231,20 @@ async def _replay_bodies(stores: _Stores, spool: BodySpool, threads: int, timeou
 
     async def upload(entry: SpooledBody) -> str:
         return await with_backoff(
-            lambda: stores.call(executor, store.put, entry.key, entry.body,
-                                entry.content_type, entry.encoding),
-            what="body_store", timeout=timeout, stats=stores.stats,
-            retry_on=store.transient_errors)
+            lambda: stores.call(
+                executor, store.put, entry.key, entry.body, entry.content_type, entry.encoding
+            ),
+            what="body_store",
+            timeout=timeout,
+            stats=stores.stats,
+            retry_on=store.transient_errors,
+        )
 
     paths = list(spool.paths())
     chunk = max(1, threads) * 4
     for start in range(0, len(paths), chunk):
         entries = []
-        for path in paths[start:start + chunk]:
+        for path in paths[start : start + chunk]:
             try:
                 entries.append(spool.read(path))
             except FileNotFoundError:
@@ -238,8 +270,10 @@ async def _replay_bodies(stores: _Stores, spool: BodySpool, threads: int, timeou
             # The bodies are stored, their records still say pending: keep the spooled
             # bodies, the next replay uploads them again (same key) and updates the records.
             report.errors.append(f"META_STORE: {_describe(exc)}")
-            say(f"{len(stored)} record(s) not updated: {_describe(exc)}; bodies kept in "
-                f"{spool.root}")
+            say(
+                f"{len(stored)} record(s) not updated: {_describe(exc)}; bodies kept in "
+                f"{spool.root}"
+            )
             continue
         for entry in stored:
             spool.remove(entry)
@@ -262,9 +296,12 @@ class Command(ScrapyCommand):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
-        parser.add_argument("--retry-timeout", type=float, default=30,
-                            help="seconds each write keeps retrying a failing store "
-                                 "(default 30)")
+        parser.add_argument(
+            "--retry-timeout",
+            type=float,
+            default=30,
+            help="seconds each write keeps retrying a failing store (default 30)",
+        )
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         if args:

@@ -30,8 +30,11 @@ class Command(ScrapyCommand):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
-        parser.add_argument("--reset", action="store_true",
-                            help="forget the crawl first: queue, dedup set, leases (a re-crawl)")
+        parser.add_argument(
+            "--reset",
+            action="store_true",
+            help="forget the crawl first: queue, dedup set, leases (a re-crawl)",
+        )
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         if len(args) < 2:
@@ -45,8 +48,10 @@ class Command(ScrapyCommand):
         assert self.settings is not None
         url = redis_url(self.settings)
         added = asyncio.run(seed(url, spider, urls, opts.reset))
-        print(f"{spider}:start_urls += {added} URL(s) on {redact(url)}"
-              + (" (crawl state reset first)" if opts.reset else ""))
+        print(
+            f"{spider}:start_urls += {added} URL(s) on {redact(url)}"
+            + (" (crawl state reset first)" if opts.reset else "")
+        )
 
 
 async def seed(url: str, spider: str, urls: list[str], reset: bool) -> int:

@@ -26,8 +26,9 @@ class Command(ScrapyCommand):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
-        parser.add_argument("--watch", type=float, default=0,
-                            help="print again every SECONDS until interrupted")
+        parser.add_argument(
+            "--watch", type=float, default=0, help="print again every SECONDS until interrupted"
+        )
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         if len(args) != 1:
@@ -41,16 +42,20 @@ class Command(ScrapyCommand):
 def render(status: CrawlStatus, previous: tuple[float, int] | None) -> tuple[str, int]:
     """Text of one status; also the crawl-wide stored count, for pages/s next time."""
     stored = sum(int(info.get("stored", 0)) for _, info in status.nodes.values())
-    lines = [f"queued {status.queued}  leased {status.leased}  start_urls {status.start_urls}  "
-             f"seen (dedup) {status.seen}  dead {status.dead}  stored {stored}"]
+    lines = [
+        f"queued {status.queued}  leased {status.leased}  start_urls {status.start_urls}  "
+        f"seen (dedup) {status.seen}  dead {status.dead}  stored {stored}"
+    ]
     if previous is not None:
         seconds = time.monotonic() - previous[0]
         lines[0] += f"  {(stored - previous[1]) / max(seconds, 1e-9):.0f} pages/s"
     for node, (seen_ms, info) in sorted(status.nodes.items()):
         age = (status.now_ms - seen_ms) / 1000
-        lines.append(f"  node {node}: last heartbeat {age:.1f}s ago, stored {info.get('stored')}, "
-                     f"leased {info.get('leased')}, buffered {info.get('buffered')}, "
-                     f"up {info.get('up_seconds')}s")
+        lines.append(
+            f"  node {node}: last heartbeat {age:.1f}s ago, stored {info.get('stored')}, "
+            f"leased {info.get('leased')}, buffered {info.get('buffered')}, "
+            f"up {info.get('up_seconds')}s"
+        )
     if not status.nodes:
         lines.append("  no live node")
     return "\n".join(lines), stored

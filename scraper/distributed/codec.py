@@ -32,8 +32,11 @@ class BadEntry(ValueError):
 def _method_name(spider: Spider, fn: Any) -> str | None:
     """The name of ``fn`` if it is a method of ``spider`` (what to_dict finds, cheaply)."""
     name = getattr(fn, "__name__", None)
-    if (getattr(fn, "__self__", None) is spider and name
-            and getattr(type(spider), name, None) is getattr(fn, "__func__", None)):
+    if (
+        getattr(fn, "__self__", None) is spider
+        and name
+        and getattr(type(spider), name, None) is getattr(fn, "__func__", None)
+    ):
         return str(name)
     return None
 
@@ -81,12 +84,14 @@ def decode(text: str, spider: Spider) -> Request:
         raise BadEntry(f"_class {str(d['_class'])[:100]!r} is not a request class of this crawl")
     try:
         d["body"] = base64.b64decode(d.get("body") or "", validate=True)
-        d["headers"] = {_unb64(k): [_unb64(v) for v in vs]
-                        for k, vs in (d.get("headers") or {}).items()}
+        d["headers"] = {
+            _unb64(k): [_unb64(v) for v in vs] for k, vs in (d.get("headers") or {}).items()
+        }
         return request_from_dict(d, spider=spider)
     except Exception as exc:  # whatever the data makes Request() raise: not a request of ours
-        raise BadEntry(f"unusable request for {d['url'][:200]!r}: "
-                       f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        raise BadEntry(
+            f"unusable request for {d['url'][:200]!r}: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
 
 
 def _load(text: str) -> Any:

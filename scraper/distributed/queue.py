@@ -48,8 +48,9 @@ def lua(name: str, *preludes: str) -> str:
     each script as one atomic step, and a script cannot call another. Read as package
     data, so that it is found in scrapyd's zipped egg too."""
     folder = resources.files(__package__).joinpath("lua")
-    return "\n".join(folder.joinpath(f"{part}.lua").read_text("utf-8")
-                     for part in (*preludes, name))
+    return "\n".join(
+        folder.joinpath(f"{part}.lua").read_text("utf-8") for part in (*preludes, name)
+    )
 
 
 class BloomFilter:
@@ -64,12 +65,15 @@ class BloomFilter:
 
     def __init__(self, capacity: int, error_rate: float) -> None:
         if capacity < 1 or not 0 < error_rate < 1:
-            raise ValueError("REDIS_BLOOM_CAPACITY must be >= 1 and REDIS_BLOOM_ERROR_RATE "
-                             "between 0 and 1")
+            raise ValueError(
+                "REDIS_BLOOM_CAPACITY must be >= 1 and REDIS_BLOOM_ERROR_RATE between 0 and 1"
+            )
         self.bits = math.ceil(-capacity * math.log(error_rate) / math.log(2) ** 2)
         if self.bits > 2**32:
-            raise ValueError(f"a Bloom filter for {capacity} requests at {error_rate} needs "
-                             f"{self.bits} bits; Redis strings hold 2**32")
+            raise ValueError(
+                f"a Bloom filter for {capacity} requests at {error_rate} needs "
+                f"{self.bits} bits; Redis strings hold 2**32"
+            )
         self.hashes = max(1, round(self.bits / capacity * math.log(2)))
 
     def key(self, fingerprint: str) -> str:
@@ -163,37 +167,49 @@ class CrawlQueue:
         for fingerprint, priority, request in entries:
             args += (self._dedup_key(fingerprint), priority, request)
         seen = await self._enqueue(
-            keys=[k.requests, k.dupefilter, k.seq, k.bloom, k.bloom_count], args=args)
+            keys=[k.requests, k.dupefilter, k.seq, k.bloom, k.bloom_count], args=args
+        )
         return [int(i) for i in seen]
 
     def _dedup_key(self, fingerprint: str) -> str:
         return self.bloom.key(fingerprint) if self.bloom and fingerprint else fingerprint
 
-    async def enqueue_leased(self, entries: list[tuple[str, int, str, str]],
-                             lease_ms: int) -> list[str]:
+    async def enqueue_leased(
+        self, entries: list[tuple[str, int, str, str]], lease_ms: int
+    ) -> list[str]:
         """Add (fingerprint, priority, JSON, token) entries leased to their finder; return
         the tokens of those already seen (their requests are duplicates)."""
         k = self.keys
-        args: list[Any] = [lease_ms, *(x for fp, *rest in entries
-                                       for x in (self._dedup_key(fp), *rest))]
+        args: list[Any] = [
+            lease_ms,
+            *(x for fp, *rest in entries for x in (self._dedup_key(fp), *rest)),
+        ]
         seen = await self._enqueue_leased(
-            keys=[k.dupefilter, k.seq, k.leases, k.leased, k.bloom, k.bloom_count], args=args)
+            keys=[k.dupefilter, k.seq, k.leases, k.leased, k.bloom, k.bloom_count], args=args
+        )
         return [_text(token) for token in seen]
 
     async def lease(self, node: str, n: int, lease_ms: int, start_n: int) -> list[Leased]:
         k = self.keys
-        flat = await self._lease(keys=[k.requests, k.leases, k.leased, k.seq, k.start_urls],
-                                 args=[n, node, lease_ms, start_n])
-        return [_leased(_text(flat[i]), _text(flat[i + 1]), flat[i + 2])
-                for i in range(0, len(flat), 3)]
+        flat = await self._lease(
+            keys=[k.requests, k.leases, k.leased, k.seq, k.start_urls],
+            args=[n, node, lease_ms, start_n],
+        )
+        return [
+            _leased(_text(flat[i]), _text(flat[i + 1]), flat[i + 2]) for i in range(0, len(flat), 3)
+        ]
 
     async def ack(self, tokens: list[str]) -> tuple[int, int]:
         k = self.keys
         acked, refused = await self._ack(keys=[k.leases, k.leased, k.attempts], args=tokens)
         return int(acked), int(refused)
 
-    async def reclaim(self, max_attempts: int, limit: int = 1000,
-                      on_unreadable: Callable[[str], None] | None = None) -> tuple[int, int]:
+    async def reclaim(
+        self,
+        max_attempts: int,
+        limit: int = 1000,
+        on_unreadable: Callable[[str], None] | None = None,
+    ) -> tuple[int, int]:
         """Put back every lease past its deadline; return (returned, moved to dead).
 
         Lease data these scripts did not write goes to dead too; ``on_unreadable`` is
@@ -215,7 +231,8 @@ class CrawlQueue:
     async def _run_reclaim(self, args: list[Any]) -> tuple[int, int, list[bytes]]:
         k = self.keys
         returned, dead, bad = await self._reclaim(
-            keys=[k.leases, k.leased, k.requests, k.attempts, k.dead, k.start_urls], args=args)
+            keys=[k.leases, k.leased, k.requests, k.attempts, k.dead, k.start_urls], args=args
+        )
         return int(returned), int(dead), list(bad)
 
     async def sweep(self, node: str, every_ms: int) -> tuple[list[str], list[str]]:
@@ -223,8 +240,9 @@ class CrawlQueue:
         (neither was written by this crawl); return the tokens of each. Does nothing if
         another node swept in the last ``every_ms``."""
         k = self.keys
-        dropped, kept = await self._sweep(keys=[k.leases, k.leased, k.dead, k.sweeper],
-                                          args=[node, every_ms])
+        dropped, kept = await self._sweep(
+            keys=[k.leases, k.leased, k.dead, k.sweeper], args=[node, every_ms]
+        )
         return [_text(t) for t in dropped], [_text(t) for t in kept]
 
     async def forget_nodes(self, names: list[str]) -> None:
@@ -240,8 +258,9 @@ class CrawlQueue:
         return [_text(token) for token in lost]
 
     async def heartbeat(self, node: str, info: dict[str, Any], stale_ms: int) -> int:
-        return int(await self._heartbeat(keys=[self.keys.nodes],
-                                         args=[node, json.dumps(info), stale_ms]))
+        return int(
+            await self._heartbeat(keys=[self.keys.nodes], args=[node, json.dumps(info), stale_ms])
+        )
 
     async def status(self, nodes: bool = True) -> CrawlStatus:
         """The crawl's counts; ``nodes=False`` leaves out the heartbeats (``nodes`` is then
@@ -258,8 +277,7 @@ class CrawlQueue:
                 pipe.hgetall(k.nodes)
             pipe.time()
             pipe.get(k.bloom_count)
-            queued, leased, start_urls, seen, dead, *heartbeats, now, bloomed = \
-                await pipe.execute()
+            queued, leased, start_urls, seen, dead, *heartbeats, now, bloomed = await pipe.execute()
         with contextlib.suppress(ValueError):  # a count this crawl did not write: ignored
             seen += int(bloomed or 0)
         parsed, bad = {}, []
@@ -269,8 +287,16 @@ class CrawlQueue:
                 parsed[name] = _heartbeat_of(value)
             except ValueError as exc:
                 bad.append((name, str(exc)))
-        return CrawlStatus(queued, leased, start_urls, seen, dead, parsed,
-                           int(now[0]) * 1000 + int(now[1]) // 1000, bad)
+        return CrawlStatus(
+            queued,
+            leased,
+            start_urls,
+            seen,
+            dead,
+            parsed,
+            int(now[0]) * 1000 + int(now[1]) // 1000,
+            bad,
+        )
 
     async def seed(self, urls: list[str]) -> int:
         """Append list page URLs to ``<spider>:start_urls``."""

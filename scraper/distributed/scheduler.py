@@ -75,17 +75,26 @@ def _bloom(settings: Any) -> BloomFilter | None:
         return None
     if kind != "bloom":
         raise ValueError(f"REDIS_DUPEFILTER must be 'set' or 'bloom', not {kind!r}")
-    return BloomFilter(settings.getint("REDIS_BLOOM_CAPACITY"),
-                       settings.getfloat("REDIS_BLOOM_ERROR_RATE"))
+    return BloomFilter(
+        settings.getint("REDIS_BLOOM_CAPACITY"), settings.getfloat("REDIS_BLOOM_ERROR_RATE")
+    )
 
 
 class DistributedScheduler:
     """A Scrapy scheduler over Redis with leased requests and batched, off-path I/O."""
 
     def __init__(
-        self, crawler: Crawler, redis_url: str, *, prefetch: int = 100,
-        lease_seconds: float = 120, max_attempts: int = 5, idle_timeout: float = 30,
-        wait_for_start_urls: bool = False, batch: int = 500, bloom: BloomFilter | None = None,
+        self,
+        crawler: Crawler,
+        redis_url: str,
+        *,
+        prefetch: int = 100,
+        lease_seconds: float = 120,
+        max_attempts: int = 5,
+        idle_timeout: float = 30,
+        wait_for_start_urls: bool = False,
+        batch: int = 500,
+        bloom: BloomFilter | None = None,
     ) -> None:
         self.crawler = crawler
         self.redis_url = redis_url
@@ -126,9 +135,12 @@ class DistributedScheduler:
     def from_crawler(cls, crawler: Crawler) -> Self:
         s = crawler.settings
         return cls(
-            crawler, s.get("REDIS_URL"),
-            prefetch=min(s.getint("REDIS_PREFETCH") or s.getint("CONCURRENT_REQUESTS"),
-                         s.getint("CONCURRENT_REQUESTS")),
+            crawler,
+            s.get("REDIS_URL"),
+            prefetch=min(
+                s.getint("REDIS_PREFETCH") or s.getint("CONCURRENT_REQUESTS"),
+                s.getint("CONCURRENT_REQUESTS"),
+            ),
             lease_seconds=s.getfloat("REDIS_LEASE_SECONDS"),
             max_attempts=s.getint("REDIS_MAX_ATTEMPTS"),
             idle_timeout=s.getfloat("REDIS_IDLE_TIMEOUT"),
@@ -162,8 +174,11 @@ class DistributedScheduler:
             self.local.appendleft(request)
             self.stats.inc_value("scheduler/enqueued")
             return True
-        fingerprint = "" if request.dont_filter else \
-            self.crawler.request_fingerprinter.fingerprint(request).hex()
+        fingerprint = (
+            ""
+            if request.dont_filter
+            else self.crawler.request_fingerprinter.fingerprint(request).hex()
+        )
         if request.priority > 0 and request.meta.pop(FOUND_BY, None) in self.held:
             # A list page found while crawling one this node holds: it feeds the whole
             # crawl, so this node crawls it now, leased to itself in Redis by the next
@@ -176,8 +191,9 @@ class DistributedScheduler:
             request.meta["_lease"] = token
             self.held.add(token)
             self.local.appendleft(request)
-            self.outbox_leased.append((fingerprint, request.priority,
-                                       encode(request, self.spider), token))
+            self.outbox_leased.append(
+                (fingerprint, request.priority, encode(request, self.spider), token)
+            )
             self.stats.inc_value("distributed/enqueued")
             self.stats.inc_value("scheduler/enqueued")
             self.wake.set()
@@ -198,19 +214,24 @@ class DistributedScheduler:
 
     async def _open(self, spider: Spider) -> None:
         self.spider = spider
-        self.redis = Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                                    health_check_interval=15)
+        self.redis = Redis.from_url(
+            self.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
+        )
         self.queue = CrawlQueue(self.redis, spider.name, self.bloom)
         try:
             await self.redis.ping()
         except RedisError as exc:
-            logger.error("REDIS_URL unusable, crawl stopped: %(url)s: %(error)s",
-                         {"url": redact(self.redis_url), "error": describe(exc)})
+            logger.error(
+                "REDIS_URL unusable, crawl stopped: %(url)s: %(error)s",
+                {"url": redact(self.redis_url), "error": describe(exc)},
+            )
             raise CloseSpider("redis_unusable") from None
         self.crawler.signals.connect(self.spider_idle, signal=signals.spider_idle)
         self.crawler.signals.connect(self.request_done, signal=request_done)
-        logger.info("Distributed crawl: node %(node)s on %(url)s, keys %(prefix)s:*",
-                    {"node": self.node, "url": redact(self.redis_url), "prefix": spider.name})
+        logger.info(
+            "Distributed crawl: node %(node)s on %(url)s, keys %(prefix)s:*",
+            {"node": self.node, "url": redact(self.redis_url), "prefix": spider.name},
+        )
         self.pump = asyncio.ensure_future(self._pump())
 
     async def _close(self, reason: str) -> None:
@@ -227,9 +248,11 @@ class DistributedScheduler:
             self.stats.inc_value("distributed/released", returned)
             await self.redis.hdel(self.queue.keys.nodes, self.node)
         except (*OUTAGE, RedisError) as exc:
-            logger.error("Redis unreachable at close (%(error)s): %(n)d leases will expire and "
-                         "be crawled by another node", {"error": describe(exc),
-                                                         "n": len(self.held)})
+            logger.error(
+                "Redis unreachable at close (%(error)s): %(n)d leases will expire and "
+                "be crawled by another node",
+                {"error": describe(exc), "n": len(self.held)},
+            )
         await self.redis.aclose()
 
     def request_done(self, request: Request) -> None:
@@ -269,8 +292,14 @@ class DistributedScheduler:
 
     async def _pump(self) -> None:
         backoff, last_warning = 0.5, 0.0
-        timers = {"status": 0.0, "heartbeat": 0.0, "nodes": 0.0, "extend": time.monotonic(),
-                  "reclaim": 0.0, "sweep": 0.0}
+        timers = {
+            "status": 0.0,
+            "heartbeat": 0.0,
+            "nodes": 0.0,
+            "extend": time.monotonic(),
+            "reclaim": 0.0,
+            "sweep": 0.0,
+        }
         while not self.closing:
             try:
                 worked = await self._cycle(timers)
@@ -282,9 +311,11 @@ class DistributedScheduler:
                 if time.monotonic() - last_warning > 10:
                     last_warning = time.monotonic()
                     what = "unreachable" if isinstance(exc, OUTAGE) else "refused a call"
-                    logger.warning("Redis %(what)s (%(error)s): retrying; the node keeps its "
-                                   "buffers, nothing is lost",
-                                   {"what": what, "error": describe(exc)})
+                    logger.warning(
+                        "Redis %(what)s (%(error)s): retrying; the node keeps its "
+                        "buffers, nothing is lost",
+                        {"what": what, "error": describe(exc)},
+                    )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10)
                 continue
@@ -330,8 +361,7 @@ class DistributedScheduler:
                 await self._reject_nodes(self.status.bad_nodes)
             if now - timers["heartbeat"] >= 1.0:
                 timers["heartbeat"] = now
-                await self.queue.heartbeat(self.node, self._heartbeat_info(),
-                                           3 * self.lease_ms)
+                await self.queue.heartbeat(self.node, self._heartbeat_info(), 3 * self.lease_ms)
             if self.status.drained:
                 # The engine asks spider_idle again only on its next event or its 5 s
                 # heartbeat; the crawl may be complete now, so let it ask now.
@@ -341,24 +371,32 @@ class DistributedScheduler:
             # Leases found on list pages wait in the outbox until the flush takes them to
             # Redis: not there yet is not lost.
             pending = {token for *_, token in self.outbox_leased}
-            lost = await self.queue.extend(sorted(self.held - self.lost - pending),
-                                           self.lease_ms)
+            lost = await self.queue.extend(sorted(self.held - self.lost - pending), self.lease_ms)
             if lost:
                 self._lost_leases(set(lost))
         if now - timers["reclaim"] > self.chore_seconds:
             timers["reclaim"] = now
             returned, dead = await self.queue.reclaim(
-                self.max_attempts, on_unreadable=self._reject_lease_data)
+                self.max_attempts, on_unreadable=self._reject_lease_data
+            )
             if returned or dead:
                 self.stats.inc_value("distributed/reclaimed", returned)
-                logger.info("Reclaimed %(n)d expired leases (a node died or stalled)%(dead)s",
-                            {"n": returned, "dead": f", {dead} to :dead" if dead else ""})
+                logger.info(
+                    "Reclaimed %(n)d expired leases (a node died or stalled)%(dead)s",
+                    {"n": returned, "dead": f", {dead} to :dead" if dead else ""},
+                )
             if dead:
                 self.stats.inc_value("distributed/dead", dead)
         status = self.status
-        if (status is not None and not self.local and not self.held and status.leased
-                and not status.queued and not status.start_urls
-                and now - timers["sweep"] > self.chore_seconds):
+        if (
+            status is not None
+            and not self.local
+            and not self.held
+            and status.leased
+            and not status.queued
+            and not status.start_urls
+            and now - timers["sweep"] > self.chore_seconds
+        ):
             # Idle, waiting only for other nodes' leases: check that they are leases.
             timers["sweep"] = now
             await self._sweep()
@@ -382,8 +420,9 @@ class DistributedScheduler:
             "%(n)d leases of this node expired (Redis unreachable for longer than "
             "REDIS_LEASE_SECONDS) and were reclaimed by other nodes: %(dropped)d not started "
             "are dropped, %(inflight)d in flight will be stored again (idempotently) and their "
-            "acknowledgements refused", {"n": len(dropped) + len(lost),
-                                         "dropped": len(dropped), "inflight": len(lost)})
+            "acknowledgements refused",
+            {"n": len(dropped) + len(lost), "dropped": len(dropped), "inflight": len(lost)},
+        )
 
     def _drop_unstarted(self, tokens: set[str]) -> set[str]:
         """Take the requests of these leases out of ``local`` (the engine has not started
@@ -401,13 +440,15 @@ class DistributedScheduler:
         for token in dropped:
             self._log_rejected("leases", f"{token!r} has no lease data; dropped")
         for token in kept:
-            self._log_rejected("leased", f"{token!r} has no lease deadline; moved to "
-                                         f"{self.queue.keys.dead}")
+            self._log_rejected(
+                "leased", f"{token!r} has no lease deadline; moved to {self.queue.keys.dead}"
+            )
 
     def _reject_lease_data(self, token: str) -> None:
         assert self.queue is not None
-        self._log_rejected("leased", f"{token!r} holds unreadable lease data; moved to "
-                                     f"{self.queue.keys.dead}")
+        self._log_rejected(
+            "leased", f"{token!r} holds unreadable lease data; moved to {self.queue.keys.dead}"
+        )
 
     async def _reject_nodes(self, bad: list[tuple[str, str]]) -> None:
         assert self.queue is not None
@@ -429,16 +470,19 @@ class DistributedScheduler:
             if worked:
                 self.next_lease = 0.0  # what it enqueued may be this node's to lease
             while acks:
-                batch = acks[:self.batch]
+                batch = acks[: self.batch]
                 acked, refused = await self.queue.ack(batch)
-                del acks[:len(batch)]
+                del acks[: len(batch)]
                 self.stats.inc_value("distributed/acked", acked)
                 self.stats.inc_value("distributed/redis_calls")
                 if refused:
                     self.stats.inc_value("distributed/ack_refused", refused)
-                    logger.warning("%(n)d late acknowledgements refused: those leases had "
-                                   "expired and were reclaimed by other nodes (the pages are "
-                                   "stored idempotently)", {"n": refused})
+                    logger.warning(
+                        "%(n)d late acknowledgements refused: those leases had "
+                        "expired and were reclaimed by other nodes (the pages are "
+                        "stored idempotently)",
+                        {"n": refused},
+                    )
                 worked = True
         finally:
             self.acks[:0] = acks  # not sent (Redis went away): first in line next time
@@ -455,9 +499,9 @@ class DistributedScheduler:
         leased_n, queued_n = len(self.outbox_leased), len(self.outbox)
         worked = leased_n + queued_n > 0
         while leased_n > 0:
-            leased = self.outbox_leased[:min(self.batch, leased_n)]
+            leased = self.outbox_leased[: min(self.batch, leased_n)]
             seen = await self.queue.enqueue_leased(leased, self.lease_ms)
-            del self.outbox_leased[:len(leased)]
+            del self.outbox_leased[: len(leased)]
             leased_n -= len(leased)
             self.stats.inc_value("distributed/redis_calls")
             if seen:  # found by another node first: it is crawled there
@@ -465,15 +509,16 @@ class DistributedScheduler:
                 self.stats.inc_value("distributed/filtered", len(seen))
                 self._drop_unstarted(set(seen))  # if not started yet, not crawled here too
         while queued_n > 0:
-            batch = self.outbox[:min(self.batch, queued_n)]
+            batch = self.outbox[: min(self.batch, queued_n)]
             positions = await self.queue.enqueue([entry[:3] for entry in batch])
-            del self.outbox[:len(batch)]
+            del self.outbox[: len(batch)]
             queued_n -= len(batch)
             self.stats.inc_value("distributed/filtered", len(positions))
             self.stats.inc_value("distributed/redis_calls")
             for i in positions:  # as Scrapy's engine does when its dupefilter drops a request
-                self.crawler.signals.send_catch_log(signals.request_dropped,
-                                                    request=batch[i][3], spider=self.spider)
+                self.crawler.signals.send_catch_log(
+                    signals.request_dropped, request=batch[i][3], spider=self.spider
+                )
         return worked
 
     async def _refill(self) -> bool:
@@ -485,8 +530,11 @@ class DistributedScheduler:
             return False
         for entry in leased:
             if entry.error is not None:
-                self._reject(entry.token, "start_urls" if entry.kind == "start" else "requests",
-                             BadEntry(entry.error))
+                self._reject(
+                    entry.token,
+                    "start_urls" if entry.kind == "start" else "requests",
+                    BadEntry(entry.error),
+                )
                 continue
             if entry.kind == "start":
                 self._start(entry.token, entry.payload)
@@ -528,8 +576,10 @@ class DistributedScheduler:
 
     def _log_rejected(self, key: str, why: str) -> None:
         assert self.queue is not None
-        logger.error("Skipped an entry of %(key)s that is not ours: %(error)s",
-                     {"key": getattr(self.queue.keys, key), "error": why})
+        logger.error(
+            "Skipped an entry of %(key)s that is not ours: %(error)s",
+            {"key": getattr(self.queue.keys, key), "error": why},
+        )
         self.stats.inc_value(f"distributed/rejected/{key}")
 
     def _stop(self, reason: str) -> None:
@@ -538,10 +588,14 @@ class DistributedScheduler:
             self.stopping = asyncio.ensure_future(engine.close_spider_async(reason=reason))
 
     def _heartbeat_info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "host": socket.gethostname(),
-                "stored": self.stats.get_value("meta_store/written", 0),
-                "leased": len(self.held), "buffered": len(self.local),
-                "up_seconds": round(time.monotonic() - self.started, 1)}
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "stored": self.stats.get_value("meta_store/written", 0),
+            "leased": len(self.held),
+            "buffered": len(self.local),
+            "up_seconds": round(time.monotonic() - self.started, 1),
+        }
 
     def _wake_engine(self) -> None:
         # The engine asks for requests when something happens or every 5 s; new leases

@@ -113,8 +113,12 @@ class ListingSpider(Spider):
         self.list_positions: set[Position] = set()  # list pages requested or parsed here
         self.first_page: ListPage | None = None
         self.max_pages_logged = False
-        for kind, value in (("link_css", link_css), ("link_xpath", link_xpath),
-                            ("next_css", next_css), ("next_xpath", next_xpath)):
+        for kind, value in (
+            ("link_css", link_css),
+            ("link_xpath", link_xpath),
+            ("next_css", next_css),
+            ("next_xpath", next_xpath),
+        ):
             if value is not None and self.argument_error is None:
                 self.argument_error = _check_selector(kind, value)
         if sitemap_filter is not None:
@@ -128,8 +132,10 @@ class ListingSpider(Spider):
             except ValueError as exc:
                 self.argument_error = f"-a url: {exc}"
             if urlsplit(url).scheme not in ("http", "https"):
-                self.argument_error = (f"-a url={url!r} is not an http(s) URL: did you mean "
-                                       f"-a url='https://{url.split('://')[-1]}'?")
+                self.argument_error = (
+                    f"-a url={url!r} is not an http(s) URL: did you mean "
+                    f"-a url='https://{url.split('://')[-1]}'?"
+                )
         if sitemap and urlsplit(sitemap).scheme not in ("http", "https"):
             self.argument_error = f"-a sitemap={sitemap!r} is not an http(s) URL"
 
@@ -149,8 +155,9 @@ class ListingSpider(Spider):
         if (settings.getpriority("CONCURRENT_REQUESTS_PER_DOMAIN") or 0) < total_priority:
             settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", total, priority=total_priority)
         if settings.get("REDIS_URL"):  # distributed mode: the shared queue in Redis
-            settings.set("SCHEDULER", "scraper.distributed.scheduler.DistributedScheduler",
-                         priority="spider")
+            settings.set(
+                "SCHEDULER", "scraper.distributed.scheduler.DistributedScheduler", priority="spider"
+            )
             middlewares = settings.getdict("SPIDER_MIDDLEWARES")
             # Closest to the engine: it must see what every other middleware let through.
             middlewares["scraper.distributed.tracking.LeaseTracker"] = 1
@@ -164,8 +171,10 @@ class ListingSpider(Spider):
             logger.error("%(error)s", {"error": self.argument_error})
             raise CloseSpider("arguments_unusable")
         if not (self.url or self.urls_file or self.sitemap) and not distributed:
-            logger.error("No list page given: run `scrapy crawl listing -a url=<list page URL>`"
-                         " (or -a urls_file=<file of list page URLs>, -a sitemap=<URL>)")
+            logger.error(
+                "No list page given: run `scrapy crawl listing -a url=<list page URL>`"
+                " (or -a urls_file=<file of list page URLs>, -a sitemap=<URL>)"
+            )
             raise CloseSpider("no_url")
         self._log_concurrency()
         # Distributed: each goes into the shared queue, deduplicated there.
@@ -195,15 +204,18 @@ class ListingSpider(Spider):
                     if not url or url.startswith("#"):
                         continue
                     if urlsplit(url).scheme not in ("http", "https"):
-                        logger.error("%(file)s line %(n)d is not an http(s) URL, skipped: "
-                                     "%(line)r", {"file": self.urls_file, "n": number,
-                                                  "line": url[:200]})
+                        logger.error(
+                            "%(file)s line %(n)d is not an http(s) URL, skipped: %(line)r",
+                            {"file": self.urls_file, "n": number, "line": url[:200]},
+                        )
                         self.crawler.stats.inc_value("listing/urls_file_skipped")
                         continue
                     yield url
         except (OSError, UnicodeDecodeError) as exc:
-            logger.error("-a urls_file=%(file)s cannot be read: %(error)s",
-                         {"file": self.urls_file, "error": describe(exc)})
+            logger.error(
+                "-a urls_file=%(file)s cannot be read: %(error)s",
+                {"file": self.urls_file, "error": describe(exc)},
+            )
             raise CloseSpider("arguments_unusable") from None
 
     def request_for_start_url(self, url: str) -> Request:
@@ -218,17 +230,22 @@ class ListingSpider(Spider):
         if per_domain < total:
             caps.append(f"CONCURRENT_REQUESTS_PER_DOMAIN={per_domain}")
         if settings.getint("CONCURRENT_REQUESTS_PER_IP"):
-            caps.append(f"CONCURRENT_REQUESTS_PER_IP={settings.getint('CONCURRENT_REQUESTS_PER_IP')}")
+            caps.append(
+                f"CONCURRENT_REQUESTS_PER_IP={settings.getint('CONCURRENT_REQUESTS_PER_IP')}"
+            )
         if settings.getfloat("DOWNLOAD_DELAY"):
             caps.append(f"DOWNLOAD_DELAY={settings.getfloat('DOWNLOAD_DELAY')}")
         if settings.getbool("AUTOTHROTTLE_ENABLED"):
             caps.append("AUTOTHROTTLE_ENABLED")
         if caps:
-            logger.warning("Concurrency: %(total)d requests, capped by %(caps)s",
-                           {"total": total, "caps": ", ".join(caps)})
+            logger.warning(
+                "Concurrency: %(total)d requests, capped by %(caps)s",
+                {"total": total, "caps": ", ".join(caps)},
+            )
         else:
-            logger.info("Concurrency: %(total)d requests in flight, on one site too",
-                        {"total": total})
+            logger.info(
+                "Concurrency: %(total)d requests in flight, on one site too", {"total": total}
+            )
 
     def list_request(self, url: str, *, pagination: bool = True) -> Request:
         """A list page. Its fingerprint is apart from a child's of the same URL (see
@@ -238,13 +255,19 @@ class ListingSpider(Spider):
         meta: dict[str, Any] = {LIST_PAGE: True}
         if not pagination:
             meta[PAGINATION] = False
-        return Request(url, callback=self.parse_list, errback=self.list_failed, priority=1,
-                       meta=meta)
+        return Request(
+            url, callback=self.parse_list, errback=self.list_failed, priority=1, meta=meta
+        )
 
     def sitemap_request(self, url: str) -> Request:
         self.list_positions.add(position(url))
-        return Request(url, callback=self.parse_sitemap, errback=self.list_failed, priority=1,
-                       meta={LIST_PAGE: True})
+        return Request(
+            url,
+            callback=self.parse_sitemap,
+            errback=self.list_failed,
+            priority=1,
+            meta={LIST_PAGE: True},
+        )
 
     @cached_property
     def strip(self) -> ParamStripper:
@@ -257,12 +280,15 @@ class ListingSpider(Spider):
         self.list_pages += 1
         stats.inc_value("listing/list_pages")
         if not isinstance(response, TextResponse):
-            logger.error("List page %(url)s is not HTML (%(type)s): no links taken",
-                         {"url": response.url, "type": response.headers.get("Content-Type")})
+            logger.error(
+                "List page %(url)s is not HTML (%(type)s): no links taken",
+                {"url": response.url, "type": response.headers.get("Content-Type")},
+            )
             stats.inc_value("listing/list_not_html")
             return
         page = read_list_page(
-            response, strip=self.strip,
+            response,
+            strip=self.strip,
             detect=response.meta.get(PAGINATION, True),
             explicit=self._explicit_next(response),
             child_hrefs=self._selected_hrefs(response, self.link_css, self.link_xpath),
@@ -287,8 +313,9 @@ class ListingSpider(Spider):
             return True
         if not self.max_pages_logged:
             self.max_pages_logged = True
-            logger.warning("Pagination stopped at LISTING_MAX_PAGES=%(limit)d list pages",
-                           {"limit": limit})
+            logger.warning(
+                "Pagination stopped at LISTING_MAX_PAGES=%(limit)d list pages", {"limit": limit}
+            )
             self.crawler.stats.set_value("listing/max_pages_reached", limit)
         return False
 
@@ -299,8 +326,12 @@ class ListingSpider(Spider):
         fingerprint = self.crawler.request_fingerprinter.fingerprint
         seen: set[bytes] = set()
         for url in urls:
-            request = Request(url, callback=self.parse_child, errback=self.child_failed,
-                              cb_kwargs={"listing_url": listing_url})
+            request = Request(
+                url,
+                callback=self.parse_child,
+                errback=self.child_failed,
+                cb_kwargs={"listing_url": listing_url},
+            )
             key = fingerprint(request)
             if key in seen:
                 stats.inc_value("listing/links_skipped/duplicate")
@@ -326,8 +357,9 @@ class ListingSpider(Spider):
         return ("next_css" if self.next_css is not None else "next_xpath"), hrefs
 
     @staticmethod
-    def _selected_hrefs(response: TextResponse, css: str | None,
-                        xpath: str | None) -> list[str] | None:
+    def _selected_hrefs(
+        response: TextResponse, css: str | None, xpath: str | None
+    ) -> list[str] | None:
         """The hrefs a ``*_css``/``*_xpath`` argument picks: regions (every link inside),
         links, or attribute values; None when neither is given."""
         if css is None and xpath is None:
@@ -338,10 +370,12 @@ class ListingSpider(Spider):
             if isinstance(sel.root, str):  # the selector chose attribute values itself
                 hrefs.append(sel.root)
             else:
-                hrefs.extend(sel.xpath(
-                    "descendant-or-self::*/@href | descendant-or-self::*/@data-next"
-                    " | descendant-or-self::*/@data-url | descendant-or-self::*/@data-href"
-                ).getall())
+                hrefs.extend(
+                    sel.xpath(
+                        "descendant-or-self::*/@href | descendant-or-self::*/@data-next"
+                        " | descendant-or-self::*/@data-url | descendant-or-self::*/@data-href"
+                    ).getall()
+                )
         return hrefs
 
     def parse_sitemap(self, response: Response) -> Iterator[Request]:
@@ -361,8 +395,10 @@ class ListingSpider(Spider):
             try:
                 body = gunzip(body, max_size=self.crawler.settings.getint("DOWNLOAD_MAXSIZE"))
             except Exception as exc:
-                logger.error("Sitemap %(url)s is not a readable gzip file: %(error)s",
-                             {"url": response.url, "error": describe(exc)})
+                logger.error(
+                    "Sitemap %(url)s is not a readable gzip file: %(error)s",
+                    {"url": response.url, "error": describe(exc)},
+                )
                 stats.inc_value("listing/sitemap_unreadable")
                 return
         try:
@@ -371,8 +407,10 @@ class ListingSpider(Spider):
         except Exception:
             sitemap, entries = None, []
         if sitemap is None or sitemap.type not in ("urlset", "sitemapindex"):
-            logger.error("Sitemap %(url)s is not a sitemap (no <urlset> or <sitemapindex>)",
-                         {"url": response.url})
+            logger.error(
+                "Sitemap %(url)s is not a sitemap (no <urlset> or <sitemapindex>)",
+                {"url": response.url},
+            )
             stats.inc_value("listing/sitemap_unreadable")
             return
         urls = []
@@ -408,15 +446,20 @@ class ListingSpider(Spider):
                 "and gave no next page: %(links)s. If the listing has more pages, say where "
                 "the next one is with -a next_css='<selector of the next link>' (or "
                 "-a next_xpath=...), or list them with -a url='%(template)s'",
-                {"links": "; ".join(page.suspects[:5]), "template": _template_hint(page.url)})
+                {"links": "; ".join(page.suspects[:5]), "template": _template_hint(page.url)},
+            )
         if self.list_pages and not self.children_found:
-            skipped = {k.rsplit("/", 1)[1]: v for k, v in self.crawler.stats.get_stats().items()
-                       if k.startswith("listing/links_skipped/")}
+            skipped = {
+                k.rsplit("/", 1)[1]: v
+                for k, v in self.crawler.stats.get_stats().items()
+                if k.startswith("listing/links_skipped/")
+            }
             logger.warning(
                 "No child page found on %(n)d list page(s) (links skipped: %(skipped)s): "
                 "is the list rendered by JavaScript, or are its links in the page's "
                 "navigation (-s LISTING_CHILDREN=all takes them)?",
-                {"n": self.list_pages, "skipped": skipped or "none"})
+                {"n": self.list_pages, "skipped": skipped or "none"},
+            )
 
     def _check_children(self, reason: str) -> None:
         """Every child counted must have ended as a record: those that did not are
@@ -426,21 +469,26 @@ class ListingSpider(Spider):
             return
         self.crawler.stats.set_value("listing/children_not_crawled", missing)
         if reason == "finished":
-            logger.error("%(n)d discovered children ended without a record although the crawl "
-                         "finished: a bug, please report it with this log", {"n": missing})
+            logger.error(
+                "%(n)d discovered children ended without a record although the crawl "
+                "finished: a bug, please report it with this log",
+                {"n": missing},
+            )
         else:
             logger.warning(
                 "%(n)d discovered children were not crawled: the crawl stopped (%(reason)s) "
                 "first. Start it again (records are upserts: nothing is stored twice), or "
                 "run with -s JOBDIR=<folder> to resume where it stopped",
-                {"n": missing, "reason": reason})
+                {"n": missing, "reason": reason},
+            )
 
     def list_failed(self, failure: Failure) -> None:
         """A list page that could not be fetched: its links are lost, so say it loudly."""
         self.crawler.stats.inc_value("listing/list_failed")
         request = _request_of(failure)
-        logger.error("List page %(url)s failed: %(error)s",
-                     {"url": request.url, "error": _describe(failure)})
+        logger.error(
+            "List page %(url)s failed: %(error)s", {"url": request.url, "error": _describe(failure)}
+        )
         # No item will say this request is handled: say it (distributed mode acks it).
         self.crawler.signals.send_catch_log(request_done, request=request)
 
@@ -462,8 +510,7 @@ class ListingSpider(Spider):
             sha256=hashlib.sha256(body).hexdigest(),
             title=extract_title(body, encoding) if isinstance(response, TextResponse) else None,
             elapsed=response.meta.get("download_latency"),
-            canonical_url=canonical_url(response) if isinstance(response, TextResponse)
-            else None,
+            canonical_url=canonical_url(response) if isinstance(response, TextResponse) else None,
             body=body,
         )
 
@@ -476,8 +523,12 @@ class ListingSpider(Spider):
             url=_original_url(request),
             listing_url=request.cb_kwargs["listing_url"],
             fetched_at=datetime.now(UTC),
-            error=_describe(failure, request.meta.get(
-                "download_maxsize", self.crawler.settings.getint("DOWNLOAD_MAXSIZE"))),
+            error=_describe(
+                failure,
+                request.meta.get(
+                    "download_maxsize", self.crawler.settings.getint("DOWNLOAD_MAXSIZE")
+                ),
+            ),
         )
         if failure.check(HttpError):
             response = failure.value.response
@@ -530,6 +581,8 @@ def _describe(failure: Failure, maxsize: int = 0) -> str:
     if failure.check(DownloadCancelledError) and not str(failure.value) and maxsize:
         # Scrapy cancels a body that outgrows DOWNLOAD_MAXSIZE as it arrives (no
         # Content-Length to refuse it up front) without a message; only a warning says why.
-        return (f"DownloadCancelledError: response larger than download max size ({maxsize}) "
-                "as it arrived")
+        return (
+            f"DownloadCancelledError: response larger than download max size ({maxsize}) "
+            "as it arrived"
+        )
     return describe(failure.value)

@@ -43,8 +43,8 @@ class Region(NamedTuple):
     """What an element is part of."""
 
     content: bool = False  # an <article>, <section> or <main>
-    nav: bool = False      # the page's own navigation
-    pager: bool = False    # a pager block (class or id "pagination", "pager", ...)
+    nav: bool = False  # the page's own navigation
+    pager: bool = False  # a pager block (class or id "pagination", "pager", ...)
 
 
 @dataclass
@@ -82,10 +82,17 @@ def _region(el: Any, memo: dict[Any, Region]) -> Region:
     region = memo[node] if node is not None else Region()
     for node in reversed(chain):
         tag = node.tag if isinstance(node.tag, str) else ""
-        nav = region.nav or tag == "nav" or node.get("role") == "navigation" or (
-            tag in ("header", "footer") and not region.content)
-        pager = region.pager or pagination.is_pager_block(node.get("class")) or \
-            pagination.is_pager_block(node.get("id"))
+        nav = (
+            region.nav
+            or tag == "nav"
+            or node.get("role") == "navigation"
+            or (tag in ("header", "footer") and not region.content)
+        )
+        pager = (
+            region.pager
+            or pagination.is_pager_block(node.get("class"))
+            or pagination.is_pager_block(node.get("id"))
+        )
         region = Region(region.content or tag in _CONTENT_TAGS, nav, pager)
         memo[node] = region
     return region
@@ -101,16 +108,21 @@ def _hint(el: Any) -> tuple[str | None, str | None]:
     ancestors = [el]  # the link, its parent, its grandparent: li.next > a, .next > span > a
     while len(ancestors) < 3 and (parent := ancestors[-1].getparent()) is not None:
         ancestors.append(parent)
-    if any(pagination.says_next(n.get("class")) or pagination.says_next(n.get("id"))
-           for n in ancestors) or pagination.label_says_next(el.get("aria-label")) or \
-            pagination.label_says_next(el.get("title")):
+    if (
+        any(
+            pagination.says_next(n.get("class")) or pagination.says_next(n.get("id"))
+            for n in ancestors
+        )
+        or pagination.label_says_next(el.get("aria-label"))
+        or pagination.label_says_next(el.get("title"))
+    ):
         return "next_element", None
     kind = pagination.link_text_kind(el.text_content())
     if kind == "next":  # before "previous" classes: WordPress's .nav-previous says "Older posts"
         return "next_element", None
     if {"prev", "previous", "first", "last"} & rels or any(
-            pagination.says_prev(n.get("class")) or pagination.says_prev(n.get("id"))
-            for n in ancestors):
+        pagination.says_prev(n.get("class")) or pagination.says_prev(n.get("id")) for n in ancestors
+    ):
         return None, "rel"
     return None, kind
 
@@ -123,8 +135,13 @@ def _describe(el: Any) -> str:
 class _Reader:
     """One pass over one list page's links; see ``read_list_page``."""
 
-    def __init__(self, response: TextResponse, strip: Callable[[str], str],
-                 nav_children: bool, take_children: bool) -> None:
+    def __init__(
+        self,
+        response: TextResponse,
+        strip: Callable[[str], str],
+        nav_children: bool,
+        take_children: bool,
+    ) -> None:
         self.response = response
         self.strip = strip
         self.nav_children = nav_children
@@ -136,8 +153,12 @@ class _Reader:
         key = urlsplit(self.page.here.key)
         self.listing_prefix = f"{key.scheme}://{key.netloc}{key.path.rstrip('/')}"
         self.site = urlsplit(response.url).hostname
-        self.encoding = http_content_type_encoding(
-            (response.headers.get(b"Content-Type") or b"").decode("latin-1")) or "utf-8"
+        self.encoding = (
+            http_content_type_encoding(
+                (response.headers.get(b"Content-Type") or b"").decode("latin-1")
+            )
+            or "utf-8"
+        )
         self.base = base_url(self.root, response.url)
         self.candidates: dict[str, list[tuple[str, Position]]] = {i: [] for i in IDIOMS}
         self.pager_urls: set[str] = set()
@@ -196,7 +217,7 @@ class _Reader:
                 self.children.append(url)
 
     def more_buttons(self) -> None:
-        """"Load more" buttons and links with the next URL in a data attribute."""
+        """ "Load more" buttons and links with the next URL in a data attribute."""
         for el in self.root.xpath("//*[@data-next or @data-url or @data-href]"):
             value = next(v for v in (el.get(a) for a in _MORE_ATTRS) if v is not None)
             said = " ".join((el.get("class") or "", el.get("id") or "", el.text_content()[:60]))

@@ -29,42 +29,124 @@ PREV_ARROWS = "‹«←⟵❮⟨〈◀◄⇐⇠<"
 _STRIP = " \t\r\n.:·|…-–—_*" + NEXT_ARROWS + PREV_ARROWS
 
 #: Link texts (lower case, arrows and dots stripped) that mean "the next page".
-NEXT_WORDS = frozenset({
-    "next", "next page", "next results", "older posts", "older entries", "older articles",
-    "suivant", "suivante", "page suivante",  # fr
-    "weiter", "nächste", "nächste seite", "vorwärts",  # de
-    "siguiente", "página siguiente", "sig",  # es
-    "successivo", "successiva", "pagina successiva", "avanti",  # it
-    "próximo", "próxima", "próxima página", "seguinte",  # pt
-    "volgende", "volgende pagina",  # nl
-    "następna", "następna strona", "dalej",  # pl
-    "следующая", "следующая страница", "далее", "вперёд", "вперед",  # ru
-    "наступна", "далі",  # uk
-    "nästa", "næste", "neste", "seuraava", "další", "sonraki", "következő", "următoarea",
-    "επόμενη", "التالي", "הבא",
-    "下一页", "下一頁", "后页", "次へ", "次のページ", "次", "다음", "다음 페이지",
-})
+NEXT_WORDS = frozenset(
+    {
+        "next",
+        "next page",
+        "next results",
+        "older posts",
+        "older entries",
+        "older articles",
+        "suivant",
+        "suivante",
+        "page suivante",  # fr
+        "weiter",
+        "nächste",
+        "nächste seite",
+        "vorwärts",  # de
+        "siguiente",
+        "página siguiente",
+        "sig",  # es
+        "successivo",
+        "successiva",
+        "pagina successiva",
+        "avanti",  # it
+        "próximo",
+        "próxima",
+        "próxima página",
+        "seguinte",  # pt
+        "volgende",
+        "volgende pagina",  # nl
+        "następna",
+        "następna strona",
+        "dalej",  # pl
+        "следующая",
+        "следующая страница",
+        "далее",
+        "вперёд",
+        "вперед",  # ru
+        "наступна",
+        "далі",  # uk
+        "nästa",
+        "næste",
+        "neste",
+        "seuraava",
+        "další",
+        "sonraki",
+        "következő",
+        "următoarea",
+        "επόμενη",
+        "التالي",
+        "הבא",
+        "下一页",
+        "下一頁",
+        "后页",
+        "次へ",
+        "次のページ",
+        "次",
+        "다음",
+        "다음 페이지",
+    }
+)
 #: ... "the previous / first / last page": pagination too, never a child, not followed.
-OTHER_PAGER_WORDS = frozenset({
-    "previous", "prev", "previous page", "newer posts", "newer entries", "first", "last",
-    "first page", "last page", "précédent", "précédente", "page précédente", "zurück",
-    "vorherige", "anterior", "precedente", "vorige", "poprzednia", "предыдущая", "назад",
-    "上一页", "上一頁", "前へ", "이전",
-})
+OTHER_PAGER_WORDS = frozenset(
+    {
+        "previous",
+        "prev",
+        "previous page",
+        "newer posts",
+        "newer entries",
+        "first",
+        "last",
+        "first page",
+        "last page",
+        "précédent",
+        "précédente",
+        "page précédente",
+        "zurück",
+        "vorherige",
+        "anterior",
+        "precedente",
+        "vorige",
+        "poprzednia",
+        "предыдущая",
+        "назад",
+        "上一页",
+        "上一頁",
+        "前へ",
+        "이전",
+    }
+)
 
 _NEXT_TOKEN = re.compile(r"^next(?:$|[-_]|page|post|link|btn|button)|[-_]next(?:$|[-_])")
 _PREV_TOKEN = re.compile(r"^prev(?:ious)?(?:$|[-_]|page|post|link)|[-_]prev(?:ious)?(?:$|[-_])")
-_PAGER_TOKEN = re.compile(r"paginat|pager|paging|^page-?numbers$|^page-?nav|^nav-links$|"
-                          r"^wp-pagenavi$|^pages-nav")
+_PAGER_TOKEN = re.compile(
+    r"paginat|pager|paging|^page-?numbers$|^page-?nav|^nav-links$|"
+    r"^wp-pagenavi$|^pages-nav"
+)
 _NUMBER = re.compile(r"\d{1,6}")
 
 #: Query parameters that hold a page number (names compared without "_" and "-"), and
 #: the number a URL without them stands for.
-PAGE_PARAMS = {"page": 1, "paged": 1, "pg": 1, "pn": 1, "p": 1, "pagenum": 1, "pageno": 1,
-               "pagenumber": 1, "pageindex": 1, "currentpage": 1, "offset": 0, "start": 0}
+PAGE_PARAMS = {
+    "page": 1,
+    "paged": 1,
+    "pg": 1,
+    "pn": 1,
+    "p": 1,
+    "pagenum": 1,
+    "pageno": 1,
+    "pagenumber": 1,
+    "pageindex": 1,
+    "currentpage": 1,
+    "offset": 0,
+    "start": 0,
+}
 _PAGE_PATH = re.compile(r"/(?:page|pages)[/_-]?(\d{1,6})(?:\.html?)?/?$", re.IGNORECASE)
-_PAGE_HINT = re.compile(r"(?i)[?&;](?:page|paged|pg|pn|p|page_?num(?:ber)?|page_?no|"
-                        r"page_?index|current_?page|offset|start)=\d|/pages?[/_-]?\d")
+_PAGE_HINT = re.compile(
+    r"(?i)[?&;](?:page|paged|pg|pn|p|page_?num(?:ber)?|page_?no|"
+    r"page_?index|current_?page|offset|start)=\d|/pages?[/_-]?\d"
+)
 
 
 class Position(NamedTuple):
@@ -81,6 +163,7 @@ FIRST = -1
 
 # Each check first looks for a plain substring: most class names have none of them, and a
 # list page has a thousand links (spiders/listpage.py checks each one and its parents).
+
 
 def says_next(value: str | None) -> bool:
     """A class, id or rel value with a "next" token (``next``, ``pagination-next``...)."""
@@ -143,10 +226,11 @@ def position(url: str) -> Position:
         else:
             match = _PAGE_PATH.search(path)
             if match:
-                path = path[:match.start()]
+                path = path[: match.start()]
                 number = int(match[1]) if int(match[1]) != 1 else FIRST
-    key = urlunsplit((parts.scheme, parts.netloc, path.rstrip("/") or "/",
-                      urlencode(sorted(pairs)), ""))
+    key = urlunsplit(
+        (parts.scheme, parts.netloc, path.rstrip("/") or "/", urlencode(sorted(pairs)), "")
+    )
     return Position(key, number)
 
 

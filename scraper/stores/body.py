@@ -42,15 +42,18 @@ class FSBodyStore:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, uri: str) -> Self:
-        return cls(urlsplit(uri).path if uri.startswith("file://") else uri,
-                   crawler.settings.getint("BODY_STORE_FS_THREADS"))
+        return cls(
+            urlsplit(uri).path if uri.startswith("file://") else uri,
+            crawler.settings.getint("BODY_STORE_FS_THREADS"),
+        )
 
     def open(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"BODY_STORE folder {self.root} cannot be created: {exc.strerror}") \
-                from None
+            raise StoreError(
+                f"BODY_STORE folder {self.root} cannot be created: {exc.strerror}"
+            ) from None
         if not os.access(self.root, os.W_OK):
             raise StoreError(f"BODY_STORE folder {self.root} is not writable")
 

@@ -65,17 +65,21 @@ class JsonLinesMetaStore:
     def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.lock_fd = os.open(self.path.with_name(self.path.name + ".lock"),
-                                   os.O_RDWR | os.O_CREAT, 0o644)
+            self.lock_fd = os.open(
+                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644
+            )
             self._reopen()
             with self._locked():
                 self._fingerprints()  # a file that is not ours is refused now, not at close
         except OSError as exc:
-            raise StoreError(f"META_STORE file {self.path} cannot be opened: {exc.strerror}") \
-                from None
+            raise StoreError(
+                f"META_STORE file {self.path} cannot be opened: {exc.strerror}"
+            ) from None
         except (ValueError, KeyError, TypeError):
-            raise StoreError(f"META_STORE file {self.path} holds a line that is not a meta "
-                             "document; move it away or name another file") from None
+            raise StoreError(
+                f"META_STORE file {self.path} holds a line that is not a meta "
+                "document; move it away or name another file"
+            ) from None
 
     def _reopen(self) -> None:
         if self.fd is not None:
@@ -99,7 +103,7 @@ class JsonLinesMetaStore:
             assert self.fd is not None
             view = memoryview(data)
             while view:
-                view = view[os.write(self.fd, view):]
+                view = view[os.write(self.fd, view) :]
             os.fsync(self.fd)
 
     def close(self) -> None:
@@ -135,8 +139,9 @@ class JsonLinesMetaStore:
 
 #: Server error codes that a retry may get past: network, shutdown, election, time limits
 #: (pymongo's own retryable-write list, plus 50 MaxTimeMSExpired and 64 WriteConcernFailed).
-TRANSIENT_CODES = frozenset({6, 7, 50, 64, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600,
-                             11602, 13435, 13436})
+TRANSIENT_CODES = frozenset(
+    {6, 7, 50, 64, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436}
+)
 
 
 def _reasons(errors: list[dict[str, Any]]) -> list[str]:
@@ -202,24 +207,34 @@ class MongoMetaStore:
         cannot change (a validator, a unique index of the user's, a document too large,
         no right to write) names the documents it concerns.
         """
-        ops = [ReplaceOne({"_id": d["fingerprint"]}, {**d, "_id": d["fingerprint"]}, upsert=True)
-               for d in docs]
+        ops = [
+            ReplaceOne({"_id": d["fingerprint"]}, {**d, "_id": d["fingerprint"]}, upsert=True)
+            for d in docs
+        ]
         try:
             self.collection.bulk_write(ops, ordered=False)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors") or []
-            if (not errors or exc.details.get("writeConcernErrors")
-                    or any(e.get("code") in TRANSIENT_CODES for e in errors)):
+            if (
+                not errors
+                or exc.details.get("writeConcernErrors")
+                or any(e.get("code") in TRANSIENT_CODES for e in errors)
+            ):
                 raise
-            raise RejectedDocuments([docs[e["index"]] for e in errors],
-                                    _reasons(errors)) from None
+            raise RejectedDocuments([docs[e["index"]] for e in errors], _reasons(errors)) from None
         except OperationFailure as exc:
-            if (isinstance(exc, WriteConcernError) or exc.code in TRANSIENT_CODES
-                    or exc.has_error_label("RetryableWriteError")):
+            if (
+                isinstance(exc, WriteConcernError)
+                or exc.code in TRANSIENT_CODES
+                or exc.has_error_label("RetryableWriteError")
+            ):
                 raise
             details = exc.details or {}
-            raise RejectedDocuments(docs, _reasons([{
-                "code": exc.code, "errmsg": details.get("codeName") or details.get("errmsg")}])
+            raise RejectedDocuments(
+                docs,
+                _reasons(
+                    [{"code": exc.code, "errmsg": details.get("codeName") or details.get("errmsg")}]
+                ),
             ) from None
 
     def close(self) -> None:

@@ -64,9 +64,11 @@ class S3BodyStore:
             concurrency=s.getint(store_class.concurrency_setting),
             endpoint_url=s.get("AWS_ENDPOINT_URL") or None,
             region_name=s.get("AWS_REGION_NAME") or None,
-            credentials={name.lower(): s.get(name) for name in
-                         ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-                         if s.get(name)},
+            credentials={
+                name.lower(): s.get(name)
+                for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+                if s.get(name)
+            },
             max_attempts=s.getint("BODY_STORE_S3_MAX_ATTEMPTS"),
         )
 
@@ -135,11 +137,17 @@ class _S3Store:
     def boto3_client(self, session: Any, pool: int) -> Any:
         from botocore.config import Config
 
-        return session.client("s3", endpoint_url=self.endpoint_url, config=Config(
-            max_pool_connections=pool,
-            # total_max_attempts counts the first try; botocore's max_attempts would not.
-            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-            connect_timeout=self.timeout, read_timeout=self.timeout))
+        return session.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            config=Config(
+                max_pool_connections=pool,
+                # total_max_attempts counts the first try; botocore's max_attempts would not.
+                retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+                connect_timeout=self.timeout,
+                read_timeout=self.timeout,
+            ),
+        )
 
     def check_bucket(self, client: Any) -> None:
         """StoreError with one line if the bucket is missing, refused or unreachable."""
@@ -150,12 +158,12 @@ class _S3Store:
             if code in ("404", "NoSuchBucket"):
                 raise StoreError(f"S3 bucket {self.where} does not exist") from None
             if code in ("403", "AccessDenied"):
-                raise StoreError(f"S3 bucket {self.where}: access denied for these credentials") \
-                    from None
+                raise StoreError(
+                    f"S3 bucket {self.where}: access denied for these credentials"
+                ) from None
             raise StoreError(f"S3 bucket {self.where}: {code}") from None
         except BotoCoreError as exc:
-            raise StoreError(f"S3 bucket {self.where} unreachable: {type(exc).__name__}") \
-                from None
+            raise StoreError(f"S3 bucket {self.where} unreachable: {type(exc).__name__}") from None
 
 
 class Boto3S3BodyStore(_S3Store):
@@ -207,8 +215,11 @@ def _why(exc: BaseException) -> tuple[str, str]:
     S3's XML; keep what says why."""
     text = str(exc)
     status, code = _STATUS.search(text), _CODE.search(text)
-    why = " ".join(m.group(1) for m in (status, code) if m) or \
-        text.split("\n", 1)[0].rsplit(":", 1)[-1].strip()[:120] or type(exc).__name__
+    why = (
+        " ".join(m.group(1) for m in (status, code) if m)
+        or text.split("\n", 1)[0].rsplit(":", 1)[-1].strip()[:120]
+        or type(exc).__name__
+    )
     return (status.group(1) if status else ""), why
 
 
@@ -221,8 +232,12 @@ def _obstore_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseE
     another try; a missing bucket or refused credentials are not."""
     from obstore import exceptions as e
 
-    return (e.GenericError,), (e.NotFoundError, e.PermissionDeniedError,
-                               e.UnauthenticatedError, e.InvalidPathError)
+    return (e.GenericError,), (
+        e.NotFoundError,
+        e.PermissionDeniedError,
+        e.UnauthenticatedError,
+        e.InvalidPathError,
+    )
 
 
 class ObstoreS3BodyStore(_S3Store):
@@ -245,18 +260,24 @@ class ObstoreS3BodyStore(_S3Store):
 
         session = self.session()
         # Where boto3 would send it: the setting, else boto3's own environment variables.
-        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") \
+        endpoint = (
+            self.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
             or os.environ.get("AWS_ENDPOINT_URL")
+        )
         config: S3Config = {"region": session.region_name or "us-east-1"}
         if endpoint:  # an S3-compatible server: path-style, plain HTTP if it says so
             config["endpoint"] = endpoint
             config["virtual_hosted_style_request"] = False
         self.store = S3Store(
-            self.bucket, config=config,
+            self.bucket,
+            config=config,
             credential_provider=Boto3CredentialProvider(session),
-            client_options={"allow_http": bool(endpoint and endpoint.startswith("http://")),
-                            "timeout": timedelta(seconds=self.timeout),
-                            "connect_timeout": timedelta(seconds=self.timeout)},
+            client_options={
+                "allow_http": bool(endpoint and endpoint.startswith("http://")),
+                "timeout": timedelta(seconds=self.timeout),
+                "connect_timeout": timedelta(seconds=self.timeout),
+            },
             retry_config={"max_retries": 0},  # ours, below: counted, and short
         )
         self._check_bucket()
@@ -274,10 +295,13 @@ class ObstoreS3BodyStore(_S3Store):
             status, why = _why(exc)
             if isinstance(exc, e.NotFoundError) or status == "404":
                 raise StoreError(f"S3 bucket {self.where} does not exist") from None
-            if isinstance(exc, e.PermissionDeniedError | e.UnauthenticatedError) or \
-                    status in ("401", "403"):
-                raise StoreError(f"S3 bucket {self.where}: access denied for these "
-                                 "credentials") from None
+            if isinstance(exc, e.PermissionDeniedError | e.UnauthenticatedError) or status in (
+                "401",
+                "403",
+            ):
+                raise StoreError(
+                    f"S3 bucket {self.where}: access denied for these credentials"
+                ) from None
             if status:
                 raise StoreError(f"S3 bucket {self.where}: {why}") from None
             raise StoreError(f"S3 bucket {self.where} unreachable: {why}") from None
@@ -292,16 +316,18 @@ class ObstoreS3BodyStore(_S3Store):
         """Raise what a failed try means for the upload, or return the pause before the
         next try: refused (StoreError), out of tries (S3PutError), or not ours (as is)."""
         if isinstance(exc, self.refused):
-            raise StoreError(f"S3 refused s3://{self.bucket}/{object_key}: "
-                             f"{type(exc).__name__}") from None
+            raise StoreError(
+                f"S3 refused s3://{self.bucket}/{object_key}: {type(exc).__name__}"
+            ) from None
         if not isinstance(exc, self.retryable):
             raise exc
         if attempt + 1 == self.max_attempts:
             raise _put_error(object_key, exc) from None
-        return min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.0)
+        return min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
 
-    async def put_async(self, key: str, body: bytes, content_type: str | None,
-                        encoding: str | None) -> str:
+    async def put_async(
+        self, key: str, body: bytes, content_type: str | None, encoding: str | None
+    ) -> str:
         import obstore
 
         object_key = self.object_key(key)
