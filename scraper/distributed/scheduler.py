@@ -13,9 +13,10 @@ atomic Lua script (scraper.distributed.queue):
 - requests the crawl yields go to ``outbox``, enqueued with the dedup check in one call;
 - finished requests' lease tokens go to ``acks``, sent after the outbox, so a list page
   is acknowledged only once its children are in Redis;
-- every second (every 0.2 s while the node has nothing): the crawl's status; every
-  second a heartbeat; every lease/3 the node's leases are extended, and expired leases
-  (of dead nodes) are put back. A LEASE that finds nothing is asked again after a
+- the chores, each on its own clock (``Every``): every second (every 0.2 s while the
+  node has nothing) the crawl's status; every second a heartbeat; every lease/3 the
+  node's leases are extended; every lease/4 (at most 5 s) expired leases (of dead
+  nodes) are put back. A LEASE that finds nothing is asked again after a
   wait that doubles from 20 ms to 1 s, cut short when the status shows work.
 
 Anything found in Redis that this crawl did not write (a pickle, broken or oversized
@@ -66,6 +67,27 @@ logger = logging.getLogger(__name__)
 OUTAGE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 #: Seconds between LEASE calls that find nothing, at most (the wait doubles from 20 ms).
 IDLE_LEASE_WAIT_MAX = 1.0
+#: Seconds between reads of the crawl's status: while this node has requests, and while
+#: it has none (it waits for work, or for the crawl to end).
+STATUS_EVERY, STATUS_EVERY_IDLE = 1.0, 0.2
+#: Seconds between reads of every node's heartbeat (with the status), and between this
+#: node's own heartbeats.
+NODES_EVERY, HEARTBEAT_EVERY = 5.0, 1.0
+
+
+class Every:
+    """A chore's clock: ``due(now)`` is True, and restarts the clock, once ``seconds``
+    have passed since the last time it was."""
+
+    def __init__(self, seconds: float, last: float = float("-inf")) -> None:
+        self.seconds = seconds
+        self.last = last
+
+    def due(self, now: float, seconds: float | None = None) -> bool:
+        if now - self.last < (self.seconds if seconds is None else seconds):
+            return False
+        self.last = now
+        return True
 
 
 def _bloom(settings: Any) -> BloomFilter | None:
@@ -102,6 +124,13 @@ class DistributedScheduler:
         self.lease_ms = int(lease_seconds * 1000)
         # How often expired leases are reclaimed and (by one node at a time) swept.
         self.chore_seconds = min(5.0, lease_seconds / 4)
+        # The pump's chores, besides moving the buffers (see _cycle).
+        self.every_status = Every(STATUS_EVERY)
+        self.every_nodes = Every(NODES_EVERY)
+        self.every_heartbeat = Every(HEARTBEAT_EVERY)
+        self.every_extend = Every(lease_seconds / 3)
+        self.every_reclaim = Every(self.chore_seconds)
+        self.every_sweep = Every(self.chore_seconds)
         self.max_attempts = max_attempts
         self.idle_timeout = idle_timeout
         self.wait_for_start_urls = wait_for_start_urls
@@ -292,17 +321,10 @@ class DistributedScheduler:
 
     async def _pump(self) -> None:
         backoff, last_warning = 0.5, 0.0
-        timers = {
-            "status": 0.0,
-            "heartbeat": 0.0,
-            "nodes": 0.0,
-            "extend": time.monotonic(),
-            "reclaim": 0.0,
-            "sweep": 0.0,
-        }
+        self.every_extend.last = time.monotonic()  # leases are fresh: extend them in lease/3
         while not self.closing:
             try:
-                worked = await self._cycle(timers)
+                worked = await self._cycle()
                 backoff = 0.5
             except (*OUTAGE, RedisError) as exc:
                 # An outage, or a call Redis refused (a key of the wrong type, say): both may
@@ -332,75 +354,88 @@ class DistributedScheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), 0.02)
 
-    async def _cycle(self, timers: dict[str, float]) -> bool:
-        """One round: flush, refill, and the periodic chores. True if it moved anything."""
-        assert self.queue is not None
+    async def _cycle(self) -> bool:
+        """One round: flush, refill, and the chores that are due. True if it moved
+        anything."""
         worked = await self._flush()
         now = time.monotonic()
         if len(self.local) < self.prefetch // 2 + 1 and now >= self.next_lease:
-            if await self._refill():
-                worked, self.lease_wait = True, 0.0
-            else:
-                # Nothing to lease: ask less and less often (an idle node asked 50 times a
-                # second, measured: most of what 100 idle nodes would cost Redis). Work
-                # showing up in the status, or enqueued by this node, asks again at once.
-                self.lease_wait = min(max(0.02, 2 * self.lease_wait), IDLE_LEASE_WAIT_MAX)
-                self.next_lease = now + self.lease_wait
-        if now - timers["status"] > (0.2 if not self.local else 1.0):
-            timers["status"] = now
-            # Taken after this cycle's flush (the pump is the only one that flushes).
-            # The heartbeats (read to reject entries that are not ours) every 5 s only.
-            with_nodes = now - timers["nodes"] >= 5.0
-            if with_nodes:
-                timers["nodes"] = now
-            self.status = await self.queue.status(nodes=with_nodes)
-            self.status_at = now
-            if self.status.queued or self.status.start_urls:
-                self.next_lease = 0.0
-            if self.status.bad_nodes:
-                await self._reject_nodes(self.status.bad_nodes)
-            if now - timers["heartbeat"] >= 1.0:
-                timers["heartbeat"] = now
-                await self.queue.heartbeat(self.node, self._heartbeat_info(), 3 * self.lease_ms)
-            if self.status.drained:
-                # The engine asks spider_idle again only on its next event or its 5 s
-                # heartbeat; the crawl may be complete now, so let it ask now.
-                self._wake_engine()
-        if now - timers["extend"] > self.lease_ms / 3000:
-            timers["extend"] = now
-            # Leases found on list pages wait in the outbox until the flush takes them to
-            # Redis: not there yet is not lost.
-            pending = {token for *_, token in self.outbox_leased}
-            lost = await self.queue.extend(sorted(self.held - self.lost - pending), self.lease_ms)
-            if lost:
-                self._lost_leases(set(lost))
-        if now - timers["reclaim"] > self.chore_seconds:
-            timers["reclaim"] = now
-            returned, dead = await self.queue.reclaim(
-                self.max_attempts, on_unreadable=self._reject_lease_data
+            worked |= await self._lease_more(now)
+        if self.every_status.due(now, STATUS_EVERY if self.local else STATUS_EVERY_IDLE):
+            await self._read_status(now)
+        if self.every_extend.due(now):
+            await self._extend_leases()
+        if self.every_reclaim.due(now):
+            await self._reclaim()
+        if self._waiting_for_other_nodes() and self.every_sweep.due(now):
+            await self._sweep()
+        return worked
+
+    async def _lease_more(self, now: float) -> bool:
+        if await self._refill():
+            self.lease_wait = 0.0
+            return True
+        # Nothing to lease: ask less and less often (an idle node asked 50 times a second,
+        # measured: most of what 100 idle nodes would cost Redis). Work showing up in the
+        # status, or enqueued by this node, asks again at once.
+        self.lease_wait = min(max(0.02, 2 * self.lease_wait), IDLE_LEASE_WAIT_MAX)
+        self.next_lease = now + self.lease_wait
+        return False
+
+    async def _read_status(self, now: float) -> None:
+        """The crawl's status, taken after this cycle's flush (the pump is the only one
+        that flushes); the heartbeats (read to reject entries that are not ours) only every
+        NODES_EVERY; this node's own heartbeat."""
+        assert self.queue is not None
+        self.status = status = await self.queue.status(nodes=self.every_nodes.due(now))
+        self.status_at = now
+        if status.queued or status.start_urls:
+            self.next_lease = 0.0
+        if status.bad_nodes:
+            await self._reject_nodes(status.bad_nodes)
+        if self.every_heartbeat.due(now):
+            await self.queue.heartbeat(self.node, self._heartbeat_info(), 3 * self.lease_ms)
+        if status.drained:
+            # The engine asks spider_idle again only on its next event or its 5 s
+            # heartbeat; the crawl may be complete now, so let it ask now.
+            self._wake_engine()
+
+    async def _extend_leases(self) -> None:
+        assert self.queue is not None
+        # Leases found on list pages wait in the outbox until the flush takes them to
+        # Redis: not there yet is not lost.
+        pending = {token for *_, token in self.outbox_leased}
+        lost = await self.queue.extend(sorted(self.held - self.lost - pending), self.lease_ms)
+        if lost:
+            self._lost_leases(set(lost))
+
+    async def _reclaim(self) -> None:
+        """Put back the expired leases of other nodes (dead or stalled)."""
+        assert self.queue is not None
+        returned, dead = await self.queue.reclaim(
+            self.max_attempts, on_unreadable=self._reject_lease_data
+        )
+        if returned or dead:
+            self.stats.inc_value("distributed/reclaimed", returned)
+            logger.info(
+                "Reclaimed %(n)d expired leases (a node died or stalled)%(dead)s",
+                {"n": returned, "dead": f", {dead} to :dead" if dead else ""},
             )
-            if returned or dead:
-                self.stats.inc_value("distributed/reclaimed", returned)
-                logger.info(
-                    "Reclaimed %(n)d expired leases (a node died or stalled)%(dead)s",
-                    {"n": returned, "dead": f", {dead} to :dead" if dead else ""},
-                )
-            if dead:
-                self.stats.inc_value("distributed/dead", dead)
+        if dead:
+            self.stats.inc_value("distributed/dead", dead)
+
+    def _waiting_for_other_nodes(self) -> bool:
+        """Idle, with nothing queued: the crawl waits only for other nodes' leases (the
+        sweep checks that they are leases)."""
         status = self.status
-        if (
+        return (
             status is not None
             and not self.local
             and not self.held
-            and status.leased
+            and bool(status.leased)
             and not status.queued
             and not status.start_urls
-            and now - timers["sweep"] > self.chore_seconds
-        ):
-            # Idle, waiting only for other nodes' leases: check that they are leases.
-            timers["sweep"] = now
-            await self._sweep()
-        return worked
+        )
 
     def _lost_leases(self, lost: set[str]) -> None:
         """Leases that expired while this node could not reach Redis (a partition, a long
