@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from itemadapter import ItemAdapter
-from scrapy.exceptions import CloseSpider
 
+from scraper.config import stop_crawl
 from scraper.retry import describe, with_backoff
 from scraper.spool import BodySpool, append_lines
 from scraper.stores import (
@@ -74,10 +74,7 @@ async def _open_store(
     except StoreError as exc:
         if executor is not None:
             executor.shutdown(wait=False)
-        logger.error(
-            "%(setting)s unusable, crawl stopped: %(error)s", {"setting": setting, "error": exc}
-        )
-        raise CloseSpider(f"{setting.lower()}_unusable") from None
+        raise stop_crawl(logger, setting, exc) from None
     logger.info("%(setting)s: %(uri)s", {"setting": setting, "uri": redact(uri)})
     return store, executor
 

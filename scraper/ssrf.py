@@ -33,9 +33,11 @@ import socket
 from typing import TYPE_CHECKING
 
 from scrapy import signals
-from scrapy.exceptions import CloseSpider, IgnoreRequest
+from scrapy.exceptions import IgnoreRequest
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.error import DNSLookupError
+
+from scraper.config import ConfigError, stop_crawl
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -96,7 +98,7 @@ def address_kind(ip: IPAddress) -> str | None:
 
 
 def parse_networks(values: Iterable[str]) -> list[IPNetwork]:
-    """``ALLOWED_NETWORKS`` as networks; ValueError names the first entry that is not one."""
+    """``ALLOWED_NETWORKS`` as networks; ConfigError names the first entry that is not one."""
     networks = []
     for value in values:
         text = str(value).strip()
@@ -105,8 +107,8 @@ def parse_networks(values: Iterable[str]) -> list[IPNetwork]:
         try:
             networks.append(ipaddress.ip_network(text, strict=False))
         except ValueError:
-            raise ValueError(
-                f"{text!r} is not a network (CIDR, e.g. 10.0.0.0/8 or fd00::/8)"
+            raise ConfigError(
+                "ALLOWED_NETWORKS", f"{text!r} is not a network (CIDR, e.g. 10.0.0.0/8 or fd00::/8)"
             ) from None
     return networks
 
@@ -174,7 +176,7 @@ class SsrfGuard:
         try:
             networks = parse_networks(crawler.settings.getlist("ALLOWED_NETWORKS"))
             error = None
-        except ValueError as exc:
+        except ConfigError as exc:
             networks, error = [], str(exc)
         guard = cls(crawler, AddressPolicy(networks), error)
         crawler.signals.connect(guard.spider_opened, signal=signals.spider_opened)
@@ -188,10 +190,7 @@ class SsrfGuard:
         """A bad ALLOWED_NETWORKS stops the crawl at start with one line (nothing is fetched
         meanwhile: every request is refused)."""
         if self.config_error:
-            logger.error(
-                "ALLOWED_NETWORKS unusable, crawl stopped: %(error)s", {"error": self.config_error}
-            )
-            raise CloseSpider("allowed_networks_unusable")
+            raise stop_crawl(logger, "ALLOWED_NETWORKS", self.config_error)
 
     async def process_request(self, request: Request) -> None:
         parts = urlparse_cached(request)

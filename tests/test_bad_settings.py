@@ -109,6 +109,37 @@ def test_unreachable_mongo_with_password_in_uri(site: Site, tmp_path: Path) -> N
     assert_children_recorded(log_stats(output), 0)  # never started: its Mongo is unreachable
 
 
+@pytest.mark.parametrize(
+    ("setting", "reason", "message"),
+    [
+        (
+            "REDIS_DUPEFILTER=bitmap",
+            "redis_dupefilter_unusable",
+            "REDIS_DUPEFILTER unusable, crawl stopped: use 'set' or 'bloom', not 'bitmap'",
+        ),
+        (
+            "REDIS_BLOOM_CAPACITY=0",
+            "redis_bloom_capacity_unusable",
+            "REDIS_BLOOM_CAPACITY unusable, crawl stopped: 0: must be at least 1",
+        ),
+        (
+            "REDIS_BLOOM_ERROR_RATE=1.5",
+            "redis_bloom_error_rate_unusable",
+            "REDIS_BLOOM_ERROR_RATE unusable, crawl stopped: 1.5: must be between 0 and 1",
+        ),
+    ],
+    ids=["dupefilter", "bloom-capacity", "bloom-error-rate"],
+)
+def test_a_bad_distributed_setting_stops_the_node_with_one_line(
+    site: Site, redis_url: str, tmp_path: Path, setting: str, reason: str, message: str
+) -> None:
+    extra = [] if setting.startswith("REDIS_DUPEFILTER") else ["REDIS_DUPEFILTER=bloom"]
+    output, finish_reason = run(site, tmp_path, f"REDIS_URL={redis_url}", *extra, setting)
+    assert finish_reason == reason
+    assert error_lines(output) == [message]
+    assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))
+
+
 def test_mongo_refusing_the_crawl_says_why_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that answers but refuses (wrong password, no rights): its error's name,
     and the URI without its password."""
@@ -178,4 +209,5 @@ def test_crawl_without_a_list_page_or_with_redis_down_exits_1(tmp_path: Path) ->
     assert redis_down.returncode == 1
     assert "'finish_reason': 'redis_unusable'" in output
     assert "REDIS_URL unusable, crawl stopped" in output and "pw-not-shown" not in output
+    assert "Traceback" not in output and len(error_lines(output)) == 1
     assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))

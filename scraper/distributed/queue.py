@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 
+from scraper.config import ConfigError
 from scraper.distributed.codec import MAX_ENTRY_BYTES
 
 if TYPE_CHECKING:
@@ -64,15 +65,16 @@ class BloomFilter:
     """
 
     def __init__(self, capacity: int, error_rate: float) -> None:
-        if capacity < 1 or not 0 < error_rate < 1:
-            raise ValueError(
-                "REDIS_BLOOM_CAPACITY must be >= 1 and REDIS_BLOOM_ERROR_RATE between 0 and 1"
-            )
+        if capacity < 1:
+            raise ConfigError("REDIS_BLOOM_CAPACITY", f"{capacity}: must be at least 1")
+        if not 0 < error_rate < 1:
+            raise ConfigError("REDIS_BLOOM_ERROR_RATE", f"{error_rate}: must be between 0 and 1")
         self.bits = math.ceil(-capacity * math.log(error_rate) / math.log(2) ** 2)
         if self.bits > 2**32:
-            raise ValueError(
+            raise ConfigError(
+                "REDIS_BLOOM_CAPACITY",
                 f"a Bloom filter for {capacity} requests at {error_rate} needs "
-                f"{self.bits} bits; Redis strings hold 2**32"
+                f"{self.bits} bits; Redis strings hold 2**32",
             )
         self.hashes = max(1, round(self.bits / capacity * math.log(2)))
 

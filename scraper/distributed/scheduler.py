@@ -46,9 +46,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from scrapy import Request, signals
-from scrapy.exceptions import CloseSpider, DontCloseSpider
+from scrapy.exceptions import DontCloseSpider
 from scrapy.utils.defer import deferred_from_coro
 
+from scraper.config import ConfigError, stop_crawl
 from scraper.distributed.codec import BadEntry, decode, encode, start_url
 from scraper.distributed.queue import BloomFilter, CrawlQueue, CrawlStatus
 from scraper.distributed.tracking import FOUND_BY, request_done
@@ -96,7 +97,7 @@ def _bloom(settings: Any) -> BloomFilter | None:
     if kind == "set":
         return None
     if kind != "bloom":
-        raise ValueError(f"REDIS_DUPEFILTER must be 'set' or 'bloom', not {kind!r}")
+        raise ConfigError("REDIS_DUPEFILTER", f"use 'set' or 'bloom', not {kind!r}")
     return BloomFilter(
         settings.getint("REDIS_BLOOM_CAPACITY"), settings.getfloat("REDIS_BLOOM_ERROR_RATE")
     )
@@ -117,9 +118,11 @@ class DistributedScheduler:
         wait_for_start_urls: bool = False,
         batch: int = 500,
         bloom: BloomFilter | None = None,
+        config_error: ConfigError | None = None,
     ) -> None:
         self.crawler = crawler
         self.redis_url = redis_url
+        self.config_error = config_error
         self.prefetch = max(1, prefetch)
         self.lease_ms = int(lease_seconds * 1000)
         # How often expired leases are reclaimed and (by one node at a time) swept.
@@ -163,6 +166,10 @@ class DistributedScheduler:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         s = crawler.settings
+        try:  # a setting that cannot work stops the crawl at open, with one line
+            bloom, config_error = _bloom(s), None
+        except ConfigError as exc:
+            bloom, config_error = None, exc
         return cls(
             crawler,
             s.get("REDIS_URL"),
@@ -174,7 +181,8 @@ class DistributedScheduler:
             max_attempts=s.getint("REDIS_MAX_ATTEMPTS"),
             idle_timeout=s.getfloat("REDIS_IDLE_TIMEOUT"),
             wait_for_start_urls=s.getbool("REDIS_WAIT_FOR_START_URLS"),
-            bloom=_bloom(s),
+            bloom=bloom,
+            config_error=config_error,
         )
 
     @property
@@ -243,6 +251,9 @@ class DistributedScheduler:
 
     async def _open(self, spider: Spider) -> None:
         self.spider = spider
+        if self.config_error is not None:
+            self._stop_once_open(self.config_error.setting, self.config_error)
+            return
         self.redis = Redis.from_url(
             self.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
         )
@@ -250,11 +261,9 @@ class DistributedScheduler:
         try:
             await self.redis.ping()
         except RedisError as exc:
-            logger.error(
-                "REDIS_URL unusable, crawl stopped: %(url)s: %(error)s",
-                {"url": redact(self.redis_url), "error": describe(exc)},
-            )
-            raise CloseSpider("redis_unusable") from None
+            why = f"{redact(self.redis_url)}: {describe(exc)}"
+            self._stop_once_open("REDIS_URL", why, reason="redis_unusable")
+            return
         self.crawler.signals.connect(self.spider_idle, signal=signals.spider_idle)
         self.crawler.signals.connect(self.request_done, signal=request_done)
         logger.info(
@@ -263,10 +272,24 @@ class DistributedScheduler:
         )
         self.pump = asyncio.ensure_future(self._pump())
 
+    def _stop_once_open(self, setting: str, why: object, reason: str | None = None) -> None:
+        """Stop the crawl with one line as soon as the engine has opened it. Stopping from
+        the scheduler's own open, before the engine has opened the rest, made Scrapy fail
+        its close with a traceback ("Scraper slot not assigned"). Meanwhile nothing is
+        sent: without the pump, requests stay in the buffers."""
+
+        def stop() -> None:
+            raise stop_crawl(logger, setting, why, reason)
+
+        self.crawler.signals.connect(stop, signal=signals.spider_opened, weak=False)
+
     async def _close(self, reason: str) -> None:
         self.closing = True
-        if self.pump is not None:
-            await self.pump
+        if self.pump is None:  # never started (stopped at open): nothing to hand back
+            if self.redis is not None:
+                await self.redis.aclose()
+            return
+        await self.pump
         assert self.queue is not None and self.redis is not None
         # Requests leased but never started go back now; in-flight ones have finished
         # (the engine closes the scheduler last) or their leases will expire.
