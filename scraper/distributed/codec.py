@@ -8,6 +8,18 @@ Data still chooses what runs, so it is checked for that too: a callback must be 
 the spider's own methods (not ``start``, ``close`` or anything private), and a request
 class (``_class``) must be a Request subclass already imported: ``request_from_dict``
 would otherwise import whatever module an entry names.
+
+The wire formats, all read here (the Lua scripts in ``lua/`` write the Redis side):
+
+- a request: ``encode(request)``, JSON (``decode``);
+- a queue entry (``<spider>:requests``): ``"<seq> <request JSON>"``, the sequence number
+  keeping equal requests distinct members (enqueue.lua; ``entry_request``);
+- lease data (``<spider>:leased``): ``"<score> <queue entry>"``, or ``"start <URL>"`` for
+  a start URL (lease.lua, enqueue_leased.lua; read back by reclaim.lua and ack.lua);
+- a start URL (``<spider>:start_urls``): a URL, or JSON ``{"url": ..., "meta": ...}``
+  (``start_url``);
+- a heartbeat (``<spider>:nodes``): ``"<ms> <JSON object>"``, Redis's clock when it was
+  written (heartbeat.lua; ``heartbeat``).
 """
 
 from __future__ import annotations
@@ -125,6 +137,26 @@ def _request_class(path: Any) -> type[Request] | None:
     module, _, name = path.rpartition(".")
     cls = getattr(sys.modules.get(module), name, None)
     return cls if isinstance(cls, type) and issubclass(cls, Request) else None
+
+
+def entry_request(entry: str) -> str:
+    """The request JSON of a queue entry, ``"<seq> <request JSON>"``."""
+    return entry.partition(" ")[2]
+
+
+def heartbeat(value: bytes | str) -> tuple[int, dict[str, Any]]:
+    """A heartbeat, ``"<ms> <JSON object>"``: (ms, info); ValueError saying why not."""
+    if len(value) > MAX_ENTRY_BYTES:
+        raise ValueError(f"not a heartbeat: {len(value)} bytes is over {MAX_ENTRY_BYTES}")
+    try:
+        text = value.decode("utf-8") if isinstance(value, bytes) else value
+        seen_ms, _, info = text.partition(" ")
+        parsed = int(seen_ms), json.loads(info)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        raise ValueError(f"not a heartbeat: {value[:60]!r}") from None
+    if not isinstance(parsed[1], dict):
+        raise ValueError(f"not a heartbeat: {value[:60]!r}")
+    return parsed
 
 
 def start_url(text: str) -> tuple[str, dict[str, Any]]:

@@ -34,7 +34,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 
 from scraper.config import ConfigError
-from scraper.distributed.codec import MAX_ENTRY_BYTES
+from scraper.distributed import codec
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -286,7 +286,7 @@ class CrawlQueue:
         for node, value in (heartbeats[0] if heartbeats else {}).items():
             name = _text(node)
             try:
-                parsed[name] = _heartbeat_of(value)
+                parsed[name] = codec.heartbeat(value)
             except ValueError as exc:
                 bad.append((name, str(exc)))
         return CrawlStatus(
@@ -322,18 +322,3 @@ def _leased(token: str, kind: str, payload: bytes | str) -> Leased:
         except UnicodeDecodeError:
             return Leased(token, _KINDS[kind], "", error=f"not UTF-8 text: {payload[:60]!r}")
     return Leased(token, _KINDS[kind], payload)
-
-
-def _heartbeat_of(value: bytes | str) -> tuple[int, dict[str, Any]]:
-    """A ``<spider>:nodes`` value: "<ms> <JSON object>"; ValueError saying why not."""
-    if len(value) > MAX_ENTRY_BYTES:
-        raise ValueError(f"not a heartbeat: {len(value)} bytes is over {MAX_ENTRY_BYTES}")
-    try:
-        text = value.decode("utf-8") if isinstance(value, bytes) else value
-        seen_ms, _, info = text.partition(" ")
-        parsed = int(seen_ms), json.loads(info)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
-        raise ValueError(f"not a heartbeat: {value[:60]!r}") from None
-    if not isinstance(parsed[1], dict):
-        raise ValueError(f"not a heartbeat: {value[:60]!r}")
-    return parsed

@@ -50,7 +50,7 @@ from scrapy.exceptions import DontCloseSpider
 from scrapy.utils.defer import deferred_from_coro
 
 from scraper.config import ConfigError, stop_crawl
-from scraper.distributed.codec import BadEntry, decode, encode, start_url
+from scraper.distributed.codec import BadEntry, decode, encode, entry_request, start_url
 from scraper.distributed.queue import BloomFilter, CrawlQueue, CrawlStatus
 from scraper.distributed.tracking import FOUND_BY, request_done
 from scraper.retry import describe
@@ -598,7 +598,7 @@ class DistributedScheduler:
                 self._start(entry.token, entry.payload)
                 continue
             try:
-                request = decode(entry.payload.partition(" ")[2], self.spider)
+                request = decode(entry_request(entry.payload), self.spider)
             except BadEntry as exc:
                 self._reject(entry.token, "requests", exc)
                 continue
