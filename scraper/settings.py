@@ -116,6 +116,7 @@ DOWNLOAD_HANDLERS = {
 
 # Scrapy's stats without its per-access deprecation shim (scraper/stats.py: 3% of the CPU).
 STATS_CLASS = "scraper.stats.StatsCollector"
+STATS_FILE = ""  # a path: the crawl's final stats written there as JSON (scraper/stats.py)
 
 # --- What a listing crawl does not use (each costs CPU per page) --------------------------
 COOKIES_ENABLED = False

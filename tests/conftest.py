@@ -417,12 +417,40 @@ def assert_children_recorded(
             assert "listing/children_not_crawled" not in s, s
 
 
+class Crawled(subprocess.CompletedProcess[str]):
+    """A finished `scrapy crawl`: its exit code and output, and the stats it wrote."""
+
+    stats_file: Path
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The crawl's final stats (STATS_FILE), {} if it ended before writing them."""
+        if not self.stats_file.exists():
+            return {}
+        return json.loads(self.stats_file.read_text())  # type: ignore[no-any-return]
+
+
 def scrapy_crawl(
     args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """Run `scrapy crawl listing ...` as a user would, from ``cwd`` with the project settings."""
-    return subprocess.run(
-        [sys.executable, "-m", "scrapy", "crawl", "listing", *args],
+) -> Crawled:
+    """Run `scrapy crawl listing ...` as a user would, from ``cwd`` with the project settings;
+    its stats are read from the JSON file it writes (STATS_FILE), not from its log."""
+    stats_file = cwd / ".crawl-stats" / f"{uuid.uuid4().hex[:8]}.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scrapy",
+            "crawl",
+            "listing",
+            *args,
+            "-s",
+            f"STATS_FILE={stats_file}",
+        ],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -430,6 +458,9 @@ def scrapy_crawl(
         check=False,
         env={**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings", **(env or {})},
     )
+    crawled = Crawled(result.args, result.returncode, result.stdout, result.stderr)
+    crawled.stats_file = stats_file
+    return crawled
 
 
 def log_stats(text: str) -> dict[str, Any]:

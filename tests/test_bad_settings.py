@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -14,7 +15,6 @@ from tests.conftest import (
     Server,
     Site,
     assert_children_recorded,
-    log_stats,
     records,
     scrapy_crawl,
 )
@@ -27,15 +27,14 @@ def error_lines(output: str) -> list[str]:
     return [line.split("] ERROR: ", 1)[1] for line in output.splitlines() if "] ERROR: " in line]
 
 
-def run(site: Site, tmp_path: Path, *settings: str) -> tuple[str, str]:
+def run(site: Site, tmp_path: Path, *settings: str) -> tuple[str, dict[str, Any]]:
     args = ["-a", f"url={site.listing_url(5)}"]
     for setting in settings:
         args += ["-s", setting]
     result = scrapy_crawl(args, cwd=tmp_path, timeout=120)
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output
+    assert "Traceback" not in result.output
     assert result.returncode == 1  # a crawl that could not start says so to its scheduler
-    return output, output.split("'finish_reason': '", 1)[1].split("'", 1)[0]
+    return result.output, result.stats
 
 
 @pytest.mark.parametrize(
@@ -63,17 +62,17 @@ def run(site: Site, tmp_path: Path, *settings: str) -> tuple[str, str]:
 def test_unknown_or_incomplete_store_uri(
     site: Site, tmp_path: Path, setting: str, reason: str, message: str
 ) -> None:
-    output, finish_reason = run(site, tmp_path, setting)
-    assert finish_reason == reason
+    output, stats = run(site, tmp_path, setting)
+    assert stats["finish_reason"] == reason
     assert error_lines(output) == [message]
     # Never started: 0 children, and no record in the default META_STORE (nor in the
     # unusable one, when that is the bad setting).
-    assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))
+    assert_children_recorded(stats, len(records(tmp_path / "data")))
 
 
 def test_missing_bucket(site: Site, moto: Server, tmp_path: Path) -> None:
     endpoint = f"http://127.0.0.1:{moto.port}"
-    output, finish_reason = run(
+    output, stats = run(
         site,
         tmp_path,
         "BODY_STORE=s3://not-there/x",
@@ -81,23 +80,23 @@ def test_missing_bucket(site: Site, moto: Server, tmp_path: Path) -> None:
         "AWS_REGION_NAME=us-east-1",
         *(f"{k}={v}" for k, v in S3_CREDENTIALS.items()),
     )
-    assert finish_reason == "body_store_unusable"
+    assert stats["finish_reason"] == "body_store_unusable"
     assert error_lines(output) == [
         f"BODY_STORE unusable, crawl stopped: S3 bucket s3://not-there at {endpoint} does not exist"
     ]
     assert S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in output
-    assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))
+    assert_children_recorded(stats, len(records(tmp_path / "data")))
 
 
 def test_unreachable_mongo_with_password_in_uri(site: Site, tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    output, finish_reason = run(
+    output, stats = run(
         site,
         tmp_path,
         f"META_STORE=mongodb://crawler:s3cr3t-pw@127.0.0.1:{port}/pages",
         "META_STORE_CONNECT_TIMEOUT_MS=300",
     )
-    assert finish_reason == "meta_store_unusable"
+    assert stats["finish_reason"] == "meta_store_unusable"
     assert error_lines(output) == [
         f"META_STORE unusable, crawl stopped: MongoDB at mongodb://crawler:***@127.0.0.1:{port}"
         "/pages unusable: no server answered within 300 ms"
@@ -106,7 +105,7 @@ def test_unreachable_mongo_with_password_in_uri(site: Site, tmp_path: Path) -> N
     assert not (tmp_path / "data" / "bodies").exists() or not any(
         (tmp_path / "data" / "bodies").iterdir()
     )
-    assert_children_recorded(log_stats(output), 0)  # never started: its Mongo is unreachable
+    assert_children_recorded(stats, 0)  # never started: its Mongo is unreachable
 
 
 @pytest.mark.parametrize(
@@ -134,10 +133,10 @@ def test_a_bad_distributed_setting_stops_the_node_with_one_line(
     site: Site, redis_url: str, tmp_path: Path, setting: str, reason: str, message: str
 ) -> None:
     extra = [] if setting.startswith("REDIS_DUPEFILTER") else ["REDIS_DUPEFILTER=bloom"]
-    output, finish_reason = run(site, tmp_path, f"REDIS_URL={redis_url}", *extra, setting)
-    assert finish_reason == reason
+    output, stats = run(site, tmp_path, f"REDIS_URL={redis_url}", *extra, setting)
+    assert stats["finish_reason"] == reason
     assert error_lines(output) == [message]
-    assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))
+    assert_children_recorded(stats, len(records(tmp_path / "data")))
 
 
 def test_mongo_refusing_the_crawl_says_why_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -195,19 +194,19 @@ def test_crawl_without_a_list_page_or_with_redis_down_exits_1(tmp_path: Path) ->
     no_url = scrapy_crawl([], cwd=tmp_path, timeout=120)
     assert no_url.returncode == 1
     assert "No list page given: run `scrapy crawl listing -a url=<list page URL>`" in (
-        no_url.stdout + no_url.stderr
+        no_url.output
     )
-    assert_children_recorded(
-        log_stats(no_url.stdout + no_url.stderr), len(records(tmp_path / "data"))
-    )
+    assert no_url.stats["finish_reason"] == "no_url"
+    assert datetime.fromisoformat(no_url.stats["start_time"]).tzinfo is not None  # STATS_FILE
+    assert_children_recorded(no_url.stats, len(records(tmp_path / "data")))
 
     port = free_port()  # nothing listens there
     redis_down = scrapy_crawl(
         ["-s", f"REDIS_URL=redis://:pw-not-shown@127.0.0.1:{port}/0"], cwd=tmp_path, timeout=120
     )
-    output = redis_down.stdout + redis_down.stderr
+    output = redis_down.output
     assert redis_down.returncode == 1
-    assert "'finish_reason': 'redis_unusable'" in output
+    assert redis_down.stats["finish_reason"] == "redis_unusable"
     assert "REDIS_URL unusable, crawl stopped" in output and "pw-not-shown" not in output
     assert "Traceback" not in output and len(error_lines(output)) == 1
-    assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))
+    assert_children_recorded(redis_down.stats, len(records(tmp_path / "data")))

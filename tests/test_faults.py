@@ -37,7 +37,6 @@ from tests.conftest import (
     Site,
     assert_children_recorded,
     crawl,
-    log_stats,
     mongo_collection,
     project_settings,
     read_jsonl,
@@ -147,7 +146,7 @@ def test_s3_faults_at_the_issues_rates_lose_no_byte(
 
     for fault in ISSUE_RATES:  # every kind of fault really happened, at about its rate
         assert counts[fault] > 0.4 * ISSUE_RATES[fault] * 2000, counts
-    stats = log_stats(output)
+    stats = result.stats
     assert stats["finish_reason"] == "finished"
     assert stats["body_store/stored"] == 2000
     assert stats["body_store/sdk_retries"] > 100  # botocore's own retries

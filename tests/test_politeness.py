@@ -27,7 +27,6 @@ from tests.conftest import (
     assert_children_recorded,
     crawl,
     local_stores,
-    log_stats,
     project_settings,
     read_jsonl,
     records,
@@ -238,8 +237,8 @@ def test_robots_txt_off_on_the_command_line_fetches_them(polite_site: Site, tmp_
     assert all(d["status"] == 200 and d["error"] is None for d in docs.values())
     site_stats = polite_site.stats()
     assert (site_stats["private_hits"], site_stats["robots_hits"]) == (3, 0)
-    assert "robotstxt/forbidden" not in log_stats(output)
-    assert_children_recorded(log_stats(output), len(records(tmp_path / "data")))
+    assert "robotstxt/forbidden" not in result.stats
+    assert_children_recorded(result.stats, len(records(tmp_path / "data")))
 
 
 @deferred_f_from_coro_f

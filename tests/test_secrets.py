@@ -32,7 +32,6 @@ from tests.conftest import (
     Site,
     assert_children_recorded,
     crawl,
-    log_stats,
     mongo_collection,
     read_jsonl,
     records,
@@ -100,13 +99,14 @@ def test_a_distributed_crawl_to_s3_logs_no_secret(
 
     output = result.stdout + result.stderr
     assert result.returncode == 0, result.stderr[-3000:]
-    stats = log_stats(output)
+    stats = result.stats
     assert stats["finish_reason"] == "finished"
     assert stats["body_store/stored"] == stats["meta_store/written"] == 60
     assert len(read_jsonl(tmp_path / "meta.jsonl")) == 60
     assert_children_recorded(stats, len(read_jsonl(tmp_path / "meta.jsonl")))
     # The secrets were there to leak: Scrapy echoes -s settings, and DEBUG shows S3 requests.
     assert "Overridden settings" in output and "redis://:***@127.0.0.1" in output
+    assert_no_secret(result.stats_file.read_text())  # nor in the stats it wrote
     assert "'AWS_SECRET_ACCESS_KEY': '***'" in output
     assert "'AWS_ACCESS_KEY_ID': '***'" in output
     assert_no_secret(output)
@@ -142,11 +142,11 @@ def test_stores_that_fail_show_their_error_without_secrets(
 
     output = result.stdout + result.stderr
     assert expected in output
-    assert log_stats(output)["finish_reason"].endswith("_unusable")
+    assert result.stats["finish_reason"].endswith("_unusable")
     assert_no_secret(output)
     # The crawl never started: 0 children, 0 records (with Mongo failing, its server is not
     # even listening; else the meta file under tmp_path).
-    assert_children_recorded(log_stats(output), 0 if failing == "mongo" else len(records(tmp_path)))
+    assert_children_recorded(result.stats, 0 if failing == "mongo" else len(records(tmp_path)))
 
 
 @deferred_f_from_coro_f

@@ -27,7 +27,6 @@ from tests.conftest import (
     assert_children_recorded,
     crawl,
     local_stores,
-    log_stats,
     read_jsonl,
     records,
     running_site,
@@ -333,7 +332,7 @@ def test_scrapy_crawl_reads_allowed_networks_from_the_environment(
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    stats = log_stats(output)
+    stats = result.stats
     assert stats.get("meta_store/written", 0) == stored
     if stored:
         assert "ALLOWED_NETWORKS: 10.0.0.0/8, 127.0.0.1/32" in output
