@@ -169,6 +169,7 @@ class Node:
         ``env``: variables added to the node's environment; ``url``: ``-a url=``;
         ``spider_args``: more ``-a name=value``."""
         self.log = tmp_path / f"{name}.log"
+        self.stats_file = tmp_path / f"{name}.stats.json"
         args = [
             *(wrap or []),
             sys.executable,
@@ -190,6 +191,8 @@ class Node:
             f"LOG_FILE={self.log}",
             "-s",
             "PROGRESS_INTERVAL=1",
+            "-s",
+            f"STATS_FILE={self.stats_file}",
         ]
         for setting in settings:
             args += ["-s", setting]
@@ -212,7 +215,8 @@ class Node:
             raise
 
     def stats(self) -> dict[str, Any]:
-        return log_stats(self.log.read_text())
+        """The node's final stats (STATS_FILE): it must have ended (not SIGKILLed)."""
+        return json.loads(self.stats_file.read_text())  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
