@@ -149,7 +149,7 @@ async def test_without_url_the_spider_says_how_to_run_it(
 
 
 @pytest.fixture(scope="module")
-def slow_site(logs: Path) -> Iterator[Site]:
+def site_8s_latency(logs: Path) -> Iterator[Site]:
     """A test site whose every answer takes 8 s: requests pile up in flight, even on a
     machine slow to start a thousand of them (each goes through the downloader middlewares,
     the SSRF guard's included)."""
@@ -159,19 +159,19 @@ def slow_site(logs: Path) -> Iterator[Site]:
 
 @deferred_f_from_coro_f
 async def test_concurrent_requests_1000_puts_1000_in_flight_on_one_site(
-    slow_site: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    site_8s_latency: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    slow_site.stats(reset=True)
+    site_8s_latency.stats(reset=True)
     # One list page with 2,000 links: the crawl can put 1,000 in flight at once.
     crawler = await crawl(
-        slow_site.listing_url(2000, per_page=2000),
+        site_8s_latency.listing_url(2000, per_page=2000),
         CONCURRENT_REQUESTS=1000,
         **local_stores(tmp_path),
     )
     assert crawler.stats.get_value("meta_store/written") == 2000
     # Measured by the server: how many requests it was answering at once.
-    assert slow_site.stats()["max_in_flight"] >= 950
+    assert site_8s_latency.stats()["max_in_flight"] >= 950
     assert "Concurrency: 1000 requests in flight" in caplog.text
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 

@@ -39,22 +39,22 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="module")
-def dist_site(logs: Path) -> Iterator[Site]:
+def site_50ms_latency(logs: Path) -> Iterator[Site]:
     """A test site with 50 ms latency, so that a crawl lasts long enough to be disturbed."""
     with running_site(logs / "dist-site.log", "--latency-ms", "50") as site:
         yield site
 
 
 def test_three_nodes_share_one_crawl_and_close_by_themselves(
-    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    site_50ms_latency: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
-    seed(dist_site, redis_url, tmp_path, 3000)
+    seed(site_50ms_latency, redis_url, tmp_path, 3000)
     # Leases long enough that a node starved of CPU on a busy machine keeps its own: this
     # test asserts that nothing was reclaimed.
     nodes += [Node(f"node{i}", redis_url, tmp_path, "REDIS_LEASE_SECONDS=30") for i in range(3)]
     assert [node.wait() for node in nodes] == [0, 0, 0]
 
-    assert_stored_once(dist_site, tmp_path, 3000)
+    assert_stored_once(site_50ms_latency, tmp_path, 3000)
     stats = [node.stats() for node in nodes]
     assert all(s["finish_reason"] == "finished" for s in stats)
     assert all(s["meta_store/written"] > 0 for s in stats)  # the work was shared
@@ -66,9 +66,9 @@ def test_three_nodes_share_one_crawl_and_close_by_themselves(
 
 
 def test_a_node_killed_mid_crawl_loses_nothing(
-    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    site_50ms_latency: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
-    seed(dist_site, redis_url, tmp_path, 3000)
+    seed(site_50ms_latency, redis_url, tmp_path, 3000)
     nodes += [Node(f"node{i}", redis_url, tmp_path) for i in range(3)]
     wait_for_lines(tmp_path / "meta.jsonl", 300)
     wait_for_leases_of(nodes[0], redis_url)
@@ -76,7 +76,7 @@ def test_a_node_killed_mid_crawl_loses_nothing(
     assert nodes[0].wait() == -signal.SIGKILL
     assert [node.wait() for node in nodes[1:]] == [0, 0]
 
-    assert_stored_once(dist_site, tmp_path, 3000)
+    assert_stored_once(site_50ms_latency, tmp_path, 3000)
     survivors = [node.stats() for node in nodes[1:]]
     assert sum(s.get("distributed/reclaimed", 0) for s in survivors) > 0
     assert all(s["finish_reason"] == "finished" for s in survivors)
@@ -84,7 +84,7 @@ def test_a_node_killed_mid_crawl_loses_nothing(
 
 
 def test_redis_restart_mid_crawl(
-    dist_site: Site, tmp_path: Path, nodes: list[Node], logs: Path
+    site_50ms_latency: Site, tmp_path: Path, nodes: list[Node], logs: Path
 ) -> None:
     port = free_port()
     data = tmp_path / "redis-data"
@@ -102,7 +102,7 @@ def test_redis_restart_mid_crawl(
     server.start()
     try:
         url = f"redis://127.0.0.1:{port}/0"
-        seed(dist_site, url, tmp_path, 3000)
+        seed(site_50ms_latency, url, tmp_path, 3000)
         nodes += [Node(f"node{i}", url, tmp_path) for i in range(2)]
         wait_for_lines(tmp_path / "meta.jsonl", 500)
         server.stop()
@@ -111,7 +111,7 @@ def test_redis_restart_mid_crawl(
         assert [node.wait() for node in nodes] == [0, 0]
     finally:
         server.stop()
-    assert_stored_once(dist_site, tmp_path, 3000)
+    assert_stored_once(site_50ms_latency, tmp_path, 3000)
     stats = [node.stats() for node in nodes]
     assert sum(s.get("distributed/redis_errors", 0) for s in stats) > 0  # the outage was seen
     assert "Redis unreachable" in nodes[0].log.read_text()
@@ -119,7 +119,7 @@ def test_redis_restart_mid_crawl(
 
 
 def test_garbage_in_redis_is_logged_and_skipped(
-    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    site_50ms_latency: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
     import pickle
 
@@ -148,12 +148,12 @@ def test_garbage_in_redis_is_logged_and_skipped(
         },
     )
     client.close()
-    seed(dist_site, redis_url, tmp_path, 200)
+    seed(site_50ms_latency, redis_url, tmp_path, 200)
     nodes.append(Node("node0", redis_url, tmp_path))
     assert nodes[0].wait() == 0
 
     assert not (tmp_path / "pwned").exists()
-    assert_stored_once(dist_site, tmp_path, 200)
+    assert_stored_once(site_50ms_latency, tmp_path, 200)
     stats = nodes[0].stats()
     assert stats["distributed/rejected/start_urls"] == 5
     assert stats["distributed/rejected/requests"] == 4
@@ -162,14 +162,14 @@ def test_garbage_in_redis_is_logged_and_skipped(
 
 
 def test_bloom_filter_dedup_crawl(
-    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    site_50ms_latency: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
-    seed(dist_site, redis_url, tmp_path, 500)
+    seed(site_50ms_latency, redis_url, tmp_path, 500)
     nodes.append(
         Node("node0", redis_url, tmp_path, "REDIS_DUPEFILTER=bloom", "REDIS_BLOOM_CAPACITY=100000")
     )
     assert nodes[0].wait() == 0
-    assert_stored_once(dist_site, tmp_path, 500)
+    assert_stored_once(site_50ms_latency, tmp_path, 500)
     client = redis.Redis.from_url(redis_url)
     assert client.exists("listing:bloom") and not client.exists("listing:dupefilter")
     assert int(client.get("listing:bloom_count")) == 505  # 500 children + 5 list pages
@@ -178,11 +178,11 @@ def test_bloom_filter_dedup_crawl(
 
 
 def test_redis_round_trips_per_page(
-    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    site_50ms_latency: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
     """Batched and off the hot path: well under 3 Redis round trips per page."""
     client = redis.Redis.from_url(redis_url)
-    seed(dist_site, redis_url, tmp_path, 2000)
+    seed(site_50ms_latency, redis_url, tmp_path, 2000)
     client.config_resetstat()
     nodes.append(Node("node0", redis_url, tmp_path, "CONCURRENT_REQUESTS=500"))
     assert nodes[0].wait() == 0
@@ -194,18 +194,18 @@ def test_redis_round_trips_per_page(
         stats.get(f"cmdstat_{c}", {}).get("calls", 0)
         for c in ("evalsha", "eval", "multi", "ping", "hello", "client|setinfo")
     )
-    assert_stored_once(dist_site, tmp_path, 2000)
+    assert_stored_once(site_50ms_latency, tmp_path, 2000)
     assert trips / 2000 < 3, trips
     assert_children_recorded(nodes[0].stats(), len(records(tmp_path)))
 
 
 def test_a_list_page_already_queued_and_given_by_url_is_crawled_once(
-    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    site_50ms_latency: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
     """A node started with `-a url=` for a list page another node already queued: its
     start request goes through the queue's dedup, so the list page (and its chain of
     next pages) is crawled once, not once per copy."""
-    url = dist_site.listing_url(3000, per_page=1000)
+    url = site_50ms_latency.listing_url(3000, per_page=1000)
     client = redis.Redis.from_url(redis_url)
     spider = ListingSpider(url=url)
     request = spider.list_request(url)
@@ -217,7 +217,7 @@ def test_a_list_page_already_queued_and_given_by_url_is_crawled_once(
     nodes.append(Node("node0", redis_url, tmp_path, "CONCURRENT_REQUESTS=1000", url=url))
     assert nodes[0].wait() == 0
 
-    assert_stored_once(dist_site, tmp_path, 3000)
+    assert_stored_once(site_50ms_latency, tmp_path, 3000)
     stats = nodes[0].stats()
     assert stats["listing/list_pages"] == 3
     assert stats["listing/children"] == 3000
@@ -225,7 +225,7 @@ def test_a_list_page_already_queued_and_given_by_url_is_crawled_once(
 
 
 def test_idle_nodes_ask_redis_little_and_still_take_work_at_once(
-    dist_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    site_50ms_latency: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
     """Nodes with nothing to do back off their LEASE calls (measured before: ~55 round
     trips per idle node per second, 46 of them empty LEASEs, docs/scaling.md); the
@@ -246,13 +246,13 @@ def test_idle_nodes_ask_redis_little_and_still_take_work_at_once(
     assert trips / 2 / 5 < 10, stats  # per idle node per second
 
     # Enough work that one node alone needs seconds: the idle one must join within them.
-    seed(dist_site, redis_url, tmp_path, 1500)
+    seed(site_50ms_latency, redis_url, tmp_path, 1500)
     wait_for_lines(tmp_path / "meta.jsonl", 1500, timeout=60)
     client.close()
     for node in nodes:
         node.proc.send_signal(signal.SIGTERM)  # they would wait for more start URLs
     assert [node.wait() for node in nodes] == [0, 0]
-    assert_stored_once(dist_site, tmp_path, 1500)
+    assert_stored_once(site_50ms_latency, tmp_path, 1500)
     assert all(node.stats().get("meta_store/written", 0) > 0 for node in nodes)
     assert_children_recorded([node.stats() for node in nodes], len(records(tmp_path)))
 

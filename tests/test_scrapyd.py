@@ -173,7 +173,7 @@ def stores(tmp_path: Path) -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def slow_site(logs: Path) -> Iterator[Site]:
+def site_50ms_latency(logs: Path) -> Iterator[Site]:
     """A test site with 50 ms latency: a crawl of a few thousand pages lasts seconds."""
     with running_site(logs / "scrapyd-site.log", "--latency-ms", "50") as site:
         yield site
@@ -225,7 +225,7 @@ def test_deploy_schedule_and_crawl_with_the_embedded_stores(
 
 
 def test_two_scrapyds_share_one_crawl_from_one_redis(
-    project: Path, slow_site: Site, redis_url: str, tmp_path: Path, scrapyds: list[Scrapyd]
+    project: Path, site_50ms_latency: Site, redis_url: str, tmp_path: Path, scrapyds: list[Scrapyd]
 ) -> None:
     nodes = [start_scrapyd(scrapyds, tmp_path / f"scrapyd{i}") for i in range(2)]
     for node in nodes:
@@ -241,7 +241,7 @@ def test_two_scrapyds_share_one_crawl_from_one_redis(
             "scrapy",
             "seed",
             "listing",
-            slow_site.listing_url(2000),
+            site_50ms_latency.listing_url(2000),
             "-s",
             f"REDIS_URL={redis_url}",
         ],
@@ -255,7 +255,7 @@ def test_two_scrapyds_share_one_crawl_from_one_redis(
 
     for node, job in zip(nodes, jobs, strict=True):
         node.wait_until(job, "finished")
-    assert_stored_once(slow_site, tmp_path, 2000)
+    assert_stored_once(site_50ms_latency, tmp_path, 2000)
     stats = [log_stats(node.log(job)) for node, job in zip(nodes, jobs, strict=True)]
     assert [s["finish_reason"] for s in stats] == ["finished", "finished"]
     assert all(s["meta_store/written"] > 0 for s in stats)  # both took part
@@ -264,12 +264,12 @@ def test_two_scrapyds_share_one_crawl_from_one_redis(
 
 
 def test_a_cancelled_job_hands_back_its_work_and_another_job_finishes_it(
-    project: Path, slow_site: Site, redis_url: str, tmp_path: Path, scrapyds: list[Scrapyd]
+    project: Path, site_50ms_latency: Site, redis_url: str, tmp_path: Path, scrapyds: list[Scrapyd]
 ) -> None:
     scrapyd = start_scrapyd(scrapyds, tmp_path / "scrapyd")
     assert deploy(project, "default", url=scrapyd.url).returncode == 0
     settings = (*stores(tmp_path), f"REDIS_URL={redis_url}", "CONCURRENT_REQUESTS=50")
-    first = scrapyd.schedule(*settings, url=slow_site.listing_url(3000))
+    first = scrapyd.schedule(*settings, url=site_50ms_latency.listing_url(3000))
     wait_for_lines(tmp_path / "meta.jsonl", 300)
     assert (
         scrapyd.call("cancel.json", {"project": "scraper", "job": first})["prevstate"] == "running"
@@ -283,7 +283,7 @@ def test_a_cancelled_job_hands_back_its_work_and_another_job_finishes_it(
     second = scrapyd.schedule(*settings)  # no URL: it takes the crawl's queue from Redis
     scrapyd.wait_until(second, "finished")
 
-    assert_stored_once(slow_site, tmp_path, 3000)
+    assert_stored_once(site_50ms_latency, tmp_path, 3000)
     finished = log_stats(scrapyd.log(second))
     assert finished["finish_reason"] == "finished"
     # What the first job had leased and not started went back when it closed; what it

@@ -39,7 +39,7 @@ LATENCY_MS = 500
 
 
 @pytest.fixture(scope="module")
-def slow_site(logs: Path) -> Iterator[Site]:
+def site_500ms_latency(logs: Path) -> Iterator[Site]:
     with running_site(logs / "shutdown-site.log", "--latency-ms", str(LATENCY_MS)) as site:
         yield site
 
@@ -80,7 +80,9 @@ def leases_in_redis(redis_url: str) -> tuple[int, int]:
         client.close()
 
 
-def test_sigterm_drains_a_single_node_crawl_and_exits_0(slow_site: Site, tmp_path: Path) -> None:
+def test_sigterm_drains_a_single_node_crawl_and_exits_0(
+    site_500ms_latency: Site, tmp_path: Path
+) -> None:
     log = tmp_path / "crawl.log"
     proc = subprocess.Popen(
         [
@@ -90,7 +92,7 @@ def test_sigterm_drains_a_single_node_crawl_and_exits_0(slow_site: Site, tmp_pat
             "crawl",
             "listing",
             "-a",
-            f"url={slow_site.listing_url(2000)}",
+            f"url={site_500ms_latency.listing_url(2000)}",
             "-s",
             f"BODY_STORE={tmp_path / 'bodies'}",
             "-s",
@@ -147,9 +149,9 @@ def test_sigterm_drains_a_single_node_crawl_and_exits_0(slow_site: Site, tmp_pat
 
 
 def test_sigterm_hands_a_nodes_leases_back_at_once(
-    slow_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    site_500ms_latency: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
-    seed(slow_site, redis_url, tmp_path, 800)
+    seed(site_500ms_latency, redis_url, tmp_path, 800)
     # Leases long enough that none expires on a busy machine: any reclaim below would be
     # one that this node failed to hand back.
     nodes.append(
@@ -174,7 +176,7 @@ def test_sigterm_hands_a_nodes_leases_back_at_once(
     second = nodes[1].stats()
     assert second["finish_reason"] == "finished"
     assert second.get("distributed/reclaimed", 0) == 0  # nothing waited for a lease to expire
-    assert_stored_once(slow_site, tmp_path, 800)
+    assert_stored_once(site_500ms_latency, tmp_path, 800)
     # Nothing stored by the first node was crawled again.
     assert first["meta_store/written"] + second["meta_store/written"] == 800
     # Two crawls into one store: what each counted, summed, is what the store holds.
@@ -182,9 +184,9 @@ def test_sigterm_hands_a_nodes_leases_back_at_once(
 
 
 def test_a_second_sigterm_stops_at_once_and_leases_expire(
-    slow_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    site_500ms_latency: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
-    seed(slow_site, redis_url, tmp_path, 800)
+    seed(site_500ms_latency, redis_url, tmp_path, 800)
     nodes.append(Node("node0", redis_url, tmp_path, "CONCURRENT_REQUESTS=40"))
     wait_for_lines(tmp_path / "meta.jsonl", 100)
     wait_for_leases_of(nodes[0], redis_url)
@@ -205,7 +207,7 @@ def test_a_second_sigterm_stops_at_once_and_leases_expire(
     second = nodes[1].stats()
     assert second["finish_reason"] == "finished"
     assert second["distributed/reclaimed"] > 0
-    assert_stored_once(slow_site, tmp_path, 800)
+    assert_stored_once(site_500ms_latency, tmp_path, 800)
     assert leases_in_redis(redis_url) == (0, 0)
     # No children invariant: node0 stopped at once (a second SIGTERM), before flushing its
     # records or dumping its stats.
