@@ -175,6 +175,9 @@ async def serve(port: int, refused: frozenset[str] = frozenset()) -> None:
     )
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=4096, reuse_address=True).start()
+    port = runner.addresses[0][1]  # the one bound, if ``port`` was 0
+    # The first line is for whoever started us with --port 0 (bench/servers.py reads it).
+    print(f"listening on 127.0.0.1:{port}", flush=True)
     print(f"S3 sink on http://127.0.0.1:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -186,7 +189,7 @@ async def serve(port: int, refused: frozenset[str] = frozenset()) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--port", type=int, default=9000, help="0: any free port (printed)")
     parser.add_argument(
         "--refuse-key",
         action="append",

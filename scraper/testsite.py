@@ -432,6 +432,9 @@ async def serve(site: TestSite, host: str, port: int) -> None:
     await runner.setup()
     # backlog: a crawl at c=1000 opens a thousand connections at once.
     await web.TCPSite(runner, host, port, backlog=4096, reuse_address=True).start()
+    port = runner.addresses[0][1]  # the one bound, if ``port`` was 0
+    # The first line is for whoever started us with --port 0 (bench/servers.py reads it).
+    print(f"listening on {host}:{port}", flush=True)
     print(f"test site on http://{host}:{port}{site.default.query(1)}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -450,10 +453,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow-ms", type=float, default=3000, help="delay of /fault/slow")
     parser.add_argument("--huge-mb", type=float, default=40, help="size of /fault/huge")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0: any free port (printed)")
     args = parser.parse_args(argv)
     site = TestSite(args.pages, args.per_page, args.latency_ms, args.slow_ms, args.huge_mb)
-    asyncio.run(serve(site, args.host, args.port or free_port()))
+    asyncio.run(serve(site, args.host, args.port))
 
 
 if __name__ == "__main__":

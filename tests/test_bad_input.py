@@ -31,12 +31,12 @@ from scrapy.utils.test import get_crawler
 from scraper.spiders.listing import ListingSpider
 from scraper.testsite import render_child
 from scraper.urls import resolve
-from tests.conftest import assert_children_recorded, crawl, local_stores, read_jsonl, records
+from tests.helpers import assert_children_recorded, crawl, read_jsonl, records, store_settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from tests.conftest import Site
+    from tests.helpers import Site
 
 LINK_REASONS = {"ok", "empty", "fragment", "unparsable", "scheme", "offsite"}
 
@@ -411,7 +411,7 @@ async def test_every_discovered_link_of_a_generated_list_page_ends_as_one_record
     }
 
     with tempfile.TemporaryDirectory() as folder:
-        stores = local_stores(Path(folder))
+        stores = store_settings(Path(folder))
         crawler = await crawl(
             list_url, LISTING_MAX_PAGES=1, RETRY_TIMES=0, DOWNLOAD_TIMEOUT=30, **stores
         )
@@ -432,7 +432,7 @@ async def test_a_list_page_linking_to_itself_counts_only_children_it_stores(
         "text/html",
         b'<a href="/self-list">this page</a><a href="/self-child">a child</a>',
     )
-    crawler = await crawl(f"{pages.base}/self-list", **local_stores(tmp_path))
+    crawler = await crawl(f"{pages.base}/self-list", **store_settings(tmp_path))
     assert crawler.stats.get_value("listing/children") == len(records(tmp_path))
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
@@ -446,7 +446,7 @@ async def test_endless_pagination_stops_at_listing_max_pages(
 ) -> None:
     caplog.set_level(logging.WARNING)
     url = f"{site.base}/list?n=30&per_page=10&endless=1&page=1"
-    crawler = await crawl(url, LISTING_MAX_PAGES=12, **local_stores(tmp_path))
+    crawler = await crawl(url, LISTING_MAX_PAGES=12, **store_settings(tmp_path))
 
     stats = crawler.stats.get_stats()
     assert stats["finish_reason"] == "finished"
@@ -477,7 +477,7 @@ async def test_list_pages_that_give_no_links_say_so(
     caplog.set_level(logging.INFO)
     for name in ("binary", "huge", "huge-streamed"):
         url = f"{pages.base}/bad-list/{name}"
-        crawler = await crawl(url, DOWNLOAD_MAXSIZE=2**20, **local_stores(tmp_path / name))
+        crawler = await crawl(url, DOWNLOAD_MAXSIZE=2**20, **store_settings(tmp_path / name))
         stats = crawler.stats.get_stats()
         assert stats["finish_reason"] == "finished", name
         assert "listing/children" not in stats, name
@@ -501,7 +501,7 @@ async def test_a_list_page_in_latin1_gives_its_non_ascii_links(
 ) -> None:
     body = '<html><a href="/caf\xe9/cr\xe8me">Caf\xe9</a> <a href="/\xe0-la">\xe0</a>'
     pages.pages["/latin1-list"] = ("text/html; charset=iso-8859-1", body.encode("latin-1"))
-    crawler = await crawl(f"{pages.base}/latin1-list", **local_stores(tmp_path))
+    crawler = await crawl(f"{pages.base}/latin1-list", **store_settings(tmp_path))
 
     docs = read_jsonl(tmp_path / "meta.jsonl")
     # Scrapy percent-encodes a link's path as UTF-8, whatever the page's encoding.
@@ -528,7 +528,10 @@ async def test_a_child_over_download_maxsize_without_content_length_ends_as_one_
     pages.pages["/streamed-child"] = ("text/html", render_child("big") * 100)  # ~3-5 MB
     pages.streamed.add("/streamed-child")
     crawler = await crawl(
-        f"{pages.base}/stream-list", DOWNLOAD_MAXSIZE=2**20, RETRY_TIMES=0, **local_stores(tmp_path)
+        f"{pages.base}/stream-list",
+        DOWNLOAD_MAXSIZE=2**20,
+        RETRY_TIMES=0,
+        **store_settings(tmp_path),
     )
 
     written = read_jsonl(tmp_path / "meta.jsonl")
@@ -552,7 +555,7 @@ async def test_a_streamed_child_over_download_maxsize_says_why(
         f"{pages.base}/stream-list-2",
         DOWNLOAD_MAXSIZE=2**20,
         RETRY_TIMES=0,
-        **local_stores(tmp_path),
+        **store_settings(tmp_path),
     )
     [doc] = records(tmp_path)
     assert "max size" in doc["error"], doc["error"]

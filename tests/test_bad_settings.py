@@ -10,7 +10,7 @@ import pytest
 from scraper.logsetup import secrets_in
 from scraper.stores import redact
 from scraper.testsite import free_port
-from tests.conftest import (
+from tests.helpers import (
     S3_CREDENTIALS,
     Server,
     Site,

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from scraper.testsite import free_port, render_child, wait_for_port
-from tests.conftest import (
+from scraper.testsite import render_child
+from tests.helpers import (
     ROOT,
     Site,
     assert_children_recorded,
     crawl,
-    local_stores,
     log_stats,
     read_jsonl,
     records,
     running_site,
+    store_settings,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def by_url(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 async def test_every_child_of_every_list_page_is_stored_once(
     site: Site, tmp_path: Path, fs_threads: int
 ) -> None:
-    stores = local_stores(tmp_path)
+    stores = store_settings(tmp_path)
     crawler = await crawl(
         site.listing_url(450, per_page=50),
         CONCURRENT_REQUESTS=200,
@@ -74,7 +74,7 @@ BINARY = random.Random(42).randbytes(64 * 1024)
 
 @deferred_f_from_coro_f
 async def test_fault_pages_each_end_as_one_record(site: Site, tmp_path: Path) -> None:
-    stores = local_stores(tmp_path)
+    stores = store_settings(tmp_path)
     crawler = await crawl(
         site.listing_url(150, faults=True),
         RETRY_TIMES=1,
@@ -117,7 +117,7 @@ async def test_fault_pages_each_end_as_one_record(site: Site, tmp_path: Path) ->
 
 @deferred_f_from_coro_f
 async def test_recrawl_leaves_the_same_records(site: Site, tmp_path: Path) -> None:
-    stores = local_stores(tmp_path)
+    stores = store_settings(tmp_path)
     url = site.listing_url(120, per_page=40)
     first_crawler = await crawl(url, **stores)
     first = by_url(read_jsonl(tmp_path / "meta.jsonl"))
@@ -142,7 +142,7 @@ async def test_without_url_the_spider_says_how_to_run_it(
     caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.INFO)
-    crawler = await crawl(None, **local_stores(tmp_path))
+    crawler = await crawl(None, **store_settings(tmp_path))
     assert crawler.stats.get_value("finish_reason") == "no_url"
     assert "scrapy crawl listing -a url=" in caplog.text
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
@@ -167,7 +167,7 @@ async def test_concurrent_requests_1000_puts_1000_in_flight_on_one_site(
     crawler = await crawl(
         site_8s_latency.listing_url(2000, per_page=2000),
         CONCURRENT_REQUESTS=1000,
-        **local_stores(tmp_path),
+        **store_settings(tmp_path),
     )
     assert crawler.stats.get_value("meta_store/written") == 2000
     # Measured by the server: how many requests it was answering at once.
@@ -222,24 +222,27 @@ def test_demo_refuses_a_taken_port(tmp_path: Path, site: Site) -> None:
 
 
 def test_testsite_runs_as_a_command(tmp_path: Path) -> None:
-    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "scraper.testsite",
             "--port",
-            str(port),
+            "0",
             "--pages",
             "7",
             "--per-page",
             "5",
         ],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
     )
     try:
-        wait_for_port(port, proc)
+        assert proc.stdout is not None
+        # With --port 0 it binds a free port and says which, on its first line.
+        first = proc.stdout.readline().decode()
+        assert first.startswith("listening on 127.0.0.1:"), first
+        port = int(first.rsplit(":", 1)[1])
         base = f"http://127.0.0.1:{port}"
         with urllib.request.urlopen(f"{base}/list") as r:
             page = r.read().decode()
@@ -249,3 +252,5 @@ def test_testsite_runs_as_a_command(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -16,8 +16,7 @@ import redis
 from scraper.distributed.codec import encode
 from scraper.fingerprint import ListingFingerprinter
 from scraper.spiders.listing import ListingSpider
-from scraper.testsite import free_port
-from tests.conftest import (
+from tests.helpers import (
     ENV,
     ROOT,
     Node,
@@ -86,11 +85,9 @@ def test_a_node_killed_mid_crawl_loses_nothing(
 def test_redis_restart_mid_crawl(
     site_50ms_latency: Site, tmp_path: Path, nodes: list[Node], logs: Path
 ) -> None:
-    port = free_port()
     data = tmp_path / "redis-data"
     data.mkdir()
     server = redis_server(
-        port,
         logs / "redis-restart.log",
         "--appendonly",
         "yes",
@@ -99,9 +96,8 @@ def test_redis_restart_mid_crawl(
         "--dir",
         str(data),
     )
-    server.start()
     try:
-        url = f"redis://127.0.0.1:{port}/0"
+        url = f"redis://127.0.0.1:{server.port}/0"
         seed(site_50ms_latency, url, tmp_path, 3000)
         nodes += [Node(f"node{i}", url, tmp_path) for i in range(2)]
         wait_for_lines(tmp_path / "meta.jsonl", 500)

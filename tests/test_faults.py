@@ -29,7 +29,8 @@ from scraper.spiders.listing import ListingSpider
 from scraper.spool import BodySpool, append_lines, count_lines, read_lines, take_lines
 from scraper.stores.meta import MongoMetaStore
 from scraper.testsite import render_child
-from tests.conftest import (
+from tests.faultproxy import FaultProxy
+from tests.helpers import (
     ROOT,
     S3_CLIENTS,
     S3_CREDENTIALS,
@@ -41,9 +42,11 @@ from tests.conftest import (
     project_settings,
     read_jsonl,
     s3_client,
+    s3_store,
     scrapy_crawl,
+    setting_args,
+    store_settings,
 )
-from tests.faultproxy import FaultProxy
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -52,29 +55,12 @@ if TYPE_CHECKING:
 ISSUE_RATES = {"slowdown": 0.10, "internal": 0.05, "reset": 0.02, "delay": 0.03}
 
 
-def s3_args(endpoint: str, bucket: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "BODY_STORE": f"s3://{bucket}/pages",
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_REGION_NAME": "us-east-1",
-        **S3_CREDENTIALS,
-        "META_STORE": str(tmp_path / "meta.jsonl"),
-        "META_STORE_SPOOL": str(tmp_path / "meta-spool.jsonl"),
-        "BODY_STORE_SPOOL": str(tmp_path / "body-spool"),
-        **extra,
-    }
-
-
-def cmdline(settings: dict[str, Any]) -> list[str]:
-    return [arg for name, value in settings.items() for arg in ("-s", f"{name}={value}")]
-
-
 def scrapy_replay(
     settings: dict[str, Any], cwd: Path, *args: str
 ) -> subprocess.CompletedProcess[str]:
     """`scrapy replay -s ...` as a user runs it, with the crawl's settings."""
     return subprocess.run(
-        [sys.executable, "-m", "scrapy", "replay", *cmdline(settings), *args],
+        [sys.executable, "-m", "scrapy", "replay", *setting_args(settings), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -107,17 +93,18 @@ def test_s3_faults_at_the_issues_rates_lose_no_byte(
         f"http://127.0.0.1:{moto.port}", ISSUE_RATES, seed=6, delay_range=(1.0, 2.5)
     ) as proxy:
         # The client tries twice: some uploads fail both, so the pipeline's own retries show.
-        settings = s3_args(
-            proxy.url,
-            bucket,
+        settings = store_settings(
             tmp_path,
+            **s3_store(proxy.url, bucket, "pages"),
             BODY_STORE_S3_CLIENT=client,
             BODY_STORE_S3_MAX_ATTEMPTS=2,
             CONCURRENT_REQUESTS=200,
             BODY_STORE_THREADS=64,
         )
         result = scrapy_crawl(
-            ["-a", f"url={site.listing_url(2000)}", *cmdline(settings)], cwd=tmp_path, timeout=240
+            ["-a", f"url={site.listing_url(2000)}", *setting_args(settings)],
+            cwd=tmp_path,
+            timeout=240,
         )
         counts = dict(proxy.counts)
     output = result.stdout + result.stderr
@@ -164,10 +151,9 @@ async def test_s3_down_past_every_retry_spools_bodies_and_replay_stores_them(
     n = 150
     moto_url = f"http://127.0.0.1:{moto.port}"
     with FaultProxy(moto_url) as proxy:
-        settings = s3_args(
-            proxy.url,
-            bucket,
+        settings = store_settings(
             tmp_path,
+            **s3_store(proxy.url, bucket, "pages"),
             BODY_STORE_S3_CLIENT=client,
             BODY_STORE_S3_MAX_ATTEMPTS=1,
             BODY_STORE_RETRY_TIMEOUT=1,
@@ -257,10 +243,9 @@ async def test_gzip_bodies_are_spooled_and_replayed_as_they_would_have_been_stor
     n = 12
     moto_url = f"http://127.0.0.1:{moto.port}"
     with FaultProxy(moto_url) as proxy:
-        settings = s3_args(
-            proxy.url,
-            bucket,
+        settings = store_settings(
             tmp_path,
+            **s3_store(proxy.url, bucket, "pages"),
             BODY_STORE_GZIP=True,
             BODY_STORE_S3_MAX_ATTEMPTS=1,
             BODY_STORE_RETRY_TIMEOUT=0.5,
@@ -304,10 +289,9 @@ async def test_a_body_neither_stored_nor_spooled_still_gets_its_record(
     every page has its record, saying why its body is missing."""
     (tmp_path / "not-a-folder").write_text("")
     with FaultProxy(f"http://127.0.0.1:{moto.port}") as proxy:
-        settings = s3_args(
-            proxy.url,
-            bucket,
+        settings = store_settings(
             tmp_path,
+            **s3_store(proxy.url, bucket, "pages"),
             BODY_STORE_S3_MAX_ATTEMPTS=1,
             BODY_STORE_RETRY_TIMEOUT=0.5,
             BODY_STORE_SPOOL=str(tmp_path / "not-a-folder" / "spool"),
@@ -380,16 +364,6 @@ def flaky(monkeypatch: pytest.MonkeyPatch) -> list[FlakyCollection]:
     return made
 
 
-def mongo_args(mongo_uri: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "BODY_STORE": str(tmp_path / "bodies"),
-        "META_STORE": mongo_uri,
-        "META_STORE_SPOOL": str(tmp_path / "meta-spool.jsonl"),
-        "BODY_STORE_SPOOL": str(tmp_path / "body-spool"),
-        **extra,
-    }
-
-
 @deferred_f_from_coro_f
 async def test_mongo_write_errors_are_retried_with_backoff_and_nothing_is_lost(
     site: Site,
@@ -407,7 +381,7 @@ async def test_mongo_write_errors_are_retried_with_backoff_and_nothing_is_lost(
         self.collection.first_batch_only = True
 
     monkeypatch.setattr(MongoMetaStore, "open", open_then_fail_four_writes)
-    crawler = await crawl(site.listing_url(n), **mongo_args(mongo_uri, tmp_path))
+    crawler = await crawl(site.listing_url(n), **store_settings(tmp_path, META_STORE=mongo_uri))
 
     assert mongo_collection(mongo_uri).count_documents({}) == n
     stats = crawler.stats
@@ -445,7 +419,9 @@ async def test_mongo_down_until_close_spools_the_batches_and_replay_writes_them(
         self.collection.failures = -1 if mongo_down else 0
 
     monkeypatch.setattr(MongoMetaStore, "open", open_maybe_down)
-    settings = mongo_args(mongo_uri, tmp_path, META_STORE_RETRY_TIMEOUT=1, META_STORE_BATCH_SIZE=50)
+    settings = store_settings(
+        tmp_path, META_STORE=mongo_uri, META_STORE_RETRY_TIMEOUT=1, META_STORE_BATCH_SIZE=50
+    )
     crawler = await crawl(site.listing_url(n), **settings)
 
     stats = crawler.stats

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from tests.conftest import Site, assert_children_recorded, crawl, records
+from tests.helpers import Site, assert_children_recorded, crawl, records, store_settings
 
 
 @deferred_f_from_coro_f
@@ -16,8 +16,7 @@ async def test_collections_are_counted_and_thresholds_restored(site: Site, tmp_p
     crawler = await crawl(
         site.listing_url(100, per_page=50),
         GC_THRESHOLDS=[200, 10, 10],
-        BODY_STORE=str(tmp_path / "bodies"),
-        META_STORE=str(tmp_path / "meta.jsonl"),
+        **store_settings(tmp_path),
     )
 
     stats = crawler.stats.get_stats()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import Node, assert_children_recorded, assert_stored_once, records, stop
+from tests.helpers import Node, assert_children_recorded, assert_stored_once, records, stop
 from tests.netns import SUBNET, Host, NetnsUnavailable, Network
 
 if TYPE_CHECKING:

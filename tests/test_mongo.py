@@ -17,7 +17,7 @@ from scraper.items import PageItem
 from scraper.pipelines import MetaStorePipeline
 from scraper.spool import count_lines
 from scraper.testsite import render_child
-from tests.conftest import (
+from tests.helpers import (
     S3_CREDENTIALS,
     Server,
     Site,
@@ -26,19 +26,11 @@ from tests.conftest import (
     mongo_collection,
     project_settings,
     s3_client,
+    store_settings,
 )
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-
-def stores(mongo_uri: str, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "BODY_STORE": str(tmp_path / "bodies"),
-        "META_STORE": mongo_uri,
-        "META_STORE_SPOOL": str(tmp_path / "spool.jsonl"),
-        **extra,
-    }
 
 
 @deferred_f_from_coro_f
@@ -47,7 +39,9 @@ async def test_meta_documents_are_written_in_batches_of_the_set_size(
 ) -> None:
     crawler = await crawl(
         site.listing_url(50),
-        **stores(mongo_uri, tmp_path, META_STORE_BATCH_SIZE=7, META_STORE_FLUSH_INTERVAL=60),
+        **store_settings(
+            tmp_path, META_STORE=mongo_uri, META_STORE_BATCH_SIZE=7, META_STORE_FLUSH_INTERVAL=60
+        ),
     )
 
     pages = mongo_collection(mongo_uri)
@@ -70,7 +64,9 @@ async def test_the_last_partial_batch_is_written_when_the_crawl_drains(
     crawler = await crawl(
         site.listing_url(30),
         CONCURRENT_REQUESTS=100,
-        **stores(mongo_uri, tmp_path, META_STORE_BATCH_SIZE=1000, META_STORE_FLUSH_INTERVAL=60),
+        **store_settings(
+            tmp_path, META_STORE=mongo_uri, META_STORE_BATCH_SIZE=1000, META_STORE_FLUSH_INTERVAL=60
+        ),
     )
     assert mongo_collection(mongo_uri).count_documents({}) == 30
     assert crawler.stats.get_value("meta_store/written") == 30
@@ -85,10 +81,10 @@ async def test_recrawl_leaves_the_same_number_of_documents(
     site: Site, mongo_uri: str, tmp_path: Path
 ) -> None:
     url = site.listing_url(60, per_page=25)
-    first_crawler = await crawl(url, **stores(mongo_uri, tmp_path))
+    first_crawler = await crawl(url, **store_settings(tmp_path, META_STORE=mongo_uri))
     first = {d["_id"]: d["fetched_at"] for d in mongo_collection(mongo_uri).find()}
     assert_children_recorded(first_crawler.stats.get_stats(), len(first))
-    crawler = await crawl(url, **stores(mongo_uri, tmp_path))
+    crawler = await crawl(url, **store_settings(tmp_path, META_STORE=mongo_uri))
     second = {d["_id"]: d["fetched_at"] for d in mongo_collection(mongo_uri).find()}
 
     assert crawler.stats.get_value("meta_store/written") == 60
@@ -102,7 +98,7 @@ async def test_recrawl_leaves_the_same_number_of_documents(
 async def test_unique_index_on_fingerprint_is_ensured_at_open(
     site: Site, mongo_uri: str, tmp_path: Path
 ) -> None:
-    crawler = await crawl(site.listing_url(3), **stores(mongo_uri, tmp_path))
+    crawler = await crawl(site.listing_url(3), **store_settings(tmp_path, META_STORE=mongo_uri))
     pages = mongo_collection(mongo_uri)
     assert_children_recorded(crawler.stats.get_stats(), pages.count_documents({}))
     index = next(i for i in pages.index_information().values() if i["key"] == [("fingerprint", 1)])
@@ -195,7 +191,9 @@ async def test_documents_refused_for_good_are_spooled_at_once_not_retried(
     documents are spooled, the others written, and replay writes them once it is fixed."""
     pages = mongo_collection(mongo_uri)
     pages.create_index("listing_url", unique=True)
-    settings = stores(mongo_uri, tmp_path, META_STORE_RETRY_TIMEOUT=600, META_STORE_BATCH_SIZE=10)
+    settings = store_settings(
+        tmp_path, META_STORE=mongo_uri, META_STORE_RETRY_TIMEOUT=600, META_STORE_BATCH_SIZE=10
+    )
     crawler = await crawl(site.listing_url(30), **settings)
 
     stats = crawler.stats
@@ -204,9 +202,9 @@ async def test_documents_refused_for_good_are_spooled_at_once_not_retried(
     assert stats.get_value("meta_store/written") == 1
     assert stats.get_value("meta_store/rejected") == stats.get_value("meta_store/spooled") == 29
     assert stats.get_value("meta_store/retries") is None
-    assert count_lines(tmp_path / "spool.jsonl") == 29
+    assert count_lines(tmp_path / "meta-spool.jsonl") == 29
     assert_children_recorded(
-        stats.get_stats(), pages.count_documents({}) + count_lines(tmp_path / "spool.jsonl")
+        stats.get_stats(), pages.count_documents({}) + count_lines(tmp_path / "meta-spool.jsonl")
     )
     said = [r.getMessage() for r in caplog.records if r.name == "scraper.pipelines"]
     refused = [line for line in said if line.startswith("META_STORE refused")]

@@ -22,16 +22,16 @@ from scrapy.utils.test import get_crawler
 from scraper.politeness import RetryAfterMiddleware, parse_retry_after
 from scraper.spiders.listing import ListingSpider
 from scraper.testsite import Listing, render_child
-from tests.conftest import (
+from tests.helpers import (
     Site,
     assert_children_recorded,
     crawl,
-    local_stores,
     project_settings,
     read_jsonl,
     records,
     running_site,
     scrapy_crawl,
+    store_settings,
 )
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ async def test_429_with_retry_after_slows_the_site_then_retries_and_recovers(
     busy = "/page/0?push_back=429&retry_after=2&times=1"
     hrefs = [busy, *(f"/page/{i}" for i in range(1, 30))]
     crawler, seen = await crawl_watching_slots(
-        links_page(polite_site, hrefs), CONCURRENT_REQUESTS=4, **local_stores(tmp_path)
+        links_page(polite_site, hrefs), CONCURRENT_REQUESTS=4, **store_settings(tmp_path)
     )
 
     # From the server's side: the 429, then the retry no earlier than 2 s after it was sent,
@@ -140,7 +140,7 @@ async def test_503_with_retry_after_is_retried_after_the_wait(
 ) -> None:
     polite_site.stats(reset=True)
     busy = "/page/5?push_back=503&retry_after=1&times=2"
-    crawler = await crawl(links_page(polite_site, [busy, "/page/6"]), **local_stores(tmp_path))
+    crawler = await crawl(links_page(polite_site, [busy, "/page/6"]), **store_settings(tmp_path))
 
     hits = [h["t"] for h in arrivals(polite_site, path=busy)]
     assert len(hits) == 3  # two 503s, then the page
@@ -161,7 +161,7 @@ async def test_a_wait_over_retry_after_max_ends_as_a_record_without_a_retry(
     polite_site.stats(reset=True)
     busy = "/page/7?push_back=429&retry_after=600&times=5"
     started = time.monotonic()
-    crawler = await crawl(links_page(polite_site, [busy]), **local_stores(tmp_path))
+    crawler = await crawl(links_page(polite_site, [busy]), **store_settings(tmp_path))
 
     assert time.monotonic() - started < 10  # nobody waited the 600 s (or RETRY_AFTER_MAX)
     assert len(arrivals(polite_site, path=busy)) == 1  # no retry storm: one request
@@ -185,7 +185,7 @@ async def test_out_of_its_budget_a_push_back_ends_as_a_record(
     polite_site.stats(reset=True)
     busy = "/page/8?push_back=429&retry_after=0&times=10"
     crawler = await crawl(
-        links_page(polite_site, [busy]), RETRY_AFTER_TIMES=2, **local_stores(tmp_path)
+        links_page(polite_site, [busy]), RETRY_AFTER_TIMES=2, **store_settings(tmp_path)
     )
 
     assert len(arrivals(polite_site, path=busy)) == 3  # the first try and 2 retries
@@ -202,7 +202,7 @@ async def test_out_of_its_budget_a_push_back_ends_as_a_record(
 async def test_robots_txt_is_obeyed_by_default(polite_site: Site, tmp_path: Path) -> None:
     polite_site.stats(reset=True)
     url = polite_site.base + Listing(5, 10, private=3).query(1)
-    crawler = await crawl(url, **local_stores(tmp_path))
+    crawler = await crawl(url, **store_settings(tmp_path))
 
     docs = docs_by_url(tmp_path)
     assert len(docs) == 8
@@ -253,7 +253,7 @@ async def test_a_distributed_node_retries_under_the_same_lease(
         links_page(polite_site, [busy, "/page/10"]),
         REDIS_URL=redis_url,
         REDIS_IDLE_TIMEOUT=5,
-        **local_stores(tmp_path),
+        **store_settings(tmp_path),
     )
 
     assert len(arrivals(polite_site, path=busy)) == 2

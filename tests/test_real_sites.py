@@ -14,14 +14,14 @@ from scrapy.utils.defer import deferred_f_from_coro_f
 
 from scraper.testsite import Listing, render_child
 from scraper.testsite_shapes import IDIOM, Expected, canonical_of, expected, root
-from tests.conftest import Node, assert_children_recorded, crawl, local_stores, records
+from tests.helpers import Node, assert_children_recorded, crawl, records, store_settings
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from scrapy.crawler import Crawler
 
-    from tests.conftest import Site
+    from tests.helpers import Site
 
 
 def path_of(url: str) -> str:
@@ -79,7 +79,7 @@ async def test_each_pagination_idiom_is_followed_with_no_option(
     site: Site, tmp_path: Path, shape: str, n: int, per_page: int
 ) -> None:
     want = expected(shape, n, per_page)
-    crawler = await crawl(site.base + want.start, **local_stores(tmp_path))
+    crawler = await crawl(site.base + want.start, **store_settings(tmp_path))
 
     assert_crawled(site, tmp_path, crawler, want, root(shape, n, per_page))
     idioms = {
@@ -108,7 +108,7 @@ async def test_a_numbered_pager_link_on_page_one_is_a_list_page_not_a_child(
     stored as one and, when page LAST-1's rel=next pointed to it, dropped by the
     dupefilter: the last page's posts were never fetched."""
     want = expected("blog", 60, 10)
-    crawler = await crawl(site.base + want.start, **local_stores(tmp_path))
+    crawler = await crawl(site.base + want.start, **store_settings(tmp_path))
     docs = assert_crawled(site, tmp_path, crawler, want, root("blog", 60, 10))
     assert not {path_of(d["url"]) for d in docs} & want.list_pages
     assert {f"{root('blog', 60, 10)}/2024/05/post-{i}/" for i in range(50, 60)} <= {
@@ -125,14 +125,14 @@ async def test_children_linked_from_every_list_page_are_counted_once(
     like"): counted once per page, they made listing/children larger than the records
     written, and the README promises one record per counted child."""
     url = site.base + Listing(100, 20, featured=4).query(1)
-    crawler = await crawl(url, **local_stores(tmp_path / "list"))
+    crawler = await crawl(url, **store_settings(tmp_path / "list"))
     docs = records(tmp_path / "list")
     assert_children_recorded(crawler.stats.get_stats(), len(docs))
     assert len(docs) == 100 and crawler.stats.get_value("listing/list_pages") == 5
     assert crawler.stats.get_value("listing/links_skipped/duplicate") == 5 * 4  # each page
 
     want = expected("shop", 90, 15)
-    crawler = await crawl(site.base + want.start, **local_stores(tmp_path / "shop"))
+    crawler = await crawl(site.base + want.start, **store_settings(tmp_path / "shop"))
     assert_crawled(site, tmp_path / "shop", crawler, want, root("shop", 90, 15))
     assert crawler.stats.get_value("listing/children") == len(want.children)
     assert crawler.stats.get_value("listing/links_skipped/duplicate") >= 5 * 3  # pages 2..6
@@ -143,7 +143,7 @@ async def test_links_resolve_against_base_href(site: Site, tmp_path: Path) -> No
     """<base href="/catalog/v2/">: resolved against the page URL instead, every child was a
     404 record."""
     want = expected("catalog", 30, 10)
-    crawler = await crawl(site.base + want.start, **local_stores(tmp_path))
+    crawler = await crawl(site.base + want.start, **store_settings(tmp_path))
     docs = assert_crawled(site, tmp_path, crawler, want, root("catalog", 30, 10))
     assert all(d["status"] == 200 for d in docs)
 
@@ -156,7 +156,7 @@ async def test_a_child_under_tracking_parameters_and_its_canonical_url_is_one_re
     site: Site, tmp_path: Path
 ) -> None:
     want = expected("shop", 20, 10)
-    await crawl(site.base + want.start, **local_stores(tmp_path))
+    await crawl(site.base + want.start, **store_settings(tmp_path))
     docs = records(tmp_path)
     r = root("shop", 20, 10)
     paths = [path_of(d["url"]) for d in docs]
@@ -172,7 +172,7 @@ async def test_a_child_under_tracking_parameters_and_its_canonical_url_is_one_re
 @deferred_f_from_coro_f
 async def test_dedup_canonical_keeps_one_body_per_canonical_url(site: Site, tmp_path: Path) -> None:
     want = expected("shop", 40, 10)
-    crawler = await crawl(site.base + want.start, DEDUP_CANONICAL=True, **local_stores(tmp_path))
+    crawler = await crawl(site.base + want.start, DEDUP_CANONICAL=True, **store_settings(tmp_path))
     docs = assert_crawled(site, tmp_path, crawler, want, root("shop", 40, 10))
     by_canonical: dict[str, list[dict[str, Any]]] = {}
     for doc in docs:
@@ -194,14 +194,14 @@ async def test_navigation_links_are_skipped_unless_all_links_are_asked_for(
 ) -> None:
     want = expected("blog", 20, 10)
     r = root("blog", 20, 10)
-    crawler = await crawl(site.base + want.start, **local_stores(tmp_path / "content"))
+    crawler = await crawl(site.base + want.start, **store_settings(tmp_path / "content"))
     # Header menu and footer: 4 links a page (on page 1, "Home" is the page itself).
     assert crawler.stats.get_value("listing/links_skipped/nav") == 4 + 3
     crawler = await crawl(
         site.base + want.start,
         LISTING_CHILDREN="all",
         RETRY_TIMES=0,
-        **local_stores(tmp_path / "all"),
+        **store_settings(tmp_path / "all"),
     )
     paths = {path_of(d["url"]) for d in records(tmp_path / "all")}
     assert {f"{r}/about/", f"{r}/feed/", f"{r}/privacy-policy/"} <= paths
@@ -217,7 +217,7 @@ async def test_a_pager_nothing_recognizes_ends_with_a_warning_naming_it(
 ) -> None:
     caplog.set_level(logging.WARNING)
     want = expected("custom", 30, 10)
-    crawler = await crawl(site.base + want.start, **local_stores(tmp_path))
+    crawler = await crawl(site.base + want.start, **store_settings(tmp_path))
     assert crawler.stats.get_value("listing/list_pages") == 1
     warnings = [r.getMessage() for r in caplog.records if "look like pagination" in r.getMessage()]
     assert len(warnings) == 1
@@ -235,7 +235,7 @@ async def test_next_css_and_next_xpath_say_where_the_next_page_is(
 ) -> None:
     n = 40 if "next_css" in option else 41
     want = expected("custom", n, 10)
-    crawler = await crawl(site.base + want.start, spider_args=option, **local_stores(tmp_path))
+    crawler = await crawl(site.base + want.start, spider_args=option, **store_settings(tmp_path))
     assert_crawled(site, tmp_path, crawler, want, root("custom", n, 10))
     idiom = next(iter(option))  # next_css or next_xpath
     assert crawler.stats.get_value(f"listing/pagination/{idiom}") == len(want.list_pages)
@@ -245,7 +245,7 @@ async def test_next_css_and_next_xpath_say_where_the_next_page_is(
 async def test_a_url_template_names_every_list_page(site: Site, tmp_path: Path) -> None:
     want = expected("custom", 50, 10)
     url = f"{site.base}{root('custom', 50, 10)}/list-{{1..5}}"
-    crawler = await crawl(url, **local_stores(tmp_path))
+    crawler = await crawl(url, **store_settings(tmp_path))
     assert_crawled(site, tmp_path, crawler, want, root("custom", 50, 10))
 
 
@@ -261,7 +261,7 @@ async def test_a_sitemap_index_gives_the_children(
     args = {"sitemap": site.base + want.start}
     if sitemap_filter:
         args["sitemap_filter"] = sitemap_filter
-    crawler = await crawl(None, spider_args=args, **local_stores(tmp_path))
+    crawler = await crawl(None, spider_args=args, **store_settings(tmp_path))
     assert_crawled(site, tmp_path, crawler, want, root("sitemap", n, 10))
     assert crawler.stats.get_value("listing/sitemaps") == 3
     assert crawler.stats.get_value("listing/links_skipped/sitemap_filter") == (
@@ -278,7 +278,7 @@ async def test_a_file_of_list_pages_crawls_each_with_its_pagination(
     urls.write_text(
         "# list pages\n" + "".join(f"{site.base}{w.start}\n\n" for w in wants) + "not a url\n"
     )
-    crawler = await crawl(None, spider_args={"urls_file": str(urls)}, **local_stores(tmp_path))
+    crawler = await crawl(None, spider_args={"urls_file": str(urls)}, **store_settings(tmp_path))
     union = Expected(
         "", wants[0].list_pages | wants[1].list_pages, wants[0].children | wants[1].children
     )
@@ -304,7 +304,7 @@ async def test_bad_arguments_stop_the_crawl_with_one_line(
 ) -> None:
     caplog.set_level(logging.ERROR)
     args = dict(args)
-    crawler = await crawl(args.pop("url", None), spider_args=args, **local_stores(tmp_path))
+    crawler = await crawl(args.pop("url", None), spider_args=args, **store_settings(tmp_path))
     assert crawler.stats.get_value("finish_reason") == "arguments_unusable"
     assert [r for r in caplog.records if error in r.getMessage()]
     assert not records(tmp_path)

@@ -19,17 +19,18 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from scraper.distributed.codec import MAX_ENTRY_BYTES
-from tests.conftest import (
+from tests.helpers import (
     ENV,
     assert_children_recorded,
     assert_stored_once,
     log_stats,
     records,
     seed,
+    setting_args,
 )
 
 if TYPE_CHECKING:
-    from tests.conftest import Site
+    from tests.helpers import Site
 
 
 def pickle_payload(marker: Path) -> bytes:
@@ -121,16 +122,15 @@ def test_planted_entries_are_rejected_logged_and_run_no_code(
             "scrapy",
             "crawl",
             "listing",
-            "-s",
-            f"REDIS_URL={redis_url}",
-            "-s",
-            f"BODY_STORE={tmp_path / 'bodies'}",
-            "-s",
-            f"META_STORE={tmp_path / 'meta.jsonl'}",
-            "-s",
-            "REDIS_LEASE_SECONDS=3",
-            "-s",
-            f"LOG_FILE={log}",
+            *setting_args(
+                {
+                    "REDIS_URL": redis_url,
+                    "BODY_STORE": tmp_path / "bodies",
+                    "META_STORE": tmp_path / "meta.jsonl",
+                    "REDIS_LEASE_SECONDS": 3,
+                    "LOG_FILE": log,
+                }
+            ),
         ],
         cwd=tmp_path,
         env={

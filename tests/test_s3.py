@@ -16,7 +16,7 @@ from scraper.stores import StoreError
 from scraper.stores.body import FSBodyStore
 from scraper.stores.s3 import Boto3S3BodyStore, ObstoreS3BodyStore
 from scraper.testsite import render_child
-from tests.conftest import (
+from tests.helpers import (
     REFUSED_KEY_ID,
     S3_CLIENTS,
     S3_CREDENTIALS,
@@ -28,25 +28,13 @@ from tests.conftest import (
     read_jsonl,
     records,
     s3_client,
+    s3_store,
+    store_settings,
 )
 from tests.tcpproxy import TcpProxy
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-
-def s3_settings(
-    endpoint: str, bucket: str, prefix: str, tmp_path: Path, client: str = "obstore"
-) -> dict[str, Any]:
-    return {
-        "BODY_STORE": f"s3://{bucket}/{prefix}",
-        "AWS_ENDPOINT_URL": endpoint,
-        "BODY_STORE_S3_CLIENT": client,
-        "AWS_REGION_NAME": "us-east-1",
-        **S3_CREDENTIALS,
-        "META_STORE": str(tmp_path / "meta.jsonl"),
-        "META_STORE_SPOOL": str(tmp_path / "spool.jsonl"),
-    }
 
 
 def all_objects(client: Any, bucket: str) -> dict[str, dict[str, Any]]:
@@ -66,7 +54,7 @@ async def test_bodies_in_s3_are_byte_equal_under_prefix_and_fingerprint(
     crawler = await crawl(
         site.listing_url(300),
         CONCURRENT_REQUESTS=300,
-        **s3_settings(endpoint, bucket, "run-1", tmp_path, client=client),
+        **store_settings(tmp_path, **s3_store(endpoint, bucket, "run-1", client)),
     )
 
     docs = read_jsonl(tmp_path / "meta.jsonl")
@@ -88,7 +76,9 @@ async def test_gzip_bodies_are_marked_and_unzip_to_the_page(
 ) -> None:
     endpoint = f"http://127.0.0.1:{moto.port}"
     crawler = await crawl(
-        site.listing_url(20), BODY_STORE_GZIP=True, **s3_settings(endpoint, bucket, "", tmp_path)
+        site.listing_url(20),
+        BODY_STORE_GZIP=True,
+        **store_settings(tmp_path, **s3_store(endpoint, bucket, "")),
     )
 
     client = s3_client(endpoint)
@@ -127,12 +117,13 @@ async def test_s3_outage_mid_crawl_loses_no_body(
     from scrapy.crawler import Crawler
 
     from scraper.spiders.listing import ListingSpider
-    from tests.conftest import project_settings
+    from tests.helpers import project_settings
 
     crawler = Crawler(
         ListingSpider,
         project_settings(
-            CONCURRENT_REQUESTS=100, **s3_settings(endpoint, bucket, "o", tmp_path, client=client)
+            CONCURRENT_REQUESTS=100,
+            **store_settings(tmp_path, **s3_store(endpoint, bucket, "o", client)),
         ),
     )
     watcher = asyncio.ensure_future(cut_when_some_are_stored(crawler))
@@ -160,7 +151,8 @@ async def test_missing_bucket_stops_the_crawl_at_start(
 ) -> None:
     endpoint = f"http://127.0.0.1:{moto.port}"
     crawler = await crawl(
-        site.listing_url(10), **s3_settings(endpoint, "no-such-bucket", "", tmp_path, client=client)
+        site.listing_url(10),
+        **store_settings(tmp_path, **s3_store(endpoint, "no-such-bucket", "", client)),
     )
     assert crawler.stats.get_value("finish_reason") == "body_store_unusable"
     assert crawler.stats.get_value("item_scraped_count") is None
@@ -270,7 +262,7 @@ async def test_no_s3_or_mongo_call_runs_on_the_reactor_thread(
 
     endpoint = f"http://127.0.0.1:{moto.port}"
     settings = {
-        **s3_settings(endpoint, bucket, "", tmp_path),
+        **store_settings(tmp_path, **s3_store(endpoint, bucket, "")),
         "META_STORE": mongo_uri,
         "BODY_STORE_S3_CLIENT": "boto3",
     }  # obstore's own I/O is in Rust: next test
@@ -323,7 +315,7 @@ async def test_obstore_uploads_are_awaited_on_the_loop_and_bounded(
         site.listing_url(120),
         BODY_STORE_S3_IN_FLIGHT=8,
         CONCURRENT_REQUESTS=100,
-        **s3_settings(endpoint, bucket, "", tmp_path),
+        **store_settings(tmp_path, **s3_store(endpoint, bucket, "")),
     )
 
     assert crawler.stats.get_value("body_store/stored") == 120

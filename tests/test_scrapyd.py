@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from scraper.testsite import free_port
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     Server,
     Site,
@@ -34,6 +33,7 @@ from tests.conftest import (
     log_stats,
     records,
     running_site,
+    store_settings,
     wait_for_lines,
 )
 
@@ -49,21 +49,27 @@ class Scrapyd:
 
     def __init__(self, root: Path, username: str = "", password: str = "") -> None:
         root.mkdir(parents=True)
-        self.root, self.port = root, free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
+        self.root, self.username, self.password = root, username, password
         self.auth = (username, password) if username else None
-        (root / "scrapyd.conf").write_text(
-            "[scrapyd]\n"
-            f"bind_address = 127.0.0.1\nhttp_port = {self.port}\n"
-            f"eggs_dir = {root / 'eggs'}\nlogs_dir = {root / 'logs'}\ndbs_dir = {root / 'dbs'}\n"
-            "items_dir =\npoll_interval = 0.2\nmax_proc = 4\n"
-            f"username = {username}\npassword = {password}\n"
-        )
         # Started from its own folder: it reads ./scrapyd.conf, and its jobs cannot import
         # the project from the working directory, only from the deployed egg.
-        self.server = Server(
-            [sys.executable, "-m", "scrapyd"], self.port, root / "scrapyd.log", cwd=root
+        self.server = Server(self.command, root / "scrapyd.log", cwd=root)
+
+    def command(self, port: int) -> list[str]:
+        """scrapyd's command line to serve on ``port``, which it reads from its config."""
+        root = self.root
+        (root / "scrapyd.conf").write_text(
+            "[scrapyd]\n"
+            f"bind_address = 127.0.0.1\nhttp_port = {port}\n"
+            f"eggs_dir = {root / 'eggs'}\nlogs_dir = {root / 'logs'}\ndbs_dir = {root / 'dbs'}\n"
+            "items_dir =\npoll_interval = 0.2\nmax_proc = 4\n"
+            f"username = {self.username}\npassword = {self.password}\n"
         )
+        return [sys.executable, "-m", "scrapyd"]
+
+    @property
+    def url(self) -> str:
+        return f"{self.server.url}/"
 
     def call(
         self,
@@ -165,11 +171,9 @@ def deploy(
 
 
 def stores(tmp_path: Path) -> tuple[str, ...]:
-    return (
-        f"BODY_STORE={tmp_path / 'bodies'}",
-        f"META_STORE={tmp_path / 'meta.jsonl'}",
-        "PROGRESS_INTERVAL=1",
-    )
+    """A job's stores under ``tmp_path``, as scrapyd's ``setting=NAME=VALUE`` values."""
+    settings = store_settings(tmp_path, PROGRESS_INTERVAL=1)
+    return tuple(f"{name}={value}" for name, value in settings.items())
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from scraper.stores import StoreError
 from scraper.stores.meta import MongoMetaStore
 from scraper.stores.s3 import Boto3S3BodyStore, ObstoreS3BodyStore
 from scraper.testsite import free_port
-from tests.conftest import (
+from tests.helpers import (
     Server,
     Site,
     assert_children_recorded,
@@ -36,7 +36,9 @@ from tests.conftest import (
     read_jsonl,
     records,
     redis_server,
+    s3_store,
     scrapy_crawl,
+    setting_args,
 )
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ SECRET_KEY = "secret-SECRET-access-key-0001"
 REDIS_PASSWORD = "redis-SECRET-pass-0002"
 MONGO_PASSWORD = "mongo-SECRET-pass-0003"
 WRONG_REDIS_PASSWORD = "wrong-SECRET-pass-0004"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
 SECRETS = (KEY_ID, SECRET_KEY, REDIS_PASSWORD, MONGO_PASSWORD, WRONG_REDIS_PASSWORD)
 
 
@@ -59,8 +62,7 @@ def assert_no_secret(text: str) -> None:
 @pytest.fixture(scope="module")
 def private_redis(logs: Path) -> Iterator[Server]:
     """A redis-server that wants REDIS_PASSWORD."""
-    server = redis_server(free_port(), logs / "redis-private.log", "--requirepass", REDIS_PASSWORD)
-    server.start()
+    server = redis_server(logs / "redis-private.log", "--requirepass", REDIS_PASSWORD)
     yield server
     server.stop()
 
@@ -72,30 +74,16 @@ def redis_url_of(server: Server, password: str = REDIS_PASSWORD) -> str:
     return f"redis://:{password}@127.0.0.1:{server.port}/0"
 
 
-def s3_settings(moto: Server, bucket: str) -> dict[str, str]:
-    return {
-        "BODY_STORE": f"s3://{bucket}/crawl/",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto.port}",
-        "AWS_REGION_NAME": "us-east-1",
-        "AWS_ACCESS_KEY_ID": KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-    }
-
-
-def args_of(settings: dict[str, str]) -> list[str]:
-    return [x for name, value in settings.items() for x in ("-s", f"{name}={value}")]
-
-
 def test_a_distributed_crawl_to_s3_logs_no_secret(
     site: Site, moto: Server, bucket: str, private_redis: Server, tmp_path: Path
 ) -> None:
     settings = {
-        **s3_settings(moto, bucket),
+        **s3_store(moto.url, bucket, "crawl/", credentials=CREDENTIALS),
         "REDIS_URL": redis_url_of(private_redis),
         "META_STORE": str(tmp_path / "meta.jsonl"),
         "LOG_LEVEL": "DEBUG",
     }
-    result = scrapy_crawl(["-a", f"url={site.listing_url(60)}", *args_of(settings)], tmp_path)
+    result = scrapy_crawl(["-a", f"url={site.listing_url(60)}", *setting_args(settings)], tmp_path)
 
     output = result.stdout + result.stderr
     assert result.returncode == 0, result.stderr[-3000:]
@@ -118,7 +106,7 @@ def test_stores_that_fail_show_their_error_without_secrets(
 ) -> None:
     closed = free_port()
     settings = {
-        **s3_settings(moto, bucket),
+        **s3_store(moto.url, bucket, "crawl/", credentials=CREDENTIALS),
         "REDIS_URL": redis_url_of(private_redis),
         "META_STORE": str(tmp_path / "meta.jsonl"),
         "LOG_LEVEL": "DEBUG",
@@ -137,7 +125,7 @@ def test_stores_that_fail_show_their_error_without_secrets(
         settings["REDIS_URL"] = redis_url_of(private_redis, WRONG_REDIS_PASSWORD)
         expected = f"REDIS_URL unusable, crawl stopped: redis://:***@127.0.0.1:{private_redis.port}"
     result = scrapy_crawl(
-        ["-a", f"url={site.listing_url(20)}", *args_of(settings)], tmp_path, timeout=120
+        ["-a", f"url={site.listing_url(20)}", *setting_args(settings)], tmp_path, timeout=120
     )
 
     output = result.stdout + result.stderr
@@ -167,7 +155,7 @@ async def test_a_crawl_into_mongo_with_a_password_logs_no_secret(
     try:
         crawler = await crawl(
             site.listing_url(40),
-            **s3_settings(moto, bucket),
+            **s3_store(moto.url, bucket, "crawl/", credentials=CREDENTIALS),
             REDIS_URL=redis_url_of(private_redis),
             META_STORE=uri,
             LOG_LEVEL="DEBUG",

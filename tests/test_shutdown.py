@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from scraper.testsite import render_child
-from tests.conftest import (
+from tests.helpers import (
     ENV,
     Node,
     Site,
@@ -27,6 +27,8 @@ from tests.conftest import (
     records,
     running_site,
     seed,
+    setting_args,
+    store_settings,
     wait_for_leases_of,
     wait_for_lines,
 )
@@ -93,18 +95,11 @@ def test_sigterm_drains_a_single_node_crawl_and_exits_0(
             "listing",
             "-a",
             f"url={site_500ms_latency.listing_url(2000)}",
-            "-s",
-            f"BODY_STORE={tmp_path / 'bodies'}",
-            "-s",
-            f"META_STORE={tmp_path / 'meta.jsonl'}",
-            "-s",
-            f"META_STORE_SPOOL={tmp_path / 'spool.jsonl'}",
-            "-s",
-            "CONCURRENT_REQUESTS=40",
-            "-s",
-            "META_STORE_FLUSH_INTERVAL=2",
-            "-s",
-            f"LOG_FILE={log}",
+            *setting_args(
+                store_settings(
+                    tmp_path, CONCURRENT_REQUESTS=40, META_STORE_FLUSH_INTERVAL=2, LOG_FILE=log
+                )
+            ),
         ],
         cwd=tmp_path,
         env=ENV,
@@ -136,7 +131,7 @@ def test_sigterm_drains_a_single_node_crawl_and_exits_0(
         assert body == render_child(doc["url"].rsplit("/", 1)[1])
     # No temporary or spooled leftovers.
     assert not [p for p in tmp_path.rglob("*.tmp")]
-    assert not (tmp_path / "spool.jsonl").exists()
+    assert not (tmp_path / "meta-spool.jsonl").exists()
     assert seconds < 30
     # What it found and left uncrawled is counted and said (a single node's queue is in
     # the process: the crawl has to be started again).

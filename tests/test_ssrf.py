@@ -23,21 +23,21 @@ from twisted.python.failure import Failure
 from scraper.spiders.listing import ListingSpider
 from scraper.ssrf import AddressPolicy, AddressRefused, SsrfGuard, address_kind, parse_networks
 from scraper.testsite import render_child
-from tests.conftest import (
+from tests.helpers import (
     assert_children_recorded,
     crawl,
-    local_stores,
     read_jsonl,
     records,
     running_site,
     scrapy_crawl,
+    store_settings,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from tests.conftest import Site
+    from tests.helpers import Site
 
 LOOPBACK_ONLY = ["127.0.0.1/32"]
 
@@ -224,7 +224,7 @@ async def test_a_refused_list_page_is_logged_and_never_fetched(
     own_site.stats(reset=True)
     started = time.monotonic()
     # DOWNLOAD_TIMEOUT=60: an attempted connection to an unroutable address would hang here.
-    crawler = await crawl(url, ALLOWED_NETWORKS=[], DOWNLOAD_TIMEOUT=60, **local_stores(tmp_path))
+    crawler = await crawl(url, ALLOWED_NETWORKS=[], DOWNLOAD_TIMEOUT=60, **store_settings(tmp_path))
 
     assert time.monotonic() - started < 30
     stats = crawler.stats.get_stats()
@@ -256,7 +256,7 @@ async def test_redirects_to_refused_addresses_each_end_as_one_record(
     hrefs = [f"/redirect?to={quote(t, safe='')}" for t in [*targets, allowed_target]]
     listing = f"{own_site.base}/links?{urlencode([('href', h) for h in hrefs])}"
     own_site.stats(reset=True)
-    crawler = await crawl(listing, ALLOWED_NETWORKS=LOOPBACK_ONLY, **local_stores(tmp_path))
+    crawler = await crawl(listing, ALLOWED_NETWORKS=LOOPBACK_ONLY, **store_settings(tmp_path))
 
     docs = {d["url"]: d for d in read_jsonl(tmp_path / "meta.jsonl")}
     assert len(docs) == len(targets) + 1
@@ -285,7 +285,7 @@ async def test_a_name_in_an_allowed_network_is_crawled_with_one_lookup(
 ) -> None:
     url = f"http://localhost:{port_of(own_site)}/list?n=200&per_page=50&page=1"
     crawler = await crawl(
-        url, ALLOWED_NETWORKS=["127.0.0.0/8"], CONCURRENT_REQUESTS=50, **local_stores(tmp_path)
+        url, ALLOWED_NETWORKS=["127.0.0.0/8"], CONCURRENT_REQUESTS=50, **store_settings(tmp_path)
     )
 
     docs = read_jsonl(tmp_path / "meta.jsonl")
@@ -305,7 +305,7 @@ async def test_a_bad_allowed_networks_stops_the_crawl_before_any_request(
 ) -> None:
     own_site.stats(reset=True)
     crawler = await crawl(
-        own_site.listing_url(5), ALLOWED_NETWORKS=["127.0.0.1/33"], **local_stores(tmp_path)
+        own_site.listing_url(5), ALLOWED_NETWORKS=["127.0.0.1/33"], **store_settings(tmp_path)
     )
     assert crawler.stats.get_value("finish_reason") == "allowed_networks_unusable"
     assert (
