@@ -31,6 +31,7 @@ from scraper.stores import (
     build_meta_store,
     redact,
 )
+from scraper.work import nothing_on_the_way
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -321,16 +322,11 @@ class MetaStorePipeline:
         return item
 
     def _draining(self) -> bool:
-        """Nothing is being downloaded or waits in the scheduler: no item is on its way."""
+        """No item is on its way: flush now rather than wait for the timer."""
         try:
-            engine, stats = self.crawler.engine, self.crawler.stats
+            return nothing_on_the_way(self.crawler)
         except RuntimeError:  # used outside a crawl (no engine)
             return False
-        if stats is None or engine.downloader.active:
-            return False
-        return bool(
-            stats.get_value("scheduler/enqueued", 0) <= stats.get_value("scheduler/dequeued", 0)
-        )
 
     def _flush(self) -> None:
         """Hand the current batch to the writer thread (on the reactor, never blocking)."""

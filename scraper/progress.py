@@ -14,6 +14,8 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from twisted.internet import task
 
+from scraper.work import requests_waiting
+
 if TYPE_CHECKING:
     from typing import Self
 
@@ -56,8 +58,7 @@ class Progress:
             stats.get_value(key, 0)
             for key in ("listing/child_failed", "listing/list_failed", "body_store/failed")
         )
-        queued = stats.get_value("scheduler/enqueued", 0) - stats.get_value("scheduler/dequeued", 0)
-        return stored, errors, queued
+        return stored, errors, requests_waiting(self.crawler)
 
     def log(self) -> None:
         """One progress line: rate since the last line, in flight, totals."""

@@ -33,8 +33,10 @@ from urllib.parse import urlsplit
 from scrapy import Request, Spider
 from scrapy.utils.request import request_from_dict
 
+from scraper.distributed.leases import FOUND_BY, LEASE
+
 MAX_ENTRY_BYTES = 1 << 20  # a request is a URL and a little meta; more is not ours
-LOCAL_META = ("_lease", "_found_by", "download_slot", "download_latency", "depth")  # per node
+LOCAL_META = (LEASE, FOUND_BY, "download_slot", "download_latency", "depth")  # per node
 
 
 class BadEntry(ValueError):

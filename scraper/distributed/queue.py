@@ -37,7 +37,7 @@ from scraper.config import ConfigError
 from scraper.distributed import codec
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from redis.asyncio import Redis
 
@@ -161,7 +161,7 @@ class CrawlQueue:
         self._heartbeat = redis.register_script(lua("heartbeat", "now"))
         self._sweep = redis.register_script(lua("sweep"))
 
-    async def enqueue(self, entries: list[tuple[str, int, str]]) -> list[int]:
+    async def enqueue(self, entries: Sequence[tuple[str, int, str]]) -> list[int]:
         """Add (fingerprint or "", priority, JSON) entries not seen before; return the
         positions in ``entries`` of those that were seen (duplicates, not added)."""
         k = self.keys
@@ -177,7 +177,7 @@ class CrawlQueue:
         return self.bloom.key(fingerprint) if self.bloom and fingerprint else fingerprint
 
     async def enqueue_leased(
-        self, entries: list[tuple[str, int, str, str]], lease_ms: int
+        self, entries: Sequence[tuple[str, int, str, str]], lease_ms: int
     ) -> list[str]:
         """Add (fingerprint, priority, JSON, token) entries leased to their finder; return
         the tokens of those already seen (their requests are duplicates)."""

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from scrapy import Request, signals
 from scrapy.http import Response
 
+from scraper.distributed.leases import FOUND_BY, LEASE
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from typing import Self
@@ -23,17 +25,15 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from twisted.python.failure import Failure
 
-#: Signal: ``request`` (carrying ``meta["_lease"]``) is fully handled.
+#: Signal: ``request`` (carrying ``meta[LEASE]``) is fully handled.
 request_done = object()
-#: request.meta key: the lease token of the response whose callback yielded the request.
-FOUND_BY = "_found_by"
 
 
 def lease_of(response: Response | Failure | None) -> tuple[str | None, Request | None]:
     """The lease token behind a response or a download failure, if any."""
     request = getattr(response, "request", None)
     if isinstance(request, Request):
-        return request.meta.get("_lease"), request
+        return request.meta.get(LEASE), request
     return None, None
 
 
