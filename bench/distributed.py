@@ -20,172 +20,37 @@ What each page and each node costs Redis (issue 8's plan for 100 nodes):
 
     python -m bench.distributed --redis-stats --contenders distributed-1 distributed-2 \
         --n 10000 --concurrency 1000 100 --repeats 1 --section redis-ops
-    python -m bench.distributed --idle-nodes 1 4 --idle-seconds 20 --section redis-idle
+    python -m bench.redis_idle --nodes 1 4 --seconds 20 --section redis-idle
 
 --redis-stats records, around each distributed run, the deltas of INFO commandstats
 (calls and usec of every command, those run inside the Lua scripts included), INFO cpu,
 the network bytes of INFO stats and used_memory, and samples the queue (ZCARD, MEMORY
 USAGE) every 0.5 s; figures are per page seen (the dedup set's or Bloom counter's
-size). --idle-nodes starts that many nodes with REDIS_WAIT_FOR_START_URLS and nothing
-seeded and records the same deltas per node and second: the background load.
+size). Idle nodes (bench/redis_idle.py) and the scripts without a crawler
+(bench/redis_synthetic.py) are tools of their own; --idle-nodes and --synthetic here run
+them, as the command lines RESULTS.md records.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from bench import redis_idle, redis_synthetic
+from bench.redis_probe import TOP_LEVEL, RedisProbe
 from bench.report import write_section
-from bench.run import CREDENTIALS, OUT, ROOT, Bench, Service, cpu_seconds, measure
-from scraper.testsite import free_port
+from bench.run import OUT, Bench, measure
+from bench.servers import ROOT, redis_server, site_server
 
 CONTENDERS = ("in-memory", "distributed-1", "distributed-2", "scrapy-redis-1", "in-memory-2")
-
-
-# Commands a client sends on its own, one round trip each (a MULTI block, sent with its
-# EXEC in one write, is counted by its MULTI); every other command counted in
-# commandstats ran inside a script or a MULTI block, except EXEC and the HDEL a node
-# sends once as it closes (counted as inside: one per node and crawl). The probe's own
-# commands (INFO, MEMORY USAGE, HLEN, its ZCARDs) are left out.
-TOP_LEVEL = {"evalsha", "eval", "multi", "ping", "script|load", "client|setinfo", "select", "hello"}
-PROBE_COMMANDS = {"info", "memory", "hlen", "config"}
-
-
-def snapshot(client: redis.Redis) -> dict[str, Any]:
-    """The INFO counters a run's deltas are taken from."""
-    info = client.info("all")
-    return {
-        "commands": {
-            name.removeprefix("cmdstat_"): (v["calls"], v["usec"])
-            for name, v in client.info("commandstats").items()
-        },
-        "cpu_seconds": info["used_cpu_sys"] + info["used_cpu_user"],
-        "net_in": info["total_net_input_bytes"],
-        "net_out": info["total_net_output_bytes"],
-        "used_memory": info["used_memory"],
-        "used_memory_peak": info["used_memory_peak"],
-        "connected_clients": info["connected_clients"],
-        "at": time.monotonic(),
-    }
-
-
-def deltas(
-    before: dict[str, Any], after: dict[str, Any], probe_calls: dict[str, int] | None = None
-) -> dict[str, Any]:
-    """Counter deltas between two snapshots; the probe's own ZCARDs are subtracted."""
-    commands = {}
-    for name, (calls, usec) in after["commands"].items():
-        calls0, usec0 = before["commands"].get(name, (0, 0))
-        calls -= calls0 + (probe_calls or {}).get(name, 0)
-        if calls > 0 and name.split("|")[0] not in PROBE_COMMANDS:
-            commands[name] = {"calls": calls, "usec": usec - usec0}
-    return {
-        "seconds": after["at"] - before["at"],
-        "commands": commands,
-        "cpu_seconds": after["cpu_seconds"] - before["cpu_seconds"],
-        "net_in": after["net_in"] - before["net_in"],
-        "net_out": after["net_out"] - before["net_out"],
-        "round_trips": sum(v["calls"] for c, v in commands.items() if c in TOP_LEVEL),
-        "inside": sum(
-            v["calls"] for c, v in commands.items() if c not in TOP_LEVEL and c != "exec"
-        ),
-        # Time in commands as clients see it: a script's or EXEC's usec covers the
-        # commands run inside it, so only the top-level ones are summed.
-        "command_usec": sum(
-            v["usec"] for c, v in commands.items() if c in TOP_LEVEL or c == "exec"
-        ),
-    }
-
-
-class RedisProbe:
-    """INFO deltas around one crawl, and the queue's size sampled while it runs."""
-
-    def __init__(self, client: redis.Redis, spider: str = "listing") -> None:
-        self.client = client
-        self.spider = spider
-        self.samples: list[tuple[int, int, int, int]] = []
-        self.zcards = 0
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-
-    def start(self) -> None:
-        self.before = snapshot(self.client)
-        self.thread.start()
-
-    def _sample(self) -> None:
-        k = self.spider
-        while not self.done.wait(0.5):
-            queued = self.client.zcard(f"{k}:requests")
-            self.zcards += 1
-            self.samples.append(
-                (
-                    queued,
-                    self.client.hlen(f"{k}:leased"),
-                    self.client.memory_usage(f"{k}:requests") or 0,
-                    self.client.memory_usage(f"{k}:leased") or 0,
-                )
-            )
-
-    def stop(self, baseline_memory: int) -> dict[str, Any]:
-        self.done.set()
-        self.thread.join()
-        after = snapshot(self.client)
-        d = deltas(self.before, after, {"zcard": self.zcards})
-        k = self.spider
-        seen = self.client.scard(f"{k}:dupefilter") + int(self.client.get(f"{k}:bloom_count") or 0)
-        keys = {
-            key.decode(): self.client.memory_usage(key, samples=0)
-            for key in self.client.scan_iter(match=f"{k}:*")
-        }
-        queued = max(self.samples, default=(0, 0, 0, 0), key=lambda x: x[0])
-        leased = max(self.samples, default=(0, 0, 0, 0), key=lambda x: x[1])
-        d.update(
-            {
-                "seen": seen,
-                "key_bytes": keys,
-                "used_memory_after": after["used_memory"] - baseline_memory,
-                "used_memory_peak": after["used_memory_peak"] - baseline_memory,
-                "peak_queue": {
-                    "queued": queued[0],
-                    "queued_bytes": queued[2],
-                    "leased": leased[1],
-                    "leased_bytes": leased[3],
-                },
-            }
-        )
-        return d
-
-
-def redis_server(logs: Path) -> tuple[Service, int]:
-    """A fresh redis-server on 127.0.0.1 (no persistence), and its port."""
-    port = free_port()
-    return Service(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--bind",
-            "127.0.0.1",
-        ],
-        port,
-        logs / "redis.log",
-    ), port
 
 
 def round_trips(stats: dict[str, Any], contender: str) -> int:
@@ -215,7 +80,8 @@ def run_one(
     out = bench.runs / f"dist-{n}-{c}-{contender}-{repeat}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    server, port = redis_server(logs)
+    server = redis_server(logs / "redis.log")
+    port = server.port
     url = f"redis://127.0.0.1:{port}/0"
     procs = 2 if contender.endswith("-2") else 1
     split = contender == "in-memory-2"  # two separate crawls of N/2, each its own stores
@@ -299,12 +165,12 @@ def run_one(
         row["verified"] = (
             all(
                 bench.verify(
-                    "ours", "local", n // procs, out / f"node{i}", {"stored": 1}, None, None
+                    "ours", "local", n // procs, out / f"node{i}", {"stored": 1}, None, None, ""
                 )
                 for i in range(procs)
             )
             if split
-            else bench.verify("ours", "local", n, out, {"stored": n}, None, None)
+            else bench.verify("ours", "local", n, out, {"stored": n}, None, None, "")
         )
     row["ok"] = ok and row["stored"] >= n and row.get("verified") is True
     if row["ok"]:
@@ -429,221 +295,6 @@ def redis_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def idle_run(
-    nodes: int, seconds: float, logs: Path, settings: list[str], warmup: float = 5
-) -> dict[str, Any]:
-    """Nodes started with nothing to crawl: what they cost Redis per node and second."""
-    server, port = redis_server(logs)
-    client = redis.Redis(port=port)
-    env = {**os.environ, **CREDENTIALS, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "scrapy",
-        "crawl",
-        "listing",
-        "-s",
-        f"REDIS_URL=redis://127.0.0.1:{port}/0",
-        "-s",
-        "REDIS_WAIT_FOR_START_URLS=True",
-        "-s",
-        "LOG_LEVEL=WARNING",
-        *(x for setting in settings for x in ("-s", setting)),
-    ]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        with (logs / "idle-nodes.log").open("ab") as log:
-            procs = [
-                subprocess.Popen(
-                    cmd,
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-                for _ in range(nodes)
-            ]
-        deadline = time.monotonic() + 60
-        while client.hlen("listing:nodes") < nodes:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"idle nodes did not all start; see {logs}/idle-nodes.log")
-            time.sleep(0.2)
-        time.sleep(warmup)
-        node_cpu = [cpu_seconds(p.pid) for p in procs]
-        before = snapshot(client)
-        time.sleep(seconds)
-        after = snapshot(client)
-        node_cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs, node_cpu, strict=True)]
-        d = deltas(before, after)
-        d.update(
-            {
-                "nodes": nodes,
-                "settings": settings,
-                "node_cpu_seconds": node_cpu,
-                "connected_clients": after["connected_clients"],
-            }
-        )
-        return d
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        client.close()
-        server.stop()
-
-
-def idle_table(runs: list[dict[str, Any]]) -> str:
-    lines = [
-        "| idle nodes | seconds | round trips /node/s | commands inside /node/s "
-        "| command usec /node/s (noisy) | Redis CPU ms /node/s (noisy) | net in B/node/s "
-        "| net out B/node/s | node CPU ms/s (noisy) | clients connected |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for d in runs:
-        per = d["nodes"] * d["seconds"]
-        lines.append(
-            f"| {d['nodes']} | {d['seconds']:.1f} | {d['round_trips'] / per:.1f} | "
-            f"{d['inside'] / per:.1f} | {d['command_usec'] / per:.0f} | "
-            f"{1000 * d['cpu_seconds'] / per:.2f} | {d['net_in'] / per:.0f} | "
-            f"{d['net_out'] / per:.0f} | "
-            f"{1000 * sum(d['node_cpu_seconds']) / per:.1f} | {d['connected_clients']} |"
-        )
-    names = sorted({c for d in runs for c in d["commands"]}, key=lambda c: (c not in TOP_LEVEL, c))
-    lines += [
-        "",
-        "Calls per node per second (usec per call, noisy):",
-        "",
-        "| command | " + " | ".join(f"{d['nodes']} idle nodes" for d in runs) + " |",
-        "|---|" + "---|" * len(runs),
-    ]
-    for name in names:
-        cells = []
-        for d in runs:
-            v = d["commands"].get(name)
-            cells.append(
-                f"{v['calls'] / d['nodes'] / d['seconds']:.2f} ({v['usec'] / v['calls']:.1f})"
-                if v
-                else "-"
-            )
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _sample_entry(i: int) -> tuple[str, int, str]:
-    """(fingerprint, priority, JSON) of child i, as a crawl enqueues it (~360 bytes)."""
-    from scrapy import Request
-    from scrapy.utils.request import RequestFingerprinter
-
-    from scraper.distributed.codec import encode
-    from scraper.spiders.listing import ListingSpider
-
-    spider = ListingSpider(url="http://127.0.0.1:40000/list")
-    fingerprint = (
-        RequestFingerprinter().fingerprint(Request(f"http://127.0.0.1:40000/page/{i}")).hex()
-    )
-    request = Request(
-        f"http://127.0.0.1:40000/page/{i}",
-        callback=spider.parse_child,
-        errback=spider.child_failed,
-        cb_kwargs={
-            "listing_url": "http://127.0.0.1:40000/list?n=10000&per_page=1000&page=1",
-            "fingerprint": fingerprint,
-        },
-    )
-    return fingerprint, 0, encode(request, spider)
-
-
-def drive(
-    url: str, pages: int, worker: int, tasks: int = 4, batch: int = 500, prefetch: int = 100
-) -> None:
-    """One process of the synthetic load: the node's calls (ENQUEUE of 500, LEASE of 100,
-    ACK of 100) on the real scripts, without crawling; ``tasks`` loops share the work."""
-    import asyncio
-    import hashlib
-
-    from redis.asyncio import Redis
-
-    from scraper.distributed.queue import CrawlQueue
-
-    _, _, payload = _sample_entry(0)
-
-    async def loop(q: CrawlQueue, node: str, start: int, n: int) -> None:
-        for first in range(start, start + n, batch):
-            count = min(batch, start + n - first)
-            await q.enqueue(
-                [
-                    (hashlib.sha1(f"{worker}/{i}".encode()).hexdigest(), 0, payload)
-                    for i in range(first, first + count)
-                ]
-            )
-            while True:
-                leased = await q.lease(node, prefetch, 120_000, 0)
-                if not leased:
-                    break
-                await q.ack([entry.token for entry in leased])
-
-    async def main() -> None:
-        clients = [Redis.from_url(url) for _ in range(tasks)]
-        share = pages // tasks
-        await asyncio.gather(
-            *(
-                loop(CrawlQueue(c, "listing"), f"w{worker}.{t}", t * share, share)
-                for t, c in enumerate(clients)
-            )
-        )
-        for c in clients:
-            await c.aclose()
-
-    asyncio.run(main())
-
-
-def synthetic_run(pages: int, procs: int, logs: Path) -> dict[str, Any]:
-    """Redis alone under the scripts' load at the highest rate ``procs`` drivers reach."""
-    server, port = redis_server(logs)
-    client = redis.Redis(port=port)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        before = snapshot(client)
-        started = time.monotonic()
-        results = measure(
-            [
-                [
-                    sys.executable,
-                    "-c",
-                    "import sys; from bench.distributed import "
-                    f"drive; drive({url!r}, {pages // procs}, int(sys.argv[1]))",
-                    str(i),
-                ]
-                for i in range(procs)
-            ],
-            logs / "synthetic.log",
-            600,
-        )
-        wall = time.monotonic() - started
-        d = deltas(before, snapshot(client))
-        d.update(
-            {
-                "pages": pages // procs * procs,
-                "procs": procs,
-                "wall_seconds": wall,
-                "exit": [code for code, *_ in results],
-                "driver_cpu_seconds": sum(u.ru_utime + u.ru_stime for _, u, _, _ in results),
-                "seen": client.scard("listing:dupefilter"),
-            }
-        )
-        return d
-    finally:
-        client.close()
-        server.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[10000])
@@ -707,74 +358,33 @@ def main(argv: list[str] | None = None) -> int:
     logs = OUT / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.distributed " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.synthetic:
-        d = synthetic_run(args.synthetic, args.synthetic_procs, logs)
-        with args.rows.open("a") as f:
-            f.write(json.dumps({"synthetic": d}) + "\n")
-        n = d["pages"]
-        text = (
-            f"{n} pages by {d['procs']} driver processes in {d['wall_seconds']:.1f} s: "
-            f"**{n / d['wall_seconds']:,.0f} pages/s** (noisy), exit codes {d['exit']}, "
-            f"{d['seen']} fingerprints in the set; Redis CPU {d['cpu_seconds']:.2f} s = "
-            f"{100 * d['cpu_seconds'] / d['wall_seconds']:.0f}% of one core, "
-            f"{1000 * d['cpu_seconds'] / n:.3f} ms per page; command time "
-            f"{d['command_usec'] / n:.1f} usec per page; {d['round_trips'] / n:.3f} round "
-            f"trips and {d['inside'] / n:.2f} commands inside per page; net in/out "
-            f"{d['net_in'] / n:.0f}/{d['net_out'] / n:.0f} B per page; the drivers' CPU "
-            f"{1000 * d['driver_cpu_seconds'] / n:.3f} ms per page."
-        )
-        print(text, flush=True)
-        write_section(
+    if args.synthetic:  # the scripts alone: bench/redis_synthetic.py
+        return redis_synthetic.report(
+            args.synthetic,
+            args.synthetic_procs,
+            logs,
+            args.rows,
             args.results,
             args.section,
-            f"Measured with:\n\n    {command}\n\n"
-            "Each driver process: 4 connections, each looping ENQUEUE of 500 "
-            "entries (a real encoded child request, ~360 B, distinct fingerprints), "
-            "then LEASE 100 / ACK 100 until the queue is empty: the calls a node "
-            "makes per page, with no crawling.\n\n" + text,
+            command,
         )
-        return 0 if d["exit"] == [0] * d["procs"] else 1
-    if args.idle_nodes:
-        idle = []
-        for nodes in args.idle_nodes:
-            d = idle_run(nodes, args.idle_seconds, logs, args.settings)
-            idle.append(d)
-            with args.rows.open("a") as f:
-                f.write(json.dumps({"idle": d}) + "\n")
-            print(
-                f"{nodes} idle nodes: {d['round_trips'] / nodes / d['seconds']:.1f} round "
-                f"trips/node/s, {d['inside'] / nodes / d['seconds']:.1f} commands inside",
-                flush=True,
-            )
-        write_section(
+    if args.idle_nodes:  # nodes with nothing to crawl: bench/redis_idle.py
+        return redis_idle.report(
+            args.idle_nodes,
+            args.idle_seconds,
+            args.settings,
+            logs,
+            args.rows,
             args.results,
             args.section,
-            f"Measured with:\n\n    {command}\n\n"
-            "Each node: `scrapy crawl listing -s REDIS_URL=... -s "
-            "REDIS_WAIT_FOR_START_URLS=True`, nothing seeded; deltas over "
-            f"{args.idle_seconds:.0f} s after every node's first heartbeat + 5 s.\n\n"
-            + idle_table(idle),
+            command,
         )
-        return 0
-    port = free_port()
-    site = Service(
-        [
-            sys.executable,
-            "-m",
-            "scraper.testsite",
-            "--port",
-            str(port),
-            "--pages",
-            str(max(args.n)),
-            "--latency-ms",
-            str(args.latency_ms),
-        ],
-        port,
-        logs / "site.log",
+    site = site_server(
+        logs / "site.log", "--pages", str(max(args.n)), "--latency-ms", str(args.latency_ms)
     )
     rows = []
     try:
-        bench = Bench(site, f"http://127.0.0.1:{port}", None, logs, args.timeout, [], args.runs_dir)
+        bench = Bench(site, site.url, {}, logs, args.timeout, [], args.runs_dir)
         for n in args.n:
             for c in args.concurrency:
                 for repeat in range(args.repeats):

@@ -78,7 +78,7 @@ def main() -> None:
         return
     runs = {"ours": ROOT}
     if args.baseline:
-        from bench.run import OUT, checkout
+        from bench.run import OUT, checkout, remove_checkout
 
         runs[f"ours@{args.baseline}"] = checkout(args.baseline, OUT / f"baseline-{args.baseline}")
     try:
@@ -105,18 +105,7 @@ def main() -> None:
                 print(f"{name:16} {key:36} {value:8.1f}")
     finally:
         if args.baseline:
-            subprocess.run(
-                [
-                    "git",
-                    "-C",
-                    str(ROOT),
-                    "worktree",
-                    "remove",
-                    "--force",
-                    str(OUT / f"baseline-{args.baseline}"),
-                ],
-                check=False,
-            )
+            remove_checkout(OUT / f"baseline-{args.baseline}")
 
 
 if __name__ == "__main__":

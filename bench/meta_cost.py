@@ -73,7 +73,7 @@ def main() -> None:
     import bson
     from pymongo import ReplaceOne
 
-    from bench.run_ours import use_mongomock
+    from bench.servers import use_mongomock
     from scraper.stores.meta import JsonLinesMetaStore, MongoMetaStore
 
     docs = documents(args.docs)

@@ -18,8 +18,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from bench.run import OUT, Service
-from scraper.testsite import Listing, free_port
+from bench.run import OUT
+from bench.servers import site_server
+from scraper.testsite import Listing
 
 PACKAGE = re.compile(
     r"\((?:.*?/site-packages/|.*?/lib/python3\.\d+/|.*?/work/main/)?"
@@ -68,21 +69,8 @@ def main() -> int:
     out = Path("/dev/shm/scraper-profile") if Path("/dev/shm").is_dir() else OUT / "profile"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    port = free_port()
-    site = Service(
-        [
-            sys.executable,
-            "-m",
-            "scraper.testsite",
-            "--port",
-            str(port),
-            "--pages",
-            str(args.n),
-            "--latency-ms",
-            str(args.latency_ms),
-        ],
-        port,
-        OUT / "profile-site.log",
+    site = site_server(
+        OUT / "profile-site.log", "--pages", str(args.n), "--latency-ms", str(args.latency_ms)
     )
     raw = OUT / "profile.txt"  # kept: the raw stacks, for a closer look
     try:
@@ -102,7 +90,7 @@ def main() -> int:
             "-m",
             "bench.run_ours",
             "--url",
-            f"http://127.0.0.1:{port}" + Listing(args.n, args.per_page).query(1),
+            site.url + Listing(args.n, args.per_page).query(1),
             "--concurrency",
             str(args.concurrency),
             "--out",

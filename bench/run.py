@@ -10,6 +10,8 @@ Contenders (each its own process, crawling the project's test site, itself its o
                    politeness defaults cost per page)
   celery-gevent    the Celery + gevent 1000 + Redis setup we replace (bench/celery_gevent.py)
   bare             aiohttp with a semaphore: fetch and discard (the limit)
+Each is a row of Bench.contenders() (Contender: its command, the stores it writes and
+how they are checked); the servers come from bench/servers.py, as the tests' do.
 
 Storage profiles: ``local`` (our embedded defaults: a folder and a JSON Lines file),
 ``s3`` (bodies to S3 = bench/s3sink.py, a fast S3-compatible server in its own process
@@ -42,14 +44,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scrapy import Request
 from scrapy.utils.request import RequestFingerprinter
 
-from scraper.testsite import Listing, free_port, render_child, wait_for_port
+from bench.servers import ROOT, Server, moto_server, redis_server, s3sink_server, site_server
+from scraper.testsite import Listing, render_child
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
 OUT = ROOT / "bench" / "out"
 CONTENDERS = ("ours", "ours-no-storage", "celery-gevent", "bare", "ours-impolite")
 #: ours-<name>: ours with these settings. Not in the default run; --variant adds more.
@@ -59,13 +64,6 @@ CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "bench-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a running process (not its children), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -83,32 +81,6 @@ def tree_rss_mb(pid: int) -> float:
     return total
 
 
-class Service:
-    """A server process of the bench (test site, moto, redis-server), stopped by its PID."""
-
-    def __init__(self, args: list[str], port: int, log: Path) -> None:
-        self.port = port
-        with log.open("ab") as f:
-            self.proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            wait_for_port(port, self.proc)
-        except RuntimeError:
-            self.stop()
-            raise
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(15)
-
-
 def s3(endpoint: str) -> Any:
     import boto3
 
@@ -121,14 +93,119 @@ def s3(endpoint: str) -> Any:
     )
 
 
+def fingerprint_key(url: str) -> str:
+    """Ours: a page is stored under its request fingerprint."""
+    return RequestFingerprinter().fingerprint(Request(url)).hex()
+
+
+def sha1_key(url: str) -> str:
+    """Celery's tasks: under the SHA-1 of its URL."""
+    return hashlib.sha1(url.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Where a contender stores a child page, so that its stores can be checked."""
+
+    #: The body's name for a child's URL (its file name, and its S3 key after ``prefix``).
+    key: Callable[[str], str]
+    #: Bodies in bodies/<key[:2]>/<key> (ours' folder store), else bodies/<key>.
+    fanout: bool
+    #: The prefix of its S3 keys in the run's bucket.
+    prefix: str
+
+
+OURS_STORES = Stores(fingerprint_key, fanout=True, prefix="ours/")
+CELERY_STORES = Stores(sha1_key, fanout=False, prefix="celery/")
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one run's command is built from."""
+
+    url: str
+    n: int
+    c: int
+    profile: str
+    out: Path
+    #: The profile's S3 server, and the bucket made for this run (None: no S3 for it).
+    endpoint: str
+    bucket: str | None
+    #: SCRAPER_BENCH_MONGO_URI: a real MongoDB for the services profile.
+    mongo: str | None
+    #: The contender's own redis-server (Contender.broker).
+    redis_url: str | None
+    #: -s settings for every ours contender (the bench's -s).
+    settings: list[str]
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One row of the bench's table: a name, the command of a run, what it stores.
+
+    ``stores`` None: it stores nothing (no bucket is made for it, nothing is checked).
+    ``broker``: it gets a fresh redis-server of its own for each run. ``code``: the
+    checkout it runs from (ours@REV), else this one.
+    """
+
+    name: str
+    command: Callable[[Run], list[str]]
+    stores: Stores | None
+    broker: bool = False
+    code: Path | None = None
+
+
+def ours(variant: Sequence[str] = (), storage: bool = True) -> Callable[[Run], list[str]]:
+    """bench/run_ours.py: ours with the ``variant`` settings; without pipelines if not
+    ``storage``."""
+
+    def command(run: Run) -> list[str]:
+        cmd = ["bench.run_ours", "--url", run.url, "--concurrency", str(run.c)]
+        cmd += ["--out", str(run.out)]
+        if not storage:
+            cmd.append("--no-storage")
+        cmd += [x for setting in variant for x in ("-s", setting)]
+        if run.bucket:
+            cmd += ["--body-store", f"s3://{run.bucket}/{OURS_STORES.prefix}"]
+            cmd += ["-s", f"AWS_ENDPOINT_URL={run.endpoint}"]
+        if run.bucket and run.profile == "services":
+            cmd += (
+                ["--meta-store", f"{run.mongo.rstrip('/')}/bench_{uuid.uuid4().hex[:8]}"]
+                if run.mongo
+                else ["--meta-store", "mongodb://127.0.0.1:27017/bench", "--mongomock"]
+            )
+        for setting in run.settings:
+            cmd += ["-s", setting]
+        return cmd
+
+    return command
+
+
+def celery(run: Run) -> list[str]:
+    """bench/celery_gevent.py: the Celery + gevent setup, on its own broker."""
+    cmd = ["bench.celery_gevent", "--url", run.url, "--n", str(run.n)]
+    cmd += ["--concurrency", str(run.c), "--profile", run.profile, "--out", str(run.out)]
+    cmd += ["--redis-url", str(run.redis_url)]
+    if run.bucket:
+        cmd += ["--s3-endpoint", run.endpoint, "--bucket", run.bucket]
+        if run.mongo and run.profile == "services":
+            cmd += ["--mongo-uri", f"{run.mongo.rstrip('/')}/bench_{uuid.uuid4().hex[:8]}"]
+    return cmd
+
+
+def bare(run: Run) -> list[str]:
+    """bench/bare.py: aiohttp, fetch and discard."""
+    return ["bench.bare", "--url", run.url, "--concurrency", str(run.c), "--out", str(run.out)]
+
+
 @dataclass
 class Bench:
     """The services shared by all runs of one bench invocation."""
 
-    site: Service
+    site: Server
     site_url: str
     #: The S3 server of each profile that has one: "s3" bench/s3sink.py, "services" moto.
-    s3_servers: dict[str, Service]
+    s3_servers: dict[str, Server]
     logs: Path
     timeout: float
     extra_settings: list[str]
@@ -142,95 +219,57 @@ class Bench:
     def listing_url(self, n: int, per_page: int = 100) -> str:
         return self.site_url + Listing(n, per_page).query(1)
 
-    def run(self, contender: str, profile: str, n: int, c: int, repeat: int) -> dict[str, Any]:
-        out = self.runs / f"{profile}-{n}-{c}-{contender}-{repeat}"
+    def contenders(self) -> dict[str, Contender]:
+        """Every contender this bench can run, by name."""
+        table = [
+            Contender("ours", ours(), OURS_STORES),
+            Contender("ours-no-storage", ours(storage=False), None),
+            Contender("celery-gevent", celery, CELERY_STORES, broker=True),
+            Contender("bare", bare, None),
+            *(
+                Contender(f"ours-{name}", ours(settings), OURS_STORES)
+                for name, settings in self.variants.items()
+            ),
+            *(
+                Contender(name, ours(), OURS_STORES, code=code)
+                for name, code in self.baselines.items()
+            ),
+        ]
+        return {contender.name: contender for contender in table}
+
+    def run(self, name: str, profile: str, n: int, c: int, repeat: int) -> dict[str, Any]:
+        contender = self.contenders()[name]
+        out = self.runs / f"{profile}-{n}-{c}-{name}-{repeat}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        bucket = prefix = None
-        extra: list[Service] = []
-        cmd = [sys.executable, "-m"]
-        url = self.listing_url(n, self.per_page)
-        mongo = os.environ.get("SCRAPER_BENCH_MONGO_URI")
-        code = self.baselines.get(contender)  # ours, as it was at an earlier commit
-        variant = self.variants.get(contender.removeprefix("ours-"), [])
-        contender_kind = "ours" if code is not None or variant else contender
         server = self.s3_servers.get(profile)
-        endpoint = f"http://127.0.0.1:{server.port}" if server else ""
-        if server and contender_kind in ("ours", "celery-gevent"):
+        endpoint = server.url if server else ""
+        bucket = None
+        if server and contender.stores:
             bucket = f"bench-{uuid.uuid4().hex[:10]}"
             s3(endpoint).create_bucket(Bucket=bucket)
-        if contender_kind in ("ours", "ours-no-storage"):
-            cmd += ["bench.run_ours", "--url", url, "--concurrency", str(c), "--out", str(out)]
-            if contender == "ours-no-storage":
-                cmd.append("--no-storage")
-            cmd += [x for setting in variant for x in ("-s", setting)]
-            if bucket:
-                prefix = "ours/"
-                cmd += [
-                    "--body-store",
-                    f"s3://{bucket}/{prefix}",
-                    "-s",
-                    f"AWS_ENDPOINT_URL={endpoint}",
-                ]
-            if bucket and profile == "services":
-                cmd += (
-                    ["--meta-store", f"{mongo.rstrip('/')}/bench_{uuid.uuid4().hex[:8]}"]
-                    if mongo
-                    else ["--meta-store", "mongodb://127.0.0.1:27017/bench", "--mongomock"]
-                )
-            for setting in self.extra_settings:
-                cmd += ["-s", setting]
-        elif contender == "celery-gevent":
-            port = free_port()
-            redis = Service(
-                [
-                    "redis-server",
-                    "--port",
-                    str(port),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--bind",
-                    "127.0.0.1",
-                ],
-                port,
-                self.logs / "redis.log",
-            )
-            extra.append(redis)
-            cmd += [
-                "bench.celery_gevent",
-                "--url",
-                url,
-                "--n",
-                str(n),
-                "--concurrency",
-                str(c),
-                "--profile",
-                profile,
-                "--out",
-                str(out),
-                "--redis-url",
-                f"redis://127.0.0.1:{port}/0",
-            ]
-            if bucket:
-                prefix = "celery/"
-                cmd += ["--s3-endpoint", endpoint, "--bucket", bucket]
-                if mongo and profile == "services":
-                    cmd += ["--mongo-uri", f"{mongo.rstrip('/')}/bench_{uuid.uuid4().hex[:8]}"]
-        elif contender == "bare":
-            cmd += ["bench.bare", "--url", url, "--concurrency", str(c), "--out", str(out)]
-        else:
-            raise ValueError(contender)
-
+        broker = redis_server(self.logs / "redis.log") if contender.broker else None
+        run = Run(
+            url=self.listing_url(n, self.per_page),
+            n=n,
+            c=c,
+            profile=profile,
+            out=out,
+            endpoint=endpoint,
+            bucket=bucket,
+            mongo=os.environ.get("SCRAPER_BENCH_MONGO_URI"),
+            redis_url=f"redis://127.0.0.1:{broker.port}/0" if broker else None,
+            settings=self.extra_settings,
+        )
+        cmd = [sys.executable, "-m", *contender.command(run)]
         site_cpu, sink_cpu = self.site.cpu(), server.cpu() if server else 0.0
         try:
             status, usage, process_wall, peak_rss = measure(
-                [cmd], out / "output.log", self.timeout, cwd=code or ROOT
+                [cmd], out / "output.log", self.timeout, cwd=contender.code or ROOT
             )[0]
         finally:
-            for service in extra:
-                service.stop()
+            if broker is not None:
+                broker.stop()
         report = (
             json.loads((out / "report.json").read_text())
             if status == 0 and (out / "report.json").exists()
@@ -240,7 +279,7 @@ class Bench:
             "profile": profile,
             "n": n,
             "c": c,
-            "contender": contender,
+            "contender": name,
             "repeat": repeat,
             "exit": status,
             "stored": report.get("stored", 0),
@@ -252,7 +291,8 @@ class Bench:
             "sink_cpu_seconds": (server.cpu() - sink_cpu) if server else 0.0,
             "errors": report.get("errors"),
         }
-        row["verified"] = self.verify(contender, profile, n, out, report, bucket, prefix, endpoint)
+        prefix = contender.stores.prefix if contender.stores and bucket else None
+        row["verified"] = self.verify(name, profile, n, out, report, bucket, prefix, endpoint)
         row["ok"] = status == 0 and row["stored"] >= n and row["verified"] is not False
         if row["ok"]:
             row["pages_per_second"] = n / row["wall_seconds"]
@@ -272,20 +312,16 @@ class Bench:
         report: dict[str, Any],
         bucket: str | None,
         prefix: str | None,
-        endpoint: str,
+        endpoint: str = "",
     ) -> bool | None:
         """Do the stores hold N pages, 20 sampled bodies byte-equal? None: nothing stored."""
-        if contender in ("ours-no-storage", "bare") or not report:
+        stores = self.contenders()[contender].stores
+        if stores is None or not report:
             return None
         sample = random.Random(n).sample(range(n), min(20, n))
 
-        ours = contender.startswith("ours")
-
         def key(i: int) -> str:
-            url = f"{self.site_url}/page/{i}"
-            if ours:
-                return RequestFingerprinter().fingerprint(Request(url)).hex()
-            return hashlib.sha1(url.encode()).hexdigest()
+            return stores.key(f"{self.site_url}/page/{i}")
 
         if profile == "services":  # meta in Mongo (mongomock dies with the contender)
             if report.get("meta_docs") != n:
@@ -296,7 +332,9 @@ class Bench:
                 return False
         if profile == "local":
             root = out / "bodies"
-            paths = {i: root / (f"{key(i)[:2]}/{key(i)}" if ours else key(i)) for i in sample}
+            paths = {
+                i: root / (f"{key(i)[:2]}/{key(i)}" if stores.fanout else key(i)) for i in sample
+            }
             return all(p.read_bytes() == render_child(i) for i, p in paths.items())
         client = s3(endpoint)
         count = sum(
@@ -405,7 +443,7 @@ def s3_capacity(endpoint: str, seconds: float = 8, threads: int = 32, size: int 
     return sum(counts) / (time.monotonic() - started)
 
 
-def sink_capacity(sink: Service, seconds: float, size: int = 35_000) -> tuple[float, float]:
+def sink_capacity(sink: Server, seconds: float, size: int = 35_000) -> tuple[float, float]:
     """PUTs/s bench/s3sink.py takes from obstore (32 in flight), and its CPU ms per PUT."""
     import asyncio
 
@@ -413,7 +451,7 @@ def sink_capacity(sink: Service, seconds: float, size: int = 35_000) -> tuple[fl
 
     from bench.s3_clients import obstore_store
 
-    endpoint = f"http://127.0.0.1:{sink.port}"
+    endpoint = sink.url
     bucket = f"capacity-{uuid.uuid4().hex[:8]}"
     s3(endpoint).create_bucket(Bucket=bucket)
     store, body = obstore_store(endpoint, bucket), os.urandom(size)
@@ -456,13 +494,18 @@ def fs_capacity(folder: Path, seconds: float = 5, size: int = 35_000) -> float:
         shutil.rmtree(target, ignore_errors=True)
 
 
-def checkout(rev: str, folder: Path) -> Path:
-    """A detached git worktree of ``rev`` in ``folder`` (made anew)."""
+def remove_checkout(folder: Path, quiet: bool = False) -> None:
+    """Remove the git worktree in ``folder`` (checkout's), if there is one."""
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)],
         check=False,
-        capture_output=True,
+        capture_output=quiet,
     )
+
+
+def checkout(rev: str, folder: Path) -> Path:
+    """A detached git worktree of ``rev`` in ``folder`` (made anew)."""
+    remove_checkout(folder, quiet=True)
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev],
         check=True,
@@ -548,23 +591,10 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     logs = OUT / "logs"
     logs.mkdir(exist_ok=True)
-    port = free_port()
-    site = Service(
-        [
-            sys.executable,
-            "-m",
-            "scraper.testsite",
-            "--port",
-            str(port),
-            "--pages",
-            str(max(args.n)),
-            "--latency-ms",
-            str(args.latency_ms),
-        ],
-        port,
-        logs / "site.log",
+    site = site_server(
+        logs / "site.log", "--pages", str(max(args.n)), "--latency-ms", str(args.latency_ms)
     )
-    s3_servers: dict[str, Service] = {}
+    s3_servers: dict[str, Server] = {}
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         capacity: dict[str, float] = {}
@@ -575,12 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"sinks alone: {sinks}", flush=True)
         if "s3" in args.profiles:
-            sink_port = free_port()
-            s3_servers["s3"] = Service(
-                [sys.executable, "-m", "bench.s3sink", "--port", str(sink_port)],
-                sink_port,
-                logs / "s3sink.log",
-            )
+            s3_servers["s3"] = s3sink_server(logs / "s3sink.log")
             capacity["s3"], sinks["s3sink_cpu_ms_per_put"] = sink_capacity(
                 s3_servers["s3"], args.sink_seconds
             )
@@ -590,20 +615,15 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         if "services" in args.profiles:
-            moto_port = free_port()
-            s3_servers["services"] = Service(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-                moto_port,
-                logs / "moto.log",
-            )
-            capacity["services"] = s3_capacity(f"http://127.0.0.1:{moto_port}", args.sink_seconds)
+            s3_servers["services"] = moto_server(logs / "moto.log")
+            capacity["services"] = s3_capacity(s3_servers["services"].url, args.sink_seconds)
             print(
                 f"moto alone: {capacity['services']:.0f} PUTs/s of 50 KB from 32 threads",
                 flush=True,
             )
         bench = Bench(
             site,
-            f"http://127.0.0.1:{port}",
+            site.url,
             s3_servers,
             logs,
             args.timeout,
@@ -614,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.variant:
             name, _, setting = spec.partition(":")
             bench.variants.setdefault(name, []).append(setting)
-        known = {*CONTENDERS, *(f"ours-{name}" for name in bench.variants)}
+        known = {*CONTENDERS, *bench.contenders()}
         if unknown := set(args.contenders) - known:
             parser.error(f"unknown contenders {sorted(unknown)}: choose from {sorted(known)}")
         if args.baseline:
@@ -665,18 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         for server in s3_servers.values():
             server.stop()
         if args.baseline:
-            subprocess.run(
-                [
-                    "git",
-                    "-C",
-                    str(ROOT),
-                    "worktree",
-                    "remove",
-                    "--force",
-                    str(OUT / f"baseline-{args.baseline}"),
-                ],
-                check=False,
-            )
+            remove_checkout(OUT / f"baseline-{args.baseline}")
         if args.runs_dir.name == "scraper-bench":  # the default tmpfs folder: ours to remove
             shutil.rmtree(args.runs_dir, ignore_errors=True)
 

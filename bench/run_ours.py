@@ -19,26 +19,8 @@ from typing import Any
 from scrapy.crawler import AsyncCrawlerProcess
 from scrapy.utils.project import get_project_settings
 
+from bench.servers import use_mongomock
 from scraper.spiders.listing import ListingSpider
-from scraper.stores.meta import MongoMetaStore
-
-
-def use_mongomock() -> Any:
-    """Swap in mongomock (the bench's in-process Mongo) and return its shared client."""
-    import functools
-
-    import mongomock
-    import mongomock.collection
-
-    add_replace = mongomock.collection.BulkOperationBuilder.add_replace
-
-    def add_replace_without_sort(self: Any, *args: Any, sort: Any = None, **kw: Any) -> Any:
-        return add_replace(self, *args, **kw)  # pymongo >= 4.11 passes sort=None
-
-    mongomock.collection.BulkOperationBuilder.add_replace = add_replace_without_sort
-    store = mongomock.store.ServerStore()
-    MongoMetaStore.client_class = functools.partial(mongomock.MongoClient, _store=store)
-    return MongoMetaStore.client_class
 
 
 def main() -> None:

@@ -23,8 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from scraper.testsite import free_port
-
 ROOT = Path(__file__).resolve().parent.parent
 CREDENTIALS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench-secret"}
 
@@ -114,14 +112,12 @@ def main() -> int:
     parser.add_argument("--clients", nargs="+", default=list(CLIENTS), choices=CLIENTS)
     args = parser.parse_args()
 
-    from bench.run import OUT, Service, cpu_seconds
+    from bench.run import OUT
+    from bench.servers import s3sink_server
 
     OUT.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    sink = Service(
-        [sys.executable, "-m", "bench.s3sink", "--port", str(port)], port, OUT / "s3sink.log"
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+    sink = s3sink_server(OUT / "s3sink.log")
+    endpoint = sink.url
     body = os.urandom(args.size)
     rows: dict[str, list[tuple[float, float, float]]] = {c: [] for c in args.clients}
     try:
@@ -131,7 +127,7 @@ def main() -> int:
                 boto3_client(endpoint, 1, True).create_bucket(Bucket=bucket)
                 cpu, sink_cpu, wall = (
                     time.process_time(),
-                    cpu_seconds(sink.proc.pid),
+                    sink.cpu(),
                     time.monotonic(),
                 )
                 if client.startswith("obstore"):
@@ -151,7 +147,7 @@ def main() -> int:
                 rows[client].append(
                     (
                         1000 * (time.process_time() - cpu) / args.puts,
-                        1000 * (cpu_seconds(sink.proc.pid) - sink_cpu) / args.puts,
+                        1000 * (sink.cpu() - sink_cpu) / args.puts,
                         args.puts / wall,
                     )
                 )

@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 from bench.report import write_section
-from bench.run import OUT, ROOT, Service, tree_rss_mb
-from scraper.testsite import Listing, free_port, render_child
+from bench.run import OUT, tree_rss_mb
+from bench.servers import ROOT, redis_server, site_server
+from scraper.testsite import Listing, render_child
 
 
 def count_lines(path: Path) -> int:
@@ -158,44 +159,20 @@ def main(argv: list[str] | None = None) -> int:
     # A folder of this run's own: a soak beside another (or its smoke test) must not
     # write into, or delete, the other's stores.
     out = Path(tempfile.mkdtemp(prefix="scraper-soak-", dir=shm if shm.is_dir() else OUT))
-    port = free_port()
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
-    site = Service(
-        [
-            sys.executable,
-            "-m",
-            "scraper.testsite",
-            "--port",
-            str(port),
-            "--pages",
-            str(args.n),
-            "--latency-ms",
-            str(args.latency_ms),
-        ],
-        port,
+    site = site_server(
         OUT / "logs" / "soak-site.log",
+        "--pages",
+        str(args.n),
+        "--latency-ms",
+        str(args.latency_ms),
     )
-    base = f"http://127.0.0.1:{port}"
+    base = site.url
     redis = None
     settings = []
     if args.redis:
-        redis_port = free_port()
-        redis = Service(
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ],
-            redis_port,
-            OUT / "logs" / "soak-redis.log",
-        )
-        settings.append(f"REDIS_URL=redis://127.0.0.1:{redis_port}/0")
+        redis = redis_server(OUT / "logs" / "soak-redis.log")
+        settings.append(f"REDIS_URL=redis://127.0.0.1:{redis.port}/0")
     try:
         code, samples = crawl(
             base + Listing(args.n, args.per_page).query(1),
