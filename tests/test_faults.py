@@ -509,12 +509,7 @@ async def test_a_cut_line_in_the_meta_spool_is_set_aside_and_the_rest_replayed(
     append_lines(spool, docs)
     with spool.open("ab") as f:
         f.write(b'{"fingerprint": "cut')
-    settings = project_settings(
-        META_STORE=str(tmp_path / "meta.jsonl"),
-        META_STORE_SPOOL=str(spool),
-        BODY_STORE=str(tmp_path / "bodies"),
-        BODY_STORE_SPOOL=str(tmp_path / "body-spool"),
-    )
+    settings = project_settings(**store_settings(tmp_path, META_STORE_SPOOL=str(spool)))
     said: list[str] = []
     report = await replay(settings, say=said.append)
     assert not report.ok and report.meta_written == 3 and report.meta_left == 0
