@@ -264,7 +264,7 @@ class Pump:
         return worked
 
     async def _lease_more(self, now: float) -> bool:
-        if await self._refill():
+        if await self.refill():
             self.lease_wait = 0.0
             return True
         # Nothing to lease: ask less and less often (an idle node asked 50 times a second,
@@ -274,7 +274,7 @@ class Pump:
         self.next_lease = now + self.lease_wait
         return False
 
-    async def _refill(self) -> bool:
+    async def refill(self) -> bool:
         """Lease requests (and start URLs) up to ``prefetch``, and hand them to the engine:
         through ``engine.crawl``, which also wakes it."""
         want = self.prefetch - len(self.buffers.local)

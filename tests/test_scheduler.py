@@ -1,0 +1,215 @@
+"""The distributed scheduler, its leases and its pump, built in this process against the
+session's redis-server: what a node acknowledges, when, and what it lets go.
+
+The engine here is a stand-in with the two calls the scheduler makes of Scrapy's
+(``crawl`` and ``spider_is_idle``); the pump is driven one step at a time. Whole crawls
+through the real engine are in test_distributed.py (nodes as processes) and at the end
+of this file (one node, in this process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from scrapy import Request
+from scrapy.utils.defer import deferred_f_from_coro_f, maybe_deferred_to_future
+from scrapy.utils.test import get_crawler
+
+from scraper.distributed.buffers import Buffers
+from scraper.distributed.leases import LEASE, Leases
+from scraper.distributed.queue import CrawlQueue
+from scraper.distributed.scheduler import DistributedScheduler
+from scraper.distributed.tracking import request_done
+from scraper.spiders.listing import ListingSpider
+from tests.helpers import Site, crawl, records, store_settings
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+
+class Engine:
+    """What the scheduler asks of Scrapy's engine, and nothing else."""
+
+    def __init__(self, spider: ListingSpider) -> None:
+        self.spider = spider
+        self.scheduler: DistributedScheduler | None = None
+
+    def crawl(self, request: Request) -> None:
+        assert self.scheduler is not None
+        self.scheduler.enqueue_request(request)
+
+    def spider_is_idle(self) -> bool:
+        return False
+
+
+class Node:
+    """One node's scheduler, opened on the test's Redis, its pump not started."""
+
+    def __init__(self, crawler: Crawler, scheduler: DistributedScheduler) -> None:
+        self.crawler, self.scheduler = crawler, scheduler
+        assert scheduler.pump is not None and scheduler.queue is not None
+        self.pump, self.queue = scheduler.pump, scheduler.queue
+
+    def stat(self, name: str) -> Any:
+        assert self.crawler.stats is not None
+        return self.crawler.stats.get_value(name, 0)
+
+    def stored(self, request: Request) -> None:
+        """The request's outcome is stored (what LeaseTracker signals)."""
+        self.crawler.signals.send_catch_log(request_done, request=request)
+
+    def request(self, path: str, priority: int = 0) -> Request:
+        """A request the spider could have yielded (its callbacks are its own)."""
+        spider = self.scheduler.spider
+        assert isinstance(spider, ListingSpider)
+        return Request(f"http://127.0.0.1:1{path}", callback=spider.parse_list, priority=priority)
+
+    def take(self, n: int) -> list[Request]:
+        """The engine starts ``n`` requests."""
+        return [r for _ in range(n) if (r := self.scheduler.next_request()) is not None]
+
+
+async def open_node(redis_url: str, **settings: Any) -> Node:
+    crawler = get_crawler(ListingSpider, {"REDIS_URL": redis_url, **settings})
+    spider = ListingSpider.from_crawler(crawler)
+    crawler.spider = spider
+    engine = Engine(spider)
+    crawler.engine = engine  # type: ignore[assignment]
+    scheduler = DistributedScheduler.from_crawler(crawler)
+    engine.scheduler = scheduler
+    await maybe_deferred_to_future(scheduler.open(spider))
+    return Node(crawler, scheduler)
+
+
+async def close_node(node: Node) -> None:
+    node.pump.task = asyncio.ensure_future(asyncio.sleep(0))  # as if started: close flushes
+    await maybe_deferred_to_future(node.scheduler.close("finished"))
+
+
+def test_leases_from_lease_to_ack() -> None:
+    leases = Leases("node-a")
+    leases.hold("t1")
+    found = leases.hold_found()
+    assert found.startswith("node-a:f") and len(leases) == 2
+    assert leases.done("t1") and not leases.done("t1")  # acknowledged once
+    assert not leases.done("never-held") and not leases.done(None)
+    assert leases.take_acks() == ["t1"] and leases.acks == []
+    leases.unsent(["t1"])  # a flush that could not send it: first in line again
+    leases.end("start-url")
+    assert leases.take_acks() == ["t1", "start-url"]
+    leases.hold("t2")
+    leases.lose(unstarted=set(), in_flight={"t2"})
+    assert leases.to_extend(not_in_redis_yet={found}) == []  # lost, or not written yet
+    assert leases.let_go() == 2 and sorted(leases.acks) == sorted([found, "t2"])
+
+
+def test_buffers_keep_list_pages_ahead_and_drop_what_was_not_started() -> None:
+    buffers = Buffers()
+    for token, priority in [("a", 0), ("b", 0), ("list", 10), ("c", 0)]:
+        buffers.keep(Request("http://x/", priority=priority, meta={LEASE: token}))
+    assert [r.meta[LEASE] for r in buffers.local] == ["list", "a", "b", "c"]
+    assert buffers.drop_unstarted({"a", "c", "elsewhere"}) == {"a", "c"}
+    assert buffers.unstarted_leases() == ["list", "b"]
+
+
+@deferred_f_from_coro_f
+async def test_a_request_is_acknowledged_only_once_stored(redis_url: str) -> None:
+    node = await open_node(redis_url)
+    try:
+        for n in range(3):
+            node.scheduler.enqueue_request(node.request(f"/item/{n}"))
+        assert await node.pump.flush()
+        assert await node.pump.refill()
+        started = node.take(3)
+        assert [r.meta[LEASE] in node.scheduler.leases.held for r in started] == [True] * 3
+        node.stored(started[0])
+        node.stored(started[0])  # a second signal for it acknowledges nothing more
+        await node.pump.flush()
+        status = await node.queue.status()
+        assert (status.queued, status.leased, node.stat("distributed/acked")) == (0, 2, 1)
+    finally:
+        await close_node(node)
+    # Closed with two requests in flight and not stored: their leases stay, to expire and
+    # be crawled by another node; nothing is acknowledged for them.
+    client = Redis.from_url(redis_url)
+    queue = CrawlQueue(client, "listing")
+    assert (await queue.status()).leased == 2
+    await client.aclose()
+
+
+@deferred_f_from_coro_f
+async def test_a_list_page_is_acknowledged_after_its_children_are_in_redis(
+    redis_url: str,
+) -> None:
+    node = await open_node(redis_url)
+    queued_at_ack: list[int] = []
+    ack = node.queue.ack
+
+    async def ack_watching(tokens: list[str]) -> tuple[int, int]:
+        queued_at_ack.append((await node.queue.status()).queued)
+        return await ack(tokens)
+
+    node.queue.ack = ack_watching  # type: ignore[method-assign]
+    try:
+        node.scheduler.enqueue_request(node.request("/list", priority=10))
+        await node.pump.flush()
+        await node.pump.refill()
+        (list_page,) = node.take(1)
+        # Its callback yields 50 children, and its last item is stored, before any flush.
+        for n in range(50):
+            node.scheduler.enqueue_request(node.request(f"/item/{n}"))
+        node.stored(list_page)
+        await node.pump.flush()
+        assert queued_at_ack == [50]
+        assert node.stat("distributed/acked") == 1
+    finally:
+        await close_node(node)
+
+
+@deferred_f_from_coro_f
+async def test_leases_lost_in_a_partition_are_let_go(redis_url: str) -> None:
+    node = await open_node(redis_url, REDIS_LEASE_SECONDS=0.3)
+    other = CrawlQueue(Redis.from_url(redis_url), "listing")
+    try:
+        for n in range(3):
+            node.scheduler.enqueue_request(node.request(f"/item/{n}"))
+        await node.pump.flush()
+        await node.pump.refill()
+        (in_flight,) = node.take(1)
+        await asyncio.sleep(0.4)  # the node could not reach Redis for longer than a lease
+        assert await other.reclaim(max_attempts=5) == (3, 0)  # another node took them back
+        await node.pump.upkeep.extend()
+        # The two not started are no longer this node's; the one in flight finishes here
+        # and its late acknowledgement is refused (another node crawls and acks it).
+        assert len(node.scheduler) == 0
+        assert node.scheduler.leases.held == {in_flight.meta[LEASE]}
+        assert node.stat("distributed/leases_lost") == 3
+        node.stored(in_flight)
+        await node.pump.flush()
+        assert node.stat("distributed/ack_refused") == 1
+        assert (await other.status()).queued == 3
+    finally:
+        await close_node(node)
+        await other.redis.aclose()
+
+
+@deferred_f_from_coro_f
+async def test_one_node_in_this_process_crawls_everything_once(
+    site: Site, redis_url: str, tmp_path: Path
+) -> None:
+    crawler = await crawl(site.listing_url(40), REDIS_URL=redis_url, **store_settings(tmp_path))
+    assert crawler.stats is not None
+    stats = crawler.stats.get_stats()
+    assert stats["finish_reason"] == "finished"
+    children = [r for r in records(tmp_path) if r.get("kind", "child") == "child"]
+    assert sorted({r["url"] for r in children}) == sorted(r["url"] for r in children)
+    assert len(children) == 40
+    # Every lease it took was acknowledged: nothing left behind in Redis.
+    assert stats["distributed/acked"] == stats["distributed/leased"]
+    client = Redis.from_url(redis_url)
+    status = await CrawlQueue(client, "listing").status()
+    await client.aclose()
+    assert (status.queued, status.leased, status.drained) == (0, 0, True)
