@@ -77,7 +77,7 @@ COMMANDS_MODULE = "scraper.commands"  # scrapy seed, scrapy status, scrapy repla
 
 # --- Concurrency ---------------------------------------------------------------------------
 # CONCURRENT_REQUESTS_PER_DOMAIN follows CONCURRENT_REQUESTS unless you set it yourself
-# (see ListingSpider.update_settings): a listing crawl is one site, and Scrapy's default of
+# (see scraper.addon): a listing crawl is one site, and Scrapy's default of
 # 8 per domain would silently cap `-s CONCURRENT_REQUESTS=1000` at 8.
 CONCURRENT_REQUESTS = 100
 # One item per page; Scrapy's default of 100 makes ~100 tasks per response and, at c=1000,
@@ -139,6 +139,9 @@ SPIDER_MIDDLEWARES = {
     "scrapy.spidermiddlewares.depth.DepthMiddleware": None,
     "scrapy.spidermiddlewares.urllength.UrlLengthMiddleware": None,
 }
+# The settings that follow from others (distributed mode when REDIS_URL is set, the
+# per-domain concurrency of a one-site crawl) are wired in one place: scraper/addon.py.
+ADDONS = {"scraper.addon.ListingCrawl": 0}
 EXTENSIONS = {
     "scraper.logsetup.LogSetup": 0,  # first: secrets never reach the log
     "scrapy.extensions.logstats.LogStats": None,  # replaced by the progress line

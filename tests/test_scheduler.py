@@ -16,15 +16,18 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from scrapy import Request
 from scrapy.utils.defer import deferred_f_from_coro_f, maybe_deferred_to_future
+from scrapy.utils.misc import load_object
 from scrapy.utils.test import get_crawler
 
+from scraper.addon import LEASE_TRACKER_ORDER
 from scraper.distributed.buffers import Buffers
 from scraper.distributed.leases import LEASE, Leases
 from scraper.distributed.queue import CrawlQueue
 from scraper.distributed.scheduler import DistributedScheduler
-from scraper.distributed.tracking import request_done
+from scraper.distributed.tracking import LeaseTracker
+from scraper.signals import request_done
 from scraper.spiders.listing import ListingSpider
-from tests.helpers import Site, crawl, records, store_settings
+from tests.helpers import Site, crawl, project_settings, records, store_settings
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -213,3 +216,22 @@ async def test_one_node_in_this_process_crawls_everything_once(
     status = await CrawlQueue(client, "listing").status()
     await client.aclose()
     assert (status.queued, status.leased, status.drained) == (0, 0, True)
+
+
+def wired(**settings: Any) -> Any:
+    """The settings a crawl of the project runs with, once the add-on has wired them."""
+    project = dict(project_settings().items())
+    return get_crawler(ListingSpider, {**project, **settings}).settings
+
+
+def test_redis_url_wires_the_shared_queue_and_nothing_else_does(redis_url: str) -> None:
+    distributed = wired(REDIS_URL=redis_url, SCHEDULER="scrapy_redis.scheduler.Scheduler")
+    # REDIS_URL wins over a SCHEDULER left in the project's settings (scrapy-redis's).
+    assert load_object(distributed["SCHEDULER"]) is DistributedScheduler
+    assert distributed.getdict("SPIDER_MIDDLEWARES")[LeaseTracker] == LEASE_TRACKER_ORDER
+    in_memory = wired()
+    assert load_object(in_memory["SCHEDULER"]) is not DistributedScheduler
+    assert LeaseTracker not in in_memory.getdict("SPIDER_MIDDLEWARES")
+    assert "scraper.distributed.tracking.LeaseTracker" not in in_memory.getdict(
+        "SPIDER_MIDDLEWARES"
+    )

@@ -189,10 +189,11 @@ def test_extract_title(body: bytes, encoding: str, title: str | None) -> None:
 
 
 def test_concurrency_per_domain_follows_concurrent_requests() -> None:
-    crawler = get_crawler(ListingSpider, settings_dict={"CONCURRENT_REQUESTS": 1000})
+    addon = {"ADDONS": {"scraper.addon.ListingCrawl": 0}}  # as in the project's settings
+    crawler = get_crawler(ListingSpider, settings_dict={**addon, "CONCURRENT_REQUESTS": 1000})
     assert crawler.settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN") == 1000
     crawler = get_crawler(
         ListingSpider,
-        settings_dict={"CONCURRENT_REQUESTS": 1000, "CONCURRENT_REQUESTS_PER_DOMAIN": 10},
+        settings_dict={**addon, "CONCURRENT_REQUESTS": 1000, "CONCURRENT_REQUESTS_PER_DOMAIN": 10},
     )
     assert crawler.settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN") == 10

@@ -45,8 +45,8 @@ from scraper.distributed.codec import encode
 from scraper.distributed.leases import FOUND_BY, LEASE, Leases
 from scraper.distributed.pump import OUTAGE, Pump
 from scraper.distributed.queue import BloomFilter, CrawlQueue
-from scraper.distributed.tracking import request_done
 from scraper.retry import describe
+from scraper.signals import request_done
 from scraper.stores import redact
 
 if TYPE_CHECKING:

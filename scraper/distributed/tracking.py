@@ -17,6 +17,7 @@ from scrapy import Request, signals
 from scrapy.http import Response
 
 from scraper.distributed.leases import FOUND_BY, LEASE
+from scraper.signals import request_done
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
 
     from scrapy.crawler import Crawler
     from twisted.python.failure import Failure
-
-#: Signal: ``request`` (carrying ``meta[LEASE]``) is fully handled.
-request_done = object()
 
 
 def lease_of(response: Response | Failure | None) -> tuple[str | None, Request | None]:

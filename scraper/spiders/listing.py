@@ -36,10 +36,10 @@ from scrapy.utils.gz import gunzip, gzip_magic_number
 from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 
 from scraper.canonical import canonical_url
-from scraper.distributed.tracking import request_done
 from scraper.fingerprint import LIST_PAGE
 from scraper.items import PageItem
 from scraper.retry import describe
+from scraper.signals import request_done
 from scraper.spiders.listpage import ListPage, read_list_page
 from scraper.spiders.pagination import Position, position
 from scraper.urls import ParamStripper, expand_template, resolve
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
     from scrapy.crawler import Crawler
     from scrapy.http import Response
-    from scrapy.settings import BaseSettings
     from twisted.python.failure import Failure
 
 logger = logging.getLogger(__name__)
@@ -144,24 +143,6 @@ class ListingSpider(Spider):
         spider = super().from_crawler(crawler, *args, **kwargs)
         crawler.signals.connect(spider.request_dropped, signal=signals.request_dropped)
         return spider
-
-    @classmethod
-    def update_settings(cls, settings: BaseSettings) -> None:
-        super().update_settings(settings)
-        # Per-domain concurrency follows CONCURRENT_REQUESTS unless it was set at the same or
-        # a higher priority (e.g. both on the command line): a listing crawl is one site.
-        total = settings.getint("CONCURRENT_REQUESTS")
-        total_priority = settings.getpriority("CONCURRENT_REQUESTS") or 0
-        if (settings.getpriority("CONCURRENT_REQUESTS_PER_DOMAIN") or 0) < total_priority:
-            settings.set("CONCURRENT_REQUESTS_PER_DOMAIN", total, priority=total_priority)
-        if settings.get("REDIS_URL"):  # distributed mode: the shared queue in Redis
-            settings.set(
-                "SCHEDULER", "scraper.distributed.scheduler.DistributedScheduler", priority="spider"
-            )
-            middlewares = settings.getdict("SPIDER_MIDDLEWARES")
-            # Closest to the engine: it must see what every other middleware let through.
-            middlewares["scraper.distributed.tracking.LeaseTracker"] = 1
-            settings.set("SPIDER_MIDDLEWARES", middlewares, priority="spider")
 
     async def start(self) -> AsyncIterator[Request]:
         distributed = bool(self.crawler.settings.get("REDIS_URL"))

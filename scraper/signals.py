@@ -1,0 +1,10 @@
+"""The project's own signal, beside Scrapy's (scrapy.signals).
+
+``request_done``: everything a request produced is stored, or it failed and produced
+nothing to store. Sent with ``request=``. LeaseTracker sends it for callbacks' output;
+a callback or errback that yields no item sends it itself (ListingSpider.list_failed).
+In distributed mode the scheduler acknowledges the request's lease on it; in memory,
+nothing listens.
+"""
+
+request_done = object()
