@@ -23,7 +23,6 @@ from tests.helpers import (
     ENV,
     assert_children_recorded,
     assert_stored_once,
-    log_stats,
     records,
     seed,
     setting_args,
@@ -129,6 +128,7 @@ def test_planted_entries_are_rejected_logged_and_run_no_code(
                     "META_STORE": tmp_path / "meta.jsonl",
                     "REDIS_LEASE_SECONDS": 3,
                     "LOG_FILE": log,
+                    "STATS_FILE": tmp_path / "stats.json",
                 }
             ),
         ],
@@ -148,7 +148,7 @@ def test_planted_entries_are_rejected_logged_and_run_no_code(
     assert not (tmp_path / "imported").exists()  # no module named by Redis was imported
     text = log.read_text()
     assert "Traceback" not in text
-    stats: dict[str, Any] = log_stats(text)
+    stats: dict[str, Any] = json.loads((tmp_path / "stats.json").read_text())
     assert stats["finish_reason"] == "finished"
     assert_stored_once(site, tmp_path, 300)
     assert_children_recorded(stats, len(records(tmp_path)))

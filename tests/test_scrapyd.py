@@ -30,7 +30,6 @@ from tests.helpers import (
     Site,
     assert_children_recorded,
     assert_stored_once,
-    log_stats,
     records,
     running_site,
     store_settings,
@@ -218,14 +217,17 @@ def test_deploy_schedule_and_crawl_with_the_embedded_stores(
     assert result.returncode == 0, result.stderr
     assert '"status": "ok"' in result.stdout and '"spiders": 1' in result.stdout
 
-    job = scrapyd.schedule(*stores(tmp_path), url=site.listing_url(500, per_page=100))
+    stats_file = tmp_path / "stats.json"
+    job = scrapyd.schedule(
+        *stores(tmp_path), f"STATS_FILE={stats_file}", url=site.listing_url(500, per_page=100)
+    )
     scrapyd.wait_until(job, "finished")
 
     assert_stored_once(site, tmp_path, 500)
-    stats = log_stats(scrapyd.log(job))
+    stats = json.loads(stats_file.read_text())  # what the job's log dumps, as JSON
     assert stats["finish_reason"] == "finished"
     assert stats["meta_store/written"] == stats["body_store/stored"] == 500
-    assert_children_recorded(stats, len(records(tmp_path)))  # stats from the job's log
+    assert_children_recorded(stats, len(records(tmp_path)))
 
 
 def test_two_scrapyds_share_one_crawl_from_one_redis(
@@ -235,7 +237,11 @@ def test_two_scrapyds_share_one_crawl_from_one_redis(
     for node in nodes:
         assert deploy(project, "default", url=node.url).returncode == 0
     settings = (*stores(tmp_path), f"REDIS_URL={redis_url}", "CONCURRENT_REQUESTS=50")
-    jobs = [node.schedule(*settings) for node in nodes]
+    stats_files = [tmp_path / f"stats{i}.json" for i in range(2)]
+    jobs = [
+        node.schedule(*settings, f"STATS_FILE={f}")
+        for node, f in zip(nodes, stats_files, strict=True)
+    ]
     for node, job in zip(nodes, jobs, strict=True):
         node.wait_until(job, "running")
     seed = subprocess.run(
@@ -260,7 +266,7 @@ def test_two_scrapyds_share_one_crawl_from_one_redis(
     for node, job in zip(nodes, jobs, strict=True):
         node.wait_until(job, "finished")
     assert_stored_once(site_50ms_latency, tmp_path, 2000)
-    stats = [log_stats(node.log(job)) for node, job in zip(nodes, jobs, strict=True)]
+    stats = [json.loads(f.read_text()) for f in stats_files]
     assert [s["finish_reason"] for s in stats] == ["finished", "finished"]
     assert all(s["meta_store/written"] > 0 for s in stats)  # both took part
     assert sum(s["meta_store/written"] for s in stats) == 2000
@@ -273,22 +279,25 @@ def test_a_cancelled_job_hands_back_its_work_and_another_job_finishes_it(
     scrapyd = start_scrapyd(scrapyds, tmp_path / "scrapyd")
     assert deploy(project, "default", url=scrapyd.url).returncode == 0
     settings = (*stores(tmp_path), f"REDIS_URL={redis_url}", "CONCURRENT_REQUESTS=50")
-    first = scrapyd.schedule(*settings, url=site_50ms_latency.listing_url(3000))
+    first = scrapyd.schedule(
+        *settings, f"STATS_FILE={tmp_path / 'first.json'}", url=site_50ms_latency.listing_url(3000)
+    )
     wait_for_lines(tmp_path / "meta.jsonl", 300)
     assert (
         scrapyd.call("cancel.json", {"project": "scraper", "job": first})["prevstate"] == "running"
     )
     scrapyd.wait_until(first, "finished", timeout=60)
-    cancelled = log_stats(scrapyd.log(first))
+    cancelled = json.loads((tmp_path / "first.json").read_text())
     assert cancelled["finish_reason"] == "shutdown"
     stored_first = cancelled["meta_store/written"]
     assert 300 <= stored_first < 3000
 
-    second = scrapyd.schedule(*settings)  # no URL: it takes the crawl's queue from Redis
+    # No URL: it takes the crawl's queue from Redis.
+    second = scrapyd.schedule(*settings, f"STATS_FILE={tmp_path / 'second.json'}")
     scrapyd.wait_until(second, "finished")
 
     assert_stored_once(site_50ms_latency, tmp_path, 3000)
-    finished = log_stats(scrapyd.log(second))
+    finished = json.loads((tmp_path / "second.json").read_text())
     assert finished["finish_reason"] == "finished"
     # What the first job had leased and not started went back when it closed; what it
     # had in flight finished there. Nothing waited for a lease to expire.

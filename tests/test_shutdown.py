@@ -6,6 +6,7 @@ test site with 500 ms latency, so that requests are in flight when the signal ar
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -22,7 +23,6 @@ from tests.helpers import (
     Site,
     assert_children_recorded,
     assert_stored_once,
-    log_stats,
     read_jsonl,
     records,
     running_site,
@@ -97,7 +97,11 @@ def test_sigterm_drains_a_single_node_crawl_and_exits_0(
             f"url={site_500ms_latency.listing_url(2000)}",
             *setting_args(
                 store_settings(
-                    tmp_path, CONCURRENT_REQUESTS=40, META_STORE_FLUSH_INTERVAL=2, LOG_FILE=log
+                    tmp_path,
+                    CONCURRENT_REQUESTS=40,
+                    META_STORE_FLUSH_INTERVAL=2,
+                    LOG_FILE=log,
+                    STATS_FILE=tmp_path / "stats.json",
                 )
             ),
         ],
@@ -118,7 +122,7 @@ def test_sigterm_drains_a_single_node_crawl_and_exits_0(
     assert code == 0
     text = log.read_text()
     assert "Received SIGTERM, shutting down gracefully" in text
-    stats = log_stats(text)
+    stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["finish_reason"] == "shutdown"
     docs = read_jsonl(tmp_path / "meta.jsonl")
     stored = stats["meta_store/written"]
