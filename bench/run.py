@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy import Request
 from scrapy.utils.request import RequestFingerprinter
 
+from bench import servers
 from bench.servers import ROOT, Server, moto_server, redis_server, s3sink_server, site_server
 from scraper.testsite import Listing, render_child
 
@@ -82,15 +83,7 @@ def tree_rss_mb(pid: int) -> float:
 
 
 def s3(endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    return servers.s3_client(endpoint, CREDENTIALS)
 
 
 def fingerprint_key(url: str) -> str:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from scraper.testsite import free_port, wait_for_port
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 #: What our servers print on stdout once bound (scraper/testsite.py, bench/s3sink.py).
@@ -209,3 +209,17 @@ def use_mongomock(patch: Callable[[Any, str, Any], None] = setattr) -> Any:
     client_class = functools.partial(mongomock.MongoClient, _store=store)
     patch(MongoMetaStore, "client_class", client_class)
     return client_class
+
+
+def s3_client(endpoint: str, credentials: Mapping[str, str]) -> Any:
+    """A boto3 client of the S3 server at ``endpoint`` (moto, the sink), to set up and
+    read buckets; ``credentials`` in environment-variable form (AWS_ACCESS_KEY_ID...)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+    )

@@ -24,6 +24,7 @@ import redis
 from scrapy.crawler import Crawler
 from scrapy.settings import Settings
 
+from bench import servers
 from bench.servers import ROOT, Server, redis_server, site_server, stop
 from scraper.spiders.listing import ListingSpider
 from scraper.stores.meta import MongoMetaStore
@@ -172,15 +173,8 @@ def wait_for_leases_of(node: Node, redis_url: str, timeout: float = 60) -> None:
 
 
 def s3_client(endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    """A boto3 client of the test S3 server at ``endpoint``, with the tests' keys."""
+    return servers.s3_client(endpoint, S3_CREDENTIALS)
 
 
 def mongo_collection(uri: str, name: str = "pages") -> Any:
