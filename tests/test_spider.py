@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 from scrapy import Request
 from scrapy.http import HtmlResponse, Response
 from scrapy.utils.request import request_from_dict
 from scrapy.utils.test import get_crawler
 
-from scraper.spiders.listing import ListingSpider, extract_title
+from scraper.spiders.listing import ListingSpider
+from scraper.spiders.records import extract_title
+from scraper.spiders.sitemap import SitemapPage, read_sitemap
 from scraper.testsite import SKIPPED_LINKS, Listing, render_child, render_list
 from scraper.urls import resolve
 
@@ -197,3 +201,29 @@ def test_concurrency_per_domain_follows_concurrent_requests() -> None:
         settings_dict={**addon, "CONCURRENT_REQUESTS": 1000, "CONCURRENT_REQUESTS_PER_DOMAIN": 10},
     )
     assert crawler.settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN") == 10
+
+
+def test_read_sitemap_tells_each_kind_and_says_why_it_cannot() -> None:
+    urlset = (
+        b'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        b"<url><loc>https://x.test/a</loc></url><url><loc>/b</loc></url></urlset>"
+    )
+    robots = b"User-agent: *\nSitemap: https://x.test/s1.xml\nsitemap: /s2.xml.gz\n"
+
+    def read(url: str, body: bytes) -> SitemapPage:
+        return read_sitemap(Response(url, body=body), max_size=1 << 20)
+
+    assert read("https://x.test/s.xml", urlset) == SitemapPage("urlset", ["https://x.test/a", "/b"])
+    assert read("https://x.test/s.xml.gz", gzip.compress(urlset)).locs == [
+        "https://x.test/a",
+        "/b",
+    ]
+    assert read("https://x.test/robots.txt", robots) == SitemapPage(
+        "robots", ["https://x.test/s1.xml", "https://x.test/s2.xml.gz"]
+    )
+    assert read("https://x.test/s.xml", b"<html>no</html>").error == (
+        "not a sitemap (no <urlset> or <sitemapindex>)"
+    )
+    broken = read("https://x.test/s.xml.gz", gzip.compress(urlset)[:30])
+    assert broken.kind is None and broken.error is not None
+    assert broken.error.startswith("not a readable gzip file")

@@ -16,11 +16,8 @@ after every dedup (a child linked from two list pages, or already queued, counts
 
 from __future__ import annotations
 
-import hashlib
-import html
 import logging
 import re
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,19 +26,22 @@ from urllib.parse import urlsplit
 from lxml import etree
 from parsel.csstranslator import HTMLTranslator
 from scrapy import Request, Spider, signals
-from scrapy.exceptions import CloseSpider, DownloadCancelledError
+from scrapy.exceptions import CloseSpider
 from scrapy.http import TextResponse
-from scrapy.spidermiddlewares.httperror import HttpError
-from scrapy.utils.gz import gunzip, gzip_magic_number
-from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 
-from scraper.canonical import canonical_url
 from scraper.fingerprint import LIST_PAGE
 from scraper.items import PageItem
 from scraper.retry import describe
 from scraper.signals import request_done
 from scraper.spiders.listpage import ListPage, read_list_page
 from scraper.spiders.pagination import Position, position
+from scraper.spiders.records import (
+    child_record,
+    describe_failure,
+    failed_child_record,
+    request_of,
+)
+from scraper.spiders.sitemap import read_sitemap
 from scraper.urls import ParamStripper, expand_template, resolve
 
 if TYPE_CHECKING:
@@ -54,20 +54,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 #: request.meta key: False for a list page whose next pages are not looked for (the pages
 #: of a URL template are all named already).
 PAGINATION = "pagination"
 CHILDREN_MODES = ("content", "all")
-
-
-def extract_title(body: bytes, encoding: str) -> str | None:
-    """The page's <title>, read with a regex: a full HTML parse costs more CPU than the fetch."""
-    match = _TITLE.search(body, 0, 65536)
-    if not match:
-        return None
-    title = html.unescape(match.group(1).decode(encoding, "replace")).strip()
-    return " ".join(title.split())[:1000] or None
 
 
 def _check_selector(kind: str, value: str) -> str | None:
@@ -364,44 +354,25 @@ class ListingSpider(Spider):
         ``Sitemap:`` lines)."""
         stats = self.crawler.stats
         stats.inc_value("listing/sitemaps")
-        site = urlsplit(response.url).hostname
-        if urlsplit(response.url).path.endswith("/robots.txt"):
-            text = response.body.decode("utf-8", "replace")
-            for url in sitemap_urls_from_robots(text, base_url=response.url):
-                if self._may_follow():
-                    yield self.sitemap_request(url)
-            return
-        body = response.body
-        if gzip_magic_number(response):
-            try:
-                body = gunzip(body, max_size=self.crawler.settings.getint("DOWNLOAD_MAXSIZE"))
-            except Exception as exc:
-                logger.error(
-                    "Sitemap %(url)s is not a readable gzip file: %(error)s",
-                    {"url": response.url, "error": describe(exc)},
-                )
-                stats.inc_value("listing/sitemap_unreadable")
-                return
-        try:
-            sitemap = Sitemap(body)
-            entries = [entry.get("loc") for entry in sitemap]
-        except Exception:
-            sitemap, entries = None, []
-        if sitemap is None or sitemap.type not in ("urlset", "sitemapindex"):
-            logger.error(
-                "Sitemap %(url)s is not a sitemap (no <urlset> or <sitemapindex>)",
-                {"url": response.url},
-            )
+        page = read_sitemap(response, self.crawler.settings.getint("DOWNLOAD_MAXSIZE"))
+        if page.kind is None:
+            logger.error("Sitemap %(url)s is %(error)s", {"url": response.url, "error": page.error})
             stats.inc_value("listing/sitemap_unreadable")
             return
+        if page.kind == "robots":
+            for url in page.locs:
+                if url and self._may_follow():
+                    yield self.sitemap_request(url)
+            return
+        site = urlsplit(response.url).hostname
         urls = []
-        for loc in entries:
+        for loc in page.locs:
             found, reason = resolve(loc, response.url, site)
             if found is None:
                 stats.inc_value(f"listing/links_skipped/{reason}")
                 continue
             urls.append(self.strip(found))
-        if sitemap.type == "sitemapindex":
+        if page.kind == "sitemapindex":
             for url in urls:
                 if position(url) not in self.list_positions and self._may_follow():
                     yield self.sitemap_request(url)
@@ -466,9 +437,10 @@ class ListingSpider(Spider):
     def list_failed(self, failure: Failure) -> None:
         """A list page that could not be fetched: its links are lost, so say it loudly."""
         self.crawler.stats.inc_value("listing/list_failed")
-        request = _request_of(failure)
+        request = request_of(failure)
         logger.error(
-            "List page %(url)s failed: %(error)s", {"url": request.url, "error": _describe(failure)}
+            "List page %(url)s failed: %(error)s",
+            {"url": request.url, "error": describe_failure(failure)},
         )
         # No item will say this request is handled: say it (distributed mode acks it).
         self.crawler.signals.send_catch_log(request_done, request=request)
@@ -476,60 +448,19 @@ class ListingSpider(Spider):
     def parse_child(self, response: Response, listing_url: str, fingerprint: str) -> PageItem:
         """A fetched child page (2xx, or 3xx that was not followed)."""
         self.children_done += 1
-        body = response.body
-        encoding = response.encoding if isinstance(response, TextResponse) else "utf-8"
-        return PageItem(
-            fingerprint=fingerprint,
-            url=_original_url(response.request) if response.request else response.url,
-            listing_url=listing_url,
-            fetched_at=datetime.now(UTC),
-            final_url=response.url,
-            status=response.status,
-            headers=self._headers(response),
-            content_type=_header(response, b"Content-Type"),
-            length=len(body),
-            sha256=hashlib.sha256(body).hexdigest(),
-            title=extract_title(body, encoding) if isinstance(response, TextResponse) else None,
-            elapsed=response.meta.get("download_latency"),
-            canonical_url=canonical_url(response) if isinstance(response, TextResponse) else None,
-            body=body,
-        )
+        return child_record(response, listing_url, fingerprint, self.header_names)
 
     def child_failed(self, failure: Failure) -> PageItem:
         """A child that could not be fetched still ends as one record, with the reason."""
         self.children_done += 1
-        request = _request_of(failure)
-        item = PageItem(
-            fingerprint=request.cb_kwargs["fingerprint"],
-            url=_original_url(request),
-            listing_url=request.cb_kwargs["listing_url"],
-            fetched_at=datetime.now(UTC),
-            error=_describe(
-                failure,
-                request.meta.get(
-                    "download_maxsize", self.crawler.settings.getint("DOWNLOAD_MAXSIZE")
-                ),
-            ),
-        )
-        if failure.check(HttpError):
-            response = failure.value.response
-            item.final_url = response.url
-            item.status = response.status
-            item.headers = self._headers(response)
-            item.content_type = _header(response, b"Content-Type")
-            item.length = len(response.body)
-            item.elapsed = response.meta.get("download_latency")
         self.crawler.stats.inc_value("listing/child_failed")
-        return item
+        maxsize = self.crawler.settings.getint("DOWNLOAD_MAXSIZE")
+        return failed_child_record(failure, self.header_names, maxsize)
 
-    def _headers(self, response: Response) -> dict[str, str]:
-        names = self.crawler.settings.getlist("META_HEADERS")
-        return {name: value for name in names if (value := _header(response, name.encode()))}
-
-
-def _header(response: Response, name: bytes) -> str | None:
-    value = response.headers.get(name)
-    return value.decode("latin-1") if value is not None else None
+    @cached_property
+    def header_names(self) -> list[str]:
+        """META_HEADERS: the response headers a record keeps."""
+        return self.crawler.settings.getlist("META_HEADERS")
 
 
 def _template_hint(url: str) -> str:
@@ -543,27 +474,3 @@ def _template_hint(url: str) -> str:
         start, end = after_host + last.start(), after_host + last.end()
         return f"{url[:start]}{{{last.group()}..N}}{url[end:]}"
     return f"{url}{'&' if '?' in url else '?'}page={{1..N}}"
-
-
-def _original_url(request: Request) -> str:
-    redirects = request.meta.get("redirect_urls")
-    return str(redirects[0]) if redirects else request.url
-
-
-def _request_of(failure: Failure) -> Request:
-    """The request of an errback's failure: Scrapy sets it on the Failure it passes."""
-    request: Request = failure.request  # type: ignore[attr-defined]
-    return request
-
-
-def _describe(failure: Failure, maxsize: int = 0) -> str:
-    if failure.check(HttpError):
-        return f"HTTP {failure.value.response.status}"
-    if failure.check(DownloadCancelledError) and not str(failure.value) and maxsize:
-        # Scrapy cancels a body that outgrows DOWNLOAD_MAXSIZE as it arrives (no
-        # Content-Length to refuse it up front) without a message; only a warning says why.
-        return (
-            f"DownloadCancelledError: response larger than download max size ({maxsize}) "
-            "as it arrived"
-        )
-    return describe(failure.value)

@@ -1,0 +1,124 @@
+"""What a child page becomes: one PageItem, fetched or failed.
+
+A fetched child (2xx, or a 3xx that was not followed) gives its status, headers, size,
+sha256, title and canonical URL, and its body for the body store; a child that could not
+be fetched still ends as one record, with the reason in ``error`` (and what its error
+response said, for an HTTP error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from scrapy.exceptions import DownloadCancelledError
+from scrapy.http import TextResponse
+from scrapy.spidermiddlewares.httperror import HttpError
+
+from scraper.canonical import canonical_url
+from scraper.items import PageItem
+from scraper.retry import describe
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from scrapy import Request
+    from scrapy.http import Response
+    from twisted.python.failure import Failure
+
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+
+
+def extract_title(body: bytes, encoding: str) -> str | None:
+    """The page's <title>, read with a regex: a full HTML parse costs more CPU than the fetch."""
+    match = _TITLE.search(body, 0, 65536)
+    if not match:
+        return None
+    title = html.unescape(match.group(1).decode(encoding, "replace")).strip()
+    return " ".join(title.split())[:1000] or None
+
+
+def child_record(
+    response: Response, listing_url: str, fingerprint: str, header_names: Iterable[str]
+) -> PageItem:
+    """The record of a fetched child page, its body included."""
+    body = response.body
+    text = isinstance(response, TextResponse)
+    encoding = response.encoding if isinstance(response, TextResponse) else "utf-8"
+    return PageItem(
+        fingerprint=fingerprint,
+        url=original_url(response.request) if response.request else response.url,
+        listing_url=listing_url,
+        fetched_at=datetime.now(UTC),
+        final_url=response.url,
+        status=response.status,
+        headers=headers(response, header_names),
+        content_type=header(response, b"Content-Type"),
+        length=len(body),
+        sha256=hashlib.sha256(body).hexdigest(),
+        title=extract_title(body, encoding) if text else None,
+        elapsed=response.meta.get("download_latency"),
+        canonical_url=canonical_url(response) if isinstance(response, TextResponse) else None,
+        body=body,
+    )
+
+
+def failed_child_record(failure: Failure, header_names: Iterable[str], max_size: int) -> PageItem:
+    """The record of a child that could not be fetched: the reason, and what an HTTP
+    error's response said."""
+    request = request_of(failure)
+    item = PageItem(
+        fingerprint=request.cb_kwargs["fingerprint"],
+        url=original_url(request),
+        listing_url=request.cb_kwargs["listing_url"],
+        fetched_at=datetime.now(UTC),
+        error=describe_failure(failure, request.meta.get("download_maxsize", max_size)),
+    )
+    if failure.check(HttpError):
+        response = failure.value.response
+        item.final_url = response.url
+        item.status = response.status
+        item.headers = headers(response, header_names)
+        item.content_type = header(response, b"Content-Type")
+        item.length = len(response.body)
+        item.elapsed = response.meta.get("download_latency")
+    return item
+
+
+def headers(response: Response, names: Iterable[str]) -> dict[str, str]:
+    """The response headers named (META_HEADERS) that it has."""
+    return {name: value for name in names if (value := header(response, name.encode()))}
+
+
+def header(response: Response, name: bytes) -> str | None:
+    value = response.headers.get(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def original_url(request: Request) -> str:
+    """The URL as it was linked, before any redirect."""
+    redirects = request.meta.get("redirect_urls")
+    return str(redirects[0]) if redirects else request.url
+
+
+def request_of(failure: Failure) -> Request:
+    """The request of an errback's failure: Scrapy sets it on the Failure it passes."""
+    request: Request = failure.request  # type: ignore[attr-defined]
+    return request
+
+
+def describe_failure(failure: Failure, maxsize: int = 0) -> str:
+    """One line: why a request failed."""
+    if failure.check(HttpError):
+        return f"HTTP {failure.value.response.status}"
+    if failure.check(DownloadCancelledError) and not str(failure.value) and maxsize:
+        # Scrapy cancels a body that outgrows DOWNLOAD_MAXSIZE as it arrives (no
+        # Content-Length to refuse it up front) without a message; only a warning says why.
+        return (
+            f"DownloadCancelledError: response larger than download max size ({maxsize}) "
+            "as it arrived"
+        )
+    return describe(failure.value)
