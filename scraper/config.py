@@ -5,6 +5,10 @@ not networks, a REDIS_DUPEFILTER or a Bloom filter size that cannot be: each end
 crawl at start with one ERROR line, ``<SETTING> unusable, crawl stopped: <why>``, and the
 finish reason ``<setting>_unusable``, which makes ``scrapy crawl`` exit 1
 (scraper/commands/crawl.py) so that scrapyd, cron and CI see it.
+
+Every such error is a ConfigError: the stores' StoreError is one (a store that cannot
+work as configured), and so are the errors of ALLOWED_NETWORKS, REDIS_DUPEFILTER and the
+Bloom filter's sizing. Each component turns it into the stop with ``stop_crawl``.
 """
 
 from __future__ import annotations

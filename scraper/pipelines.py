@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from itemadapter import ItemAdapter
 
-from scraper.config import stop_crawl
+from scraper.config import ConfigError, stop_crawl
 from scraper.retry import describe, with_backoff
 from scraper.spool import BodySpool, append_lines
 from scraper.stores import (
     RejectedDocuments,
-    StoreError,
     build_body_store,
     build_meta_store,
     redact,
@@ -72,10 +71,10 @@ async def _open_store(
             )
         # Opening may reach a server (a bucket check): never on the reactor thread.
         await asyncio.get_running_loop().run_in_executor(executor, store.open)
-    except StoreError as exc:
+    except ConfigError as exc:  # StoreError among them
         if executor is not None:
             executor.shutdown(wait=False)
-        raise stop_crawl(logger, setting, exc) from None
+        raise stop_crawl(logger, exc.setting or setting, exc) from None
     logger.info("%(setting)s: %(uri)s", {"setting": setting, "uri": redact(uri)})
     return store, executor
 

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from scrapy.utils.misc import load_object
 
+from scraper.config import ConfigError
+
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
@@ -29,8 +31,14 @@ META_STORES_BASE = {
 }
 
 
-class StoreError(Exception):
-    """A store that cannot be used as configured. The message is one line, free of secrets."""
+class StoreError(ConfigError):
+    """A store that cannot be used as configured (a bucket missing, keys refused, a file
+    that is not ours): the configuration error of a store. The message is one line, free
+    of secrets; ``setting`` is named by whoever knows it (the pipeline opening the store)
+    when the store does not."""
+
+    def __init__(self, why: str, setting: str = "") -> None:
+        super().__init__(setting, why)
 
 
 class RejectedDocuments(Exception):
