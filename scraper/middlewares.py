@@ -26,7 +26,7 @@ class ListingRedirectMiddleware(RedirectMiddleware):
         self, request: Request, response: Response, spider: Spider | None = None
     ) -> Request | Response:
         result = super().process_response(request, response)
-        if isinstance(result, Request) and result is not response:
+        if isinstance(result, Request):  # a redirect (else the response passes through)
             result.dont_filter = True
         return result
 

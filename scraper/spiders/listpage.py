@@ -66,7 +66,7 @@ class ListPage:
 def base_url(root: Any, page_url: str) -> str:
     """The URL a page's relative links resolve against: its first ``<base href>``."""
     for base in root.iter("base"):
-        href = (base.get("href") or "").strip()
+        href = str(base.get("href") or "").strip()
         if href and urlsplit(urljoin(page_url, href)).scheme in ("http", "https"):
             return urljoin(page_url, href)
     return page_url

@@ -77,7 +77,7 @@ def failed_child_record(failure: Failure, header_names: Iterable[str], max_size:
         fetched_at=datetime.now(UTC),
         error=describe_failure(failure, request.meta.get("download_maxsize", max_size)),
     )
-    if failure.check(HttpError):
+    if isinstance(failure.value, HttpError):
         response = failure.value.response
         item.final_url = response.url
         item.status = response.status
@@ -112,13 +112,14 @@ def request_of(failure: Failure) -> Request:
 
 def describe_failure(failure: Failure, maxsize: int = 0) -> str:
     """One line: why a request failed."""
-    if failure.check(HttpError):
-        return f"HTTP {failure.value.response.status}"
-    if failure.check(DownloadCancelledError) and not str(failure.value) and maxsize:
+    exc = failure.value
+    if isinstance(exc, HttpError):
+        return f"HTTP {exc.response.status}"
+    if isinstance(exc, DownloadCancelledError) and not str(exc) and maxsize:
         # Scrapy cancels a body that outgrows DOWNLOAD_MAXSIZE as it arrives (no
         # Content-Length to refuse it up front) without a message; only a warning says why.
         return (
             f"DownloadCancelledError: response larger than download max size ({maxsize}) "
             "as it arrived"
         )
-    return describe(failure.value)
+    return describe(exc) if exc is not None else "failed, no exception given"

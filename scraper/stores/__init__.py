@@ -103,10 +103,12 @@ def _store_class(uri: str, setting: str, base: dict[str, str], extra: dict[str, 
 def build_body_store(crawler: Crawler, uri: str) -> BodyStore:
     """The body store for ``uri`` (``BODY_STORE``)."""
     cls = _store_class(uri, "BODY_STORE", BODY_STORES_BASE, crawler.settings.getdict("BODY_STORES"))
-    return cls.from_crawler(crawler, uri)
+    store: BodyStore = cls.from_crawler(crawler, uri)
+    return store
 
 
 def build_meta_store(crawler: Crawler, uri: str) -> MetaStore:
     """The meta store for ``uri`` (``META_STORE``)."""
     cls = _store_class(uri, "META_STORE", META_STORES_BASE, crawler.settings.getdict("META_STORES"))
-    return cls.from_crawler(crawler, uri)
+    store: MetaStore = cls.from_crawler(crawler, uri)
+    return store

@@ -323,7 +323,7 @@ class ObstoreS3BodyStore(_S3Store):
             raise exc
         if attempt + 1 == self.max_attempts:
             raise _put_error(object_key, exc) from None
-        return min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+        return float(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
 
     async def put_async(
         self, key: str, body: bytes, content_type: str | None, encoding: str | None
