@@ -15,7 +15,8 @@ from scraper.distributed.scheduler import DistributedScheduler
 from scraper.pipelines import BodyStorePipeline, MetaStorePipeline
 from scraper.stores.body import FSBodyStore
 from scraper.stores.meta import MongoMetaStore
-from scraper.stores.s3 import Boto3S3BodyStore, ObstoreS3BodyStore, _S3Store
+from scraper.stores.s3 import Boto3S3BodyStore, ObstoreS3BodyStore
+from scraper.stores.s3_bucket import S3Bucket
 
 #: (class, constructor parameter) -> the setting its from_crawler passes there.
 SETTING_OF: dict[tuple[type, str], str] = {
@@ -30,7 +31,7 @@ SETTING_OF: dict[tuple[type, str], str] = {
     (FSBodyStore, "threads"): "BODY_STORE_FS_THREADS",
     (MongoMetaStore, "collection"): "META_STORE_COLLECTION",
     (MongoMetaStore, "connect_timeout_ms"): "META_STORE_CONNECT_TIMEOUT_MS",
-    (_S3Store, "max_attempts"): "BODY_STORE_S3_MAX_ATTEMPTS",
+    (S3Bucket, "max_attempts"): "BODY_STORE_S3_MAX_ATTEMPTS",
     (DistributedScheduler, "prefetch"): "REDIS_PREFETCH",
     (DistributedScheduler, "lease_seconds"): "REDIS_LEASE_SECONDS",
     (DistributedScheduler, "max_attempts"): "REDIS_MAX_ATTEMPTS",
@@ -60,7 +61,7 @@ def test_constructor_defaults_are_the_settings(cls: type, name: str) -> None:
 
 
 @pytest.mark.parametrize("store", [ObstoreS3BodyStore, Boto3S3BodyStore])
-def test_each_s3_client_gets_its_own_window(store: type[_S3Store]) -> None:
+def test_each_s3_client_gets_its_own_window(store: type[S3Bucket]) -> None:
     """The PUTs in flight: the setting of the client that sends them, its value in
     settings.py when the store is built without one."""
     setting = {
