@@ -17,14 +17,11 @@ after every dedup (a child linked from two list pages, or already queued, counts
 from __future__ import annotations
 
 import logging
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from lxml import etree
-from parsel.csstranslator import HTMLTranslator
 from scrapy import Request, Spider, signals
 from scrapy.exceptions import CloseSpider
 from scrapy.http import TextResponse
@@ -33,6 +30,8 @@ from scraper.fingerprint import LIST_PAGE
 from scraper.items import PageItem
 from scraper.retry import describe
 from scraper.signals import request_done
+from scraper.spiders.advice import say_children_left, say_concurrency, say_what_was_missed
+from scraper.spiders.arguments import check_arguments
 from scraper.spiders.listpage import ListPage, read_list_page
 from scraper.spiders.pagination import Position, position
 from scraper.spiders.records import (
@@ -42,7 +41,7 @@ from scraper.spiders.records import (
     request_of,
 )
 from scraper.spiders.sitemap import read_sitemap
-from scraper.urls import ParamStripper, expand_template, resolve
+from scraper.urls import ParamStripper, resolve
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable, Iterator
@@ -58,14 +57,6 @@ logger = logging.getLogger(__name__)
 #: of a URL template are all named already).
 PAGINATION = "pagination"
 CHILDREN_MODES = ("content", "all")
-
-
-def _check_selector(kind: str, value: str) -> str | None:
-    try:
-        etree.XPath(HTMLTranslator().css_to_xpath(value) if kind.endswith("css") else value)
-    except Exception as exc:  # cssselect's SelectorError, lxml's XPathSyntaxError
-        return f"-a {kind}={value!r} is not a valid selector: {exc}"
-    return None
 
 
 class ListingSpider(Spider):
@@ -96,37 +87,23 @@ class ListingSpider(Spider):
         self.list_pages = 0  # list pages parsed
         self.children_found = 0  # children yielded here (dupefilter drops counted back)
         self.children_done = 0  # children whose callback or errback gave their item
-        self.argument_error: str | None = None
-        self.sitemap_filter: re.Pattern[str] | None = None
-        self.start_urls_expanded: list[str] = []
-        self.list_positions: set[Position] = set()  # list pages requested or parsed here
         self.first_page: ListPage | None = None
         self.max_pages_logged = False
-        for kind, value in (
-            ("link_css", link_css),
-            ("link_xpath", link_xpath),
-            ("next_css", next_css),
-            ("next_xpath", next_xpath),
-        ):
-            if value is not None and self.argument_error is None:
-                self.argument_error = _check_selector(kind, value)
-        if sitemap_filter is not None:
-            try:
-                self.sitemap_filter = re.compile(sitemap_filter)
-            except re.error as exc:
-                self.argument_error = f"-a sitemap_filter={sitemap_filter!r} is not a regex: {exc}"
-        if url:
-            try:
-                self.start_urls_expanded = expand_template(url)
-            except ValueError as exc:
-                self.argument_error = f"-a url: {exc}"
-            if urlsplit(url).scheme not in ("http", "https"):
-                self.argument_error = (
-                    f"-a url={url!r} is not an http(s) URL: did you mean "
-                    f"-a url='https://{url.split('://')[-1]}'?"
-                )
-        if sitemap and urlsplit(sitemap).scheme not in ("http", "https"):
-            self.argument_error = f"-a sitemap={sitemap!r} is not an http(s) URL"
+        self.list_positions: set[Position] = set()  # list pages requested or parsed here
+        checked = check_arguments(
+            url,
+            sitemap,
+            sitemap_filter,
+            {
+                "link_css": link_css,
+                "link_xpath": link_xpath,
+                "next_css": next_css,
+                "next_xpath": next_xpath,
+            },
+        )
+        self.argument_error = checked.error
+        self.sitemap_filter = checked.sitemap_filter
+        self.start_urls_expanded = checked.start_urls
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
@@ -147,7 +124,7 @@ class ListingSpider(Spider):
                 " (or -a urls_file=<file of list page URLs>, -a sitemap=<URL>)"
             )
             raise CloseSpider("no_url")
-        self._log_concurrency()
+        say_concurrency(self.crawler.settings)
         # Distributed: each goes into the shared queue, deduplicated there.
         template = len(self.start_urls_expanded) > 1
         for url in self.start_urls_expanded:
@@ -192,31 +169,6 @@ class ListingSpider(Spider):
     def request_for_start_url(self, url: str) -> Request:
         """The request for a URL taken from ``listing:start_urls`` (distributed mode)."""
         return self.list_request(url)
-
-    def _log_concurrency(self) -> None:
-        settings = self.crawler.settings
-        total = settings.getint("CONCURRENT_REQUESTS")
-        per_domain = settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN")
-        caps = []
-        if per_domain < total:
-            caps.append(f"CONCURRENT_REQUESTS_PER_DOMAIN={per_domain}")
-        if settings.getint("CONCURRENT_REQUESTS_PER_IP"):
-            caps.append(
-                f"CONCURRENT_REQUESTS_PER_IP={settings.getint('CONCURRENT_REQUESTS_PER_IP')}"
-            )
-        if settings.getfloat("DOWNLOAD_DELAY"):
-            caps.append(f"DOWNLOAD_DELAY={settings.getfloat('DOWNLOAD_DELAY')}")
-        if settings.getbool("AUTOTHROTTLE_ENABLED"):
-            caps.append("AUTOTHROTTLE_ENABLED")
-        if caps:
-            logger.warning(
-                "Concurrency: %(total)d requests, capped by %(caps)s",
-                {"total": total, "caps": ", ".join(caps)},
-            )
-        else:
-            logger.info(
-                "Concurrency: %(total)d requests in flight, on one site too", {"total": total}
-            )
 
     def list_request(self, url: str, *, pagination: bool = True) -> Request:
         """A list page. Its fingerprint is apart from a child's of the same URL (see
@@ -388,51 +340,10 @@ class ListingSpider(Spider):
         found none to take. Distributed: a node sees only its share, so it says nothing."""
         if self.crawler.settings.get("REDIS_URL"):
             return
-        self._check_children(reason)
-        if reason != "finished":
-            return
-        page = self.first_page
-        if page is not None and self.list_pages == 1 and page.suspects:
-            logger.warning(
-                "Only one list page was crawled, but it has links that look like pagination "
-                "and gave no next page: %(links)s. If the listing has more pages, say where "
-                "the next one is with -a next_css='<selector of the next link>' (or "
-                "-a next_xpath=...), or list them with -a url='%(template)s'",
-                {"links": "; ".join(page.suspects[:5]), "template": _template_hint(page.url)},
-            )
-        if self.list_pages and not self.children_found:
-            skipped = {
-                k.rsplit("/", 1)[1]: v
-                for k, v in self.crawler.stats.get_stats().items()
-                if k.startswith("listing/links_skipped/")
-            }
-            logger.warning(
-                "No child page found on %(n)d list page(s) (links skipped: %(skipped)s): "
-                "is the list rendered by JavaScript, or are its links in the page's "
-                "navigation (-s LISTING_CHILDREN=all takes them)?",
-                {"n": self.list_pages, "skipped": skipped or "none"},
-            )
-
-    def _check_children(self, reason: str) -> None:
-        """Every child counted must have ended as a record: those that did not are
-        counted (``listing/children_not_crawled``) and said."""
-        missing = self.children_found - self.children_done
-        if missing <= 0:
-            return
-        self.crawler.stats.set_value("listing/children_not_crawled", missing)
+        stats = self.crawler.stats
+        say_children_left(stats, self.children_found, self.children_done, reason)
         if reason == "finished":
-            logger.error(
-                "%(n)d discovered children ended without a record although the crawl "
-                "finished: a bug, please report it with this log",
-                {"n": missing},
-            )
-        else:
-            logger.warning(
-                "%(n)d discovered children were not crawled: the crawl stopped (%(reason)s) "
-                "first. Start it again (records are upserts: nothing is stored twice), or "
-                "run with -s JOBDIR=<folder> to resume where it stopped",
-                {"n": missing, "reason": reason},
-            )
+            say_what_was_missed(self.first_page, self.list_pages, self.children_found, stats)
 
     def list_failed(self, failure: Failure) -> None:
         """A list page that could not be fetched: its links are lost, so say it loudly."""
@@ -461,16 +372,3 @@ class ListingSpider(Spider):
     def header_names(self) -> list[str]:
         """META_HEADERS: the response headers a record keeps."""
         return self.crawler.settings.getlist("META_HEADERS")
-
-
-def _template_hint(url: str) -> str:
-    """``url`` with a page-number range where its page number is (its last number after
-    the host), or as a ``page`` parameter."""
-    parts = urlsplit(url)
-    after_host = url.index(parts.netloc) + len(parts.netloc)
-    numbers = list(re.finditer(r"\d+", url[after_host:]))
-    if numbers:
-        last = numbers[-1]
-        start, end = after_host + last.start(), after_host + last.end()
-        return f"{url[:start]}{{{last.group()}..N}}{url[end:]}"
-    return f"{url}{'&' if '?' in url else '?'}page={{1..N}}"
