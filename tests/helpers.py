@@ -72,11 +72,14 @@ def running_site(log: Path, *args: str) -> Iterator[Site]:
 ENV = {**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
 
 
-def scrapy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def scrapy(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a `scrapy` command as a user would (the project's settings, or ``env``)."""
     return subprocess.run(
         [sys.executable, "-m", "scrapy", *args],
         cwd=cwd,
-        env=ENV,
+        env=ENV if env is None else env,
         capture_output=True,
         text=True,
         timeout=60,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -255,15 +253,7 @@ def test_idle_nodes_ask_redis_little_and_still_take_work_at_once(
 
 def test_seed_and_status_commands_explain_what_they_need(tmp_path: Path) -> None:
     env_without = {k: v for k, v in ENV.items() if k != "SCRAPER_REDIS_URL"}
-    result = subprocess.run(
-        [sys.executable, "-m", "scrapy", "status", "listing"],
-        cwd=ROOT,
-        env=env_without,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = scrapy("status", "listing", cwd=ROOT, env=env_without)
     assert result.returncode == 2
     assert "REDIS_URL is not set" in result.stderr
     result = scrapy(
