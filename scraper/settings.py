@@ -147,6 +147,7 @@ EXTENSIONS = {
     "scrapy.extensions.logstats.LogStats": None,  # replaced by the progress line
     "scraper.progress.Progress": 500,
     "scraper.gctuning.GcThresholds": 500,
+    "scraper.jobdir.JobdirGuard": 500,  # only with JOBDIR
 }
 # Python's (700, 10, 10) costs ~10% CPU at c=1000; 50,000 still cost a distributed node
 # ~1 s of GC per 10,000 pages, 200,000 costs 0.03 s (stats gc/*); [] keeps Python's.

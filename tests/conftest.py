@@ -21,11 +21,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-# The SSRF guard (scraper/ssrf.py) refuses loopback addresses unless allowed: every test crawls
-# the test site on 127.0.0.1. scraper.settings reads this when first imported (not yet: see
-# tests.helpers.project_settings()), and `scrapy crawl` subprocesses inherit it. Tests of the
-# guard override ALLOWED_NETWORKS themselves.
-os.environ["SCRAPER_ALLOWED_NETWORKS"] = "127.0.0.1/32"
+# SCRAPER_ALLOWED_NETWORKS (the test site on 127.0.0.1) is set by tests.helpers, imported
+# above, before it copies the environment into ENV.
 
 
 @pytest.fixture

@@ -68,6 +68,11 @@ def running_site(log: Path, *args: str) -> Iterator[Site]:
         server.stop()
 
 
+#: The SSRF guard (scraper/ssrf.py) refuses loopback addresses unless allowed, and every
+#: test crawls the test site on 127.0.0.1: set here, before ENV copies the environment
+#: (scraper.settings reads it when first imported; `scrapy` subprocesses inherit it).
+#: Tests of the guard override ALLOWED_NETWORKS themselves.
+os.environ["SCRAPER_ALLOWED_NETWORKS"] = "127.0.0.1/32"
 #: The environment of a `scrapy` command a test runs as a user would.
 ENV = {**os.environ, "SCRAPY_SETTINGS_MODULE": "scraper.settings"}
 

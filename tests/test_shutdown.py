@@ -26,6 +26,7 @@ from tests.helpers import (
     read_jsonl,
     records,
     running_site,
+    scrapy_crawl,
     seed,
     setting_args,
     store_settings,
@@ -36,6 +37,7 @@ from tests.helpers import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+    from subprocess import Popen
 
 LATENCY_MS = 500
 
@@ -210,3 +212,72 @@ def test_a_second_sigterm_stops_at_once_and_leases_expire(
     assert leases_in_redis(redis_url) == (0, 0)
     # No children invariant: node0 stopped at once (a second SIGTERM), before flushing its
     # records or dumping its stats.
+
+
+def start_crawl_with_jobdir(site: Site, tmp_path: Path, n: int) -> tuple[list[str], Popen[bytes]]:
+    """A `scrapy crawl` of ``n`` children (50 per list page) with JOBDIR, logging to
+    first.log; its arguments, to run it again, and its process."""
+    args = [
+        "-a",
+        f"url={site.listing_url(n, per_page=50)}",
+        *setting_args(store_settings(tmp_path, CONCURRENT_REQUESTS=40, JOBDIR=tmp_path / "job")),
+    ]
+    log = f"LOG_FILE={tmp_path / 'first.log'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scrapy", "crawl", "listing", *args, "-s", log],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return args, proc
+
+
+def test_jobdir_resumes_a_crawl_stopped_with_sigterm_and_fetches_nothing_twice(
+    site_500ms_latency: Site, tmp_path: Path
+) -> None:
+    site = site_500ms_latency
+    site.stats(reset=True)
+    args, proc = start_crawl_with_jobdir(site, tmp_path, 600)
+    try:
+        wait_until(lambda: len(body_files(tmp_path)) >= 100, "100 bodies stored", proc)
+        proc.send_signal(signal.SIGTERM)
+        code, _ = stop_within(proc, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert code == 0
+    stored_first = len(records(tmp_path))
+    assert 100 <= stored_first < 600
+    said = (tmp_path / "first.log").read_text()
+    assert "saved them in JOBDIR" in said and "Run the same command again to resume" in said
+
+    resumed = scrapy_crawl(args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    assert resumed.stats["finish_reason"] == "finished"
+    assert resumed.stats["meta_store/written"] == 600 - stored_first
+    assert_stored_once(site, tmp_path, 600)
+    # Each of the 600 children and 12 list pages was fetched once, across both runs.
+    assert site.stats()["hits"] == 600 + 12
+
+
+def test_jobdir_of_a_killed_crawl_is_refused_with_one_line(
+    site_500ms_latency: Site, tmp_path: Path
+) -> None:
+    args, proc = start_crawl_with_jobdir(site_500ms_latency, tmp_path, 600)
+    try:
+        wait_until(lambda: len(body_files(tmp_path)) >= 50, "50 bodies stored", proc)
+    finally:
+        proc.kill()  # SIGKILL: Scrapy never saves the queue, only what it had seen
+        proc.wait(10)
+    stored = len(records(tmp_path))
+
+    again = scrapy_crawl(args, cwd=tmp_path)
+    # Resumed, it would skip every page the killed crawl had seen and end "finished"
+    # with pages missing; it stops and says why instead.
+    assert again.returncode == 1
+    assert "JOBDIR unusable, crawl stopped" in again.output
+    assert "Start again with a new JOBDIR" in again.output
+    assert again.stats["finish_reason"] == "jobdir_unusable"
+    assert len(records(tmp_path)) == stored

@@ -39,7 +39,9 @@ def say_concurrency(settings: BaseSettings) -> None:
         logger.info("Concurrency: %(total)d requests in flight, on one site too", {"total": total})
 
 
-def say_children_left(stats: Any, found: int, done: int, reason: str) -> None:
+def say_children_left(
+    stats: Any, found: int, done: int, reason: str, jobdir: str | None = None
+) -> None:
     """Every child counted must have ended as a record: those that did not are counted
     (``listing/children_not_crawled``) and said."""
     missing = found - done
@@ -51,6 +53,13 @@ def say_children_left(stats: Any, found: int, done: int, reason: str) -> None:
             "%(n)d discovered children ended without a record although the crawl "
             "finished: a bug, please report it with this log",
             {"n": missing},
+        )
+    elif jobdir:
+        logger.warning(
+            "%(n)d discovered children were not crawled yet: the crawl stopped "
+            "(%(reason)s) first, and saved them in JOBDIR %(jobdir)s. Run the same command "
+            "again to resume",
+            {"n": missing, "reason": reason, "jobdir": jobdir},
         )
     else:
         logger.warning(

@@ -341,7 +341,8 @@ class ListingSpider(Spider):
         if self.crawler.settings.get("REDIS_URL"):
             return
         stats = self.crawler.stats
-        say_children_left(stats, self.children_found, self.children_done, reason)
+        jobdir = self.crawler.settings.get("JOBDIR")
+        say_children_left(stats, self.children_found, self.children_done, reason, jobdir)
         if reason == "finished":
             say_what_was_missed(self.first_page, self.list_pages, self.children_found, stats)
 
