@@ -28,6 +28,17 @@ Politeness (tests/test_politeness.py):
 - ``featured=K``: every list page also links to child pages 0..K-1 ("popular pages"), so
   one child is linked from many list pages.
 
+Re-crawls (conditional GET):
+
+- A child page (``/page/N``) carries ``ETag`` and ``Last-Modified`` and answers ``304``
+  with no body to an ``If-None-Match`` naming its ETag, or an ``If-Modified-Since`` not
+  before its Last-Modified.
+- ``/_change?percent=P&seed=S`` changes a fixed P% of all child pages (those for which
+  ``in_change(name, P, S)`` holds): their content gets a revision line, their ETag and
+  Last-Modified move on. ``/_change?reset=1`` undoes every change.
+- ``/_validators?on=0`` serves child pages without ETag and Last-Modified (and never
+  304), ``on=1`` with them again.
+
 - ``/robots.txt`` disallows ``/private/``; with ``private=K`` the first list page also
   links to ``/private/0`` .. ``/private/K-1`` (child pages otherwise).
 - ``/_stats`` counts requests: ``hits`` (robots.txt apart: ``robots_hits``),
@@ -49,6 +60,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -129,9 +141,9 @@ class Listing:
         return f"/list?n={self.n}&per_page={self.per_page}{faults}{endless}{private}&page={page}"
 
 
-def render_child(name: int | str, canonical: str | None = None) -> bytes:
+def render_child(name: int | str, canonical: str | None = None, revision: int = 0) -> bytes:
     """The exact bytes served for ``/page/<name>``: 20 to 50 KB of HTML (with a
-    ``<link rel="canonical">`` when given one)."""
+    ``<link rel="canonical">`` when given one, and a revision line once it has changed)."""
     seed = int.from_bytes(hashlib.blake2b(str(name).encode(), digest_size=4).digest())
     paras = "".join(_POOL[(seed + k * 31) % len(_POOL)] for k in range(30 + seed % 45))
     link = f'<link rel="canonical" href="{html.escape(canonical)}">' if canonical else ""
@@ -140,8 +152,20 @@ def render_child(name: int | str, canonical: str | None = None) -> bytes:
         f"<title>Child page {name}</title>{link}</head>\n<body>\n"
         '<nav><a href="/list">Back to the list</a> <a href="/">Home</a></nav>\n'
         f"<h1>Child page {name}</h1>\n<article>\n{paras}</article>\n"
-        '<footer><a href="/list?page=1">All pages</a></footer>\n</body></html>\n'
+        + (f'<p class="revision">Revision {revision}</p>\n' if revision else "")
+        + '<footer><a href="/list?page=1">All pages</a></footer>\n</body></html>\n'
     ).encode()
+
+
+def in_change(name: int | str, percent: float, seed: int) -> bool:
+    """Whether ``/_change?percent=P&seed=S`` changes child page ``name``: a fixed share
+    of the pages, the same for every run of the site."""
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest) % 10_000 < percent * 100
+
+
+#: Last-Modified of a child page never changed; each change moves it one day on.
+FIRST_MODIFIED = 1_767_225_600  # 2026-01-01 00:00:00 UTC
 
 
 def render_list(listing: Listing, page: int) -> bytes:
@@ -214,6 +238,10 @@ class TestSite:
         self.private_hits = 0  # requests for /private/ (robots.txt disallows it)
         self.arrivals: collections.deque[tuple[float, str]] = collections.deque(maxlen=100_000)
         self.pushed_back: collections.Counter[str] = collections.Counter()  # per path and query
+        self.changes: list[tuple[float, int]] = []  # /_change: (percent, seed), in order
+        self.validators = True  # /_validators: ETag and Last-Modified on child pages
+        self.not_modified = 0  # 304s answered
+        self.child_bytes = 0  # body bytes of child pages sent
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._latency])
@@ -227,6 +255,8 @@ class TestSite:
         app.router.add_get("/robots.txt", self.robots)
         app.router.add_get("/_stats", self.stats)
         app.router.add_get("/_hits", self.arrival_times)
+        app.router.add_get("/_change", self.change)
+        app.router.add_get("/_validators", self.set_validators)
         app.router.add_get("/shapes/{shape}/{size}/{rest:.*}", self.shaped)
         return app
 
@@ -284,9 +314,12 @@ class TestSite:
             "max_in_flight": self.max_in_flight,
             "robots_hits": self.robots_hits,
             "private_hits": self.private_hits,
+            "not_modified": self.not_modified,
+            "child_bytes": self.child_bytes,
         }
         if request.query.get("reset") == "1":
             self.hits = self.max_in_flight = self.robots_hits = self.private_hits = 0
+            self.not_modified = self.child_bytes = 0
             self.arrivals.clear()
             self.pushed_back.clear()
         return web.json_response(data)
@@ -348,9 +381,40 @@ class TestSite:
         raise web.HTTPFound(to)
 
     async def child(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=render_child(request.match_info["i"]), content_type="text/html", charset="utf-8"
-        )
+        name = request.match_info["i"]
+        revision = sum(in_change(name, percent, seed) for percent, seed in self.changes)
+        body = render_child(name, revision=revision)
+        if not self.validators:
+            self.child_bytes += len(body)
+            return web.Response(body=body, content_type="text/html", charset="utf-8")
+        etag = f'"{hashlib.blake2b(body, digest_size=8).hexdigest()}"'
+        modified = FIRST_MODIFIED + revision * 86_400
+        headers = {"ETag": etag, "Last-Modified": formatdate(modified, usegmt=True)}
+        if_none_match = request.headers.get("If-None-Match")
+        since = request.if_modified_since
+        if (
+            etag in (if_none_match or "").split(", ")
+            if if_none_match is not None
+            else since is not None and since.timestamp() >= modified
+        ):
+            self.not_modified += 1
+            return web.Response(status=304, headers=headers)
+        self.child_bytes += len(body)
+        return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
+
+    async def change(self, request: web.Request) -> web.Response:
+        """``?percent=P&seed=S``: change P% of the child pages; ``?reset=1``: undo all."""
+        if request.query.get("reset") == "1":
+            self.changes.clear()
+        else:
+            percent = float(request.query.get("percent", "5"))
+            self.changes.append((percent, int(request.query.get("seed", "1"))))
+        return web.json_response({"changes": self.changes})
+
+    async def set_validators(self, request: web.Request) -> web.Response:
+        """``?on=0``: child pages without ETag and Last-Modified; ``?on=1``: with them."""
+        self.validators = request.query.get("on", "1") != "0"
+        return web.json_response({"validators": self.validators})
 
     async def private(self, request: web.Request) -> web.Response:
         """A child page under /private/, which robots.txt disallows."""

@@ -6,6 +6,7 @@ import logging
 import random
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from scraper.testsite import render_child
+from scraper.testsite import in_change, render_child
 from tests.helpers import (
     ROOT,
     Site,
@@ -254,3 +255,42 @@ def test_testsite_runs_as_a_command(tmp_path: Path) -> None:
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_testsite_answers_conditional_gets_and_changes_pages_on_demand(logs: Path) -> None:
+    """What a re-crawl meets (issue 16): validators, 304s, a chosen share of pages changed,
+    and a site without validators."""
+
+    def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
+        request = urllib.request.Request(url, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, r.read(), r.headers
+        except urllib.error.HTTPError as exc:  # urllib raises on 304
+            return exc.code, exc.read(), exc.headers
+
+    with running_site(logs / "conditional-site.log") as site:
+        status, body, headers = get(f"{site.base}/page/3")
+        assert status == 200 and body == render_child(3)
+        etag, modified = headers["ETag"], headers["Last-Modified"]
+        assert get(f"{site.base}/page/3", {"If-None-Match": etag})[:2] == (304, b"")
+        assert get(f"{site.base}/page/3", {"If-Modified-Since": modified})[0] == 304
+        assert get(f"{site.base}/page/3", {"If-None-Match": '"other"'})[0] == 200
+
+        get(f"{site.base}/_change?percent=20&seed=4")
+        changed = {i for i in range(200) if in_change(i, 20, 4)}
+        assert 20 <= len(changed) <= 60  # about 20% of 200
+        for i in (*sorted(changed)[:3], *sorted(set(range(200)) - changed)[:3]):
+            status, body, headers = get(f"{site.base}/page/{i}", {"If-Modified-Since": modified})
+            if i in changed:  # new content, new validators
+                assert status == 200 and body == render_child(i, revision=1)
+                assert headers["Last-Modified"] != modified
+            else:
+                assert status == 304
+        get(f"{site.base}/_change?reset=1")
+
+        get(f"{site.base}/_validators?on=0")
+        status, body, headers = get(f"{site.base}/page/3", {"If-None-Match": etag})
+        assert status == 200 and body == render_child(3) and "ETag" not in headers
+        stats = site.stats()
+        assert stats["not_modified"] == 2 + 3 and stats["child_bytes"] > 0
