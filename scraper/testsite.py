@@ -390,13 +390,12 @@ class TestSite:
         etag = f'"{hashlib.blake2b(body, digest_size=8).hexdigest()}"'
         modified = FIRST_MODIFIED + revision * 86_400
         headers = {"ETag": etag, "Last-Modified": formatdate(modified, usegmt=True)}
-        if_none_match = request.headers.get("If-None-Match")
-        since = request.if_modified_since
-        if (
-            etag in (if_none_match or "").split(", ")
-            if if_none_match is not None
-            else since is not None and since.timestamp() >= modified
-        ):
+        if_none_match, since = request.headers.get("If-None-Match"), request.if_modified_since
+        if if_none_match is not None:  # it wins over If-Modified-Since (RFC 9110)
+            fresh = etag in if_none_match.split(", ")
+        else:
+            fresh = since is not None and since.timestamp() >= modified
+        if fresh:
             self.not_modified += 1
             return web.Response(status=304, headers=headers)
         self.child_bytes += len(body)

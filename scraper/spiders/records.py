@@ -46,8 +46,10 @@ def child_record(
 ) -> PageItem:
     """The record of a fetched child page, its body included."""
     body = response.body
-    text = isinstance(response, TextResponse)
-    encoding = response.encoding if isinstance(response, TextResponse) else "utf-8"
+    title = canonical = None
+    if isinstance(response, TextResponse):
+        title = extract_title(body, response.encoding)
+        canonical = canonical_url(response)
     return PageItem(
         fingerprint=fingerprint,
         url=original_url(response.request) if response.request else response.url,
@@ -59,9 +61,9 @@ def child_record(
         content_type=header(response, b"Content-Type"),
         length=len(body),
         sha256=hashlib.sha256(body).hexdigest(),
-        title=extract_title(body, encoding) if text else None,
+        title=title,
         elapsed=response.meta.get("download_latency"),
-        canonical_url=canonical_url(response) if isinstance(response, TextResponse) else None,
+        canonical_url=canonical,
         body=body,
     )
 
