@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -24,8 +22,10 @@ from tests.helpers import (
     assert_children_recorded,
     assert_stored_once,
     records,
+    scrapy_crawl,
     seed,
     setting_args,
+    store_settings,
 )
 
 if TYPE_CHECKING:
@@ -114,33 +114,10 @@ def test_planted_entries_are_rejected_logged_and_run_no_code(
     plant(client, site, tmp_path)
     seed(site, redis_url, tmp_path, 300)
     log = tmp_path / "node.log"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scrapy",
-            "crawl",
-            "listing",
-            *setting_args(
-                {
-                    "REDIS_URL": redis_url,
-                    "BODY_STORE": tmp_path / "bodies",
-                    "META_STORE": tmp_path / "meta.jsonl",
-                    "REDIS_LEASE_SECONDS": 3,
-                    "LOG_FILE": log,
-                    "STATS_FILE": tmp_path / "stats.json",
-                }
-            ),
-        ],
-        cwd=tmp_path,
-        env={
-            **ENV,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(plugins), ENV.get("PYTHONPATH")) if p),
-        },
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    settings = store_settings(tmp_path, REDIS_URL=redis_url, REDIS_LEASE_SECONDS=3, LOG_FILE=log)
+    pythonpath = os.pathsep.join(p for p in (str(plugins), ENV.get("PYTHONPATH")) if p)
+    result = scrapy_crawl(
+        setting_args(settings), cwd=tmp_path, env={"PYTHONPATH": pythonpath}, timeout=240
     )
 
     assert result.returncode == 0, result.stderr[-3000:]
@@ -148,7 +125,7 @@ def test_planted_entries_are_rejected_logged_and_run_no_code(
     assert not (tmp_path / "imported").exists()  # no module named by Redis was imported
     text = log.read_text()
     assert "Traceback" not in text
-    stats: dict[str, Any] = json.loads((tmp_path / "stats.json").read_text())
+    stats = result.stats
     assert stats["finish_reason"] == "finished"
     assert_stored_once(site, tmp_path, 300)
     assert_children_recorded(stats, len(records(tmp_path)))
