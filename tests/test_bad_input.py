@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     from tests.helpers import Site
 
 LINK_REASONS = {"ok", "empty", "fragment", "unparsable", "scheme", "offsite"}
+#: Whole pages as examples are large and slow to build: hypothesis is told that is meant.
+BIG_SLOW_EXAMPLES = [
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.large_base_example,
+]
 
 
 # --- Generated list pages ----------------------------------------------------------------------
@@ -299,11 +305,7 @@ def test_an_anchor_with_a_broken_attribute_name_does_not_lose_the_page(body: byt
     max_examples=200,
     deadline=None,
     database=None,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-    ],
+    suppress_health_check=BIG_SLOW_EXAMPLES,
 )
 @given(page=list_pages("site.test"))
 def test_link_extraction_never_raises_and_yields_each_same_site_url_once(
@@ -387,11 +389,7 @@ def pages() -> Iterator[PageServer]:
     max_examples=15,
     deadline=None,
     database=None,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-    ],
+    suppress_health_check=BIG_SLOW_EXAMPLES,
 )
 @given(data=st.data())
 @deferred_f_from_coro_f  # pytest-twisted runs each example's Deferred on the reactor

@@ -172,14 +172,10 @@ async def test_refused_credentials_stop_the_crawl_at_start(
     endpoint = f"http://127.0.0.1:{s3sink.port}"
     bucket = f"refused-{client}"
     s3_client(endpoint).create_bucket(Bucket=bucket)
+    refused = {"AWS_ACCESS_KEY_ID": REFUSED_KEY_ID, "AWS_SECRET_ACCESS_KEY": "wrong-secret"}
     crawler = await crawl(
         site.listing_url(10),
-        BODY_STORE=f"s3://{bucket}/",
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID=REFUSED_KEY_ID,
-        AWS_SECRET_ACCESS_KEY="wrong-secret",
-        BODY_STORE_S3_CLIENT=client,
-        META_STORE=str(tmp_path / "meta.jsonl"),
+        **store_settings(tmp_path, **s3_store(endpoint, bucket, "", client, refused)),
     )
     assert crawler.stats.get_value("finish_reason") == "body_store_unusable"
     assert crawler.stats.get_value("item_scraped_count") is None
