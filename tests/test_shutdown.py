@@ -76,6 +76,18 @@ def stop_within(proc: subprocess.Popen[bytes], seconds: float) -> tuple[int, flo
     return code, time.monotonic() - started
 
 
+def popen_crawl(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    """`scrapy crawl listing <args>` started in the background, as a user would; its
+    output goes to the LOG_FILE the arguments name."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "scrapy", "crawl", "listing", *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def leases_in_redis(redis_url: str) -> tuple[int, int]:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -88,29 +100,15 @@ def test_sigterm_drains_a_single_node_crawl_and_exits_0(
     site_500ms_latency: Site, tmp_path: Path
 ) -> None:
     log = tmp_path / "crawl.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "scrapy",
-            "crawl",
-            "listing",
-            "-a",
-            f"url={site_500ms_latency.listing_url(2000)}",
-            *setting_args(
-                store_settings(
-                    tmp_path,
-                    CONCURRENT_REQUESTS=40,
-                    META_STORE_FLUSH_INTERVAL=2,
-                    LOG_FILE=log,
-                    STATS_FILE=tmp_path / "stats.json",
-                )
-            ),
-        ],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    settings = store_settings(
+        tmp_path,
+        CONCURRENT_REQUESTS=40,
+        META_STORE_FLUSH_INTERVAL=2,
+        LOG_FILE=log,
+        STATS_FILE=tmp_path / "stats.json",
+    )
+    proc = popen_crawl(
+        ["-a", f"url={site_500ms_latency.listing_url(2000)}", *setting_args(settings)], tmp_path
     )
     try:
         wait_until(lambda: len(body_files(tmp_path)) >= 150, "150 bodies stored", proc)
@@ -222,14 +220,7 @@ def start_crawl_with_jobdir(site: Site, tmp_path: Path, n: int) -> tuple[list[st
         f"url={site.listing_url(n, per_page=50)}",
         *setting_args(store_settings(tmp_path, CONCURRENT_REQUESTS=40, JOBDIR=tmp_path / "job")),
     ]
-    log = f"LOG_FILE={tmp_path / 'first.log'}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scrapy", "crawl", "listing", *args, "-s", log],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = popen_crawl([*args, "-s", f"LOG_FILE={tmp_path / 'first.log'}"], tmp_path)
     return args, proc
 
 
