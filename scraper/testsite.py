@@ -36,6 +36,9 @@ Re-crawls (conditional GET):
 - ``/_change?percent=P&seed=S`` changes a fixed P% of all child pages (those for which
   ``in_change(name, P, S)`` holds): their content gets a revision line, their ETag and
   Last-Modified move on. ``/_change?reset=1`` undoes every change.
+- ``/_listing?drop=P&seed=S&add=K`` takes a fixed P% of the children out of every
+  listing (``in_change(name, P, S)`` again) and links K more after the last one, under
+  the same list page URLs; ``/_listing?reset=1`` undoes it.
 - ``/_validators?on=0`` serves child pages without ETag and Last-Modified (and never
   304), ``on=1`` with them again.
 
@@ -128,10 +131,15 @@ class Listing:
     endless: bool = False
     private: int = 0  # links to /private/0.. on the first page (robots.txt disallows them)
     featured: int = 0  # every list page links to children 0..featured-1 too
+    added: int = 0  # /_listing?add=K: children linked after the n-th, the URLs unchanged
+
+    @property
+    def children(self) -> int:
+        return self.n + self.added
 
     @property
     def last_page(self) -> int:
-        return max(1, -(-self.n // self.per_page))
+        return max(1, -(-self.children // self.per_page))
 
     def query(self, page: int) -> str:
         faults = "&faults=1" if self.faults else ""
@@ -168,12 +176,15 @@ def in_change(name: int | str, percent: float, seed: int) -> bool:
 FIRST_MODIFIED = 1_767_225_600  # 2026-01-01 00:00:00 UTC
 
 
-def render_list(listing: Listing, page: int) -> bytes:
-    """A list page: its children's links, prev/next links, and (faults) the odd ones."""
+def render_list(listing: Listing, page: int, dropped: tuple[float, int] | None = None) -> bytes:
+    """A list page: its children's links, prev/next links, and (faults) the odd ones; the
+    children ``in_change(i, *dropped)`` are not linked."""
     first = (page - 1) * listing.per_page
-    last = min(listing.n, first + listing.per_page)
+    last = min(listing.children, first + listing.per_page)
     items = [
-        f'<li><a class="child" href="/page/{i}">Child page {i}</a></li>' for i in range(first, last)
+        f'<li><a class="child" href="/page/{i}">Child page {i}</a></li>'
+        for i in range(first, last)
+        if dropped is None or not in_change(i, *dropped)
     ]
     if listing.faults and page == 1:
         items += [
@@ -240,6 +251,8 @@ class TestSite:
         self.pushed_back: collections.Counter[str] = collections.Counter()  # per path and query
         self.changes: list[tuple[float, int]] = []  # /_change: (percent, seed), in order
         self.validators = True  # /_validators: ETag and Last-Modified on child pages
+        self.dropped: tuple[float, int] | None = None  # /_listing: children not linked
+        self.added = 0  # /_listing: children linked after the last one
         self.not_modified = 0  # 304s answered
         self.child_bytes = 0  # body bytes of child pages sent
 
@@ -257,6 +270,7 @@ class TestSite:
         app.router.add_get("/_hits", self.arrival_times)
         app.router.add_get("/_change", self.change)
         app.router.add_get("/_validators", self.set_validators)
+        app.router.add_get("/_listing", self.change_listing)
         app.router.add_get("/shapes/{shape}/{size}/{rest:.*}", self.shaped)
         return app
 
@@ -347,6 +361,7 @@ class TestSite:
                 q.get("endless") == "1",
                 int(q.get("private", "0")),
                 int(q.get("featured", "0")),
+                self.added,
             )
             page = int(q.get("page", "1"))
         except ValueError:
@@ -355,7 +370,8 @@ class TestSite:
             ) from None
         if page < 1 or (page > listing.last_page and not listing.endless):
             raise web.HTTPNotFound(text="no such list page")
-        return web.Response(body=render_list(listing, page), content_type="text/html")
+        body = render_list(listing, page, self.dropped)
+        return web.Response(body=body, content_type="text/html")
 
     async def shaped(self, request: web.Request) -> web.Response:
         """A listing shaped like a real site (scraper/testsite_shapes.py)."""
@@ -409,6 +425,18 @@ class TestSite:
             percent = float(request.query.get("percent", "5"))
             self.changes.append((percent, int(request.query.get("seed", "1"))))
         return web.json_response({"changes": self.changes})
+
+    async def change_listing(self, request: web.Request) -> web.Response:
+        """``?drop=P&seed=S&add=K``: unlink P% of the children, link K more;
+        ``?reset=1``: undo."""
+        q = request.query
+        if q.get("reset") == "1":
+            self.dropped, self.added = None, 0
+        else:
+            if "drop" in q:
+                self.dropped = (float(q["drop"]), int(q.get("seed", "1")))
+            self.added = int(q.get("add", self.added))
+        return web.json_response({"dropped": self.dropped, "added": self.added})
 
     async def set_validators(self, request: web.Request) -> web.Response:
         """``?on=0``: child pages without ETag and Last-Modified; ``?on=1``: with them."""
