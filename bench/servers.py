@@ -187,6 +187,14 @@ def redis_server(log: Path, *extra: str) -> Server:
     ).start()
 
 
+def _without_sort(method: Callable[..., Any]) -> Callable[..., Any]:
+    def call(self: Any, *args: Any, sort: Any = None, **kw: Any) -> Any:
+        assert sort is None
+        return method(self, *args, **kw)
+
+    return call
+
+
 def use_mongomock(patch: Callable[[Any, str, Any], None] = setattr) -> Any:
     """Make MongoMetaStore write to mongomock (one in-memory server shared by every
     client) and return that client class. ``patch``: how the attributes are set, e.g.
@@ -196,15 +204,11 @@ def use_mongomock(patch: Callable[[Any, str, Any], None] = setattr) -> Any:
 
     from scraper.stores.meta import MongoMetaStore
 
-    # mongomock 4.3 predates pymongo 4.11, whose ReplaceOne passes `sort` to the bulk
-    # builder; accept it (we never set it) so the store's real bulk_write call runs.
-    add_replace = mongomock.collection.BulkOperationBuilder.add_replace
-
-    def add_replace_without_sort(self: Any, *args: Any, sort: Any = None, **kw: Any) -> Any:
-        assert sort is None
-        return add_replace(self, *args, **kw)
-
-    patch(mongomock.collection.BulkOperationBuilder, "add_replace", add_replace_without_sort)
+    # mongomock 4.3 predates pymongo 4.11, whose UpdateOne and ReplaceOne pass `sort` to
+    # the bulk builder; accept it (we never set it) so the store's real bulk_write runs.
+    builder = mongomock.collection.BulkOperationBuilder
+    for name in ("add_update", "add_replace"):
+        patch(builder, name, _without_sort(getattr(builder, name)))
     store = mongomock.store.ServerStore()
     client_class = functools.partial(mongomock.MongoClient, _store=store)
     patch(MongoMetaStore, "client_class", client_class)

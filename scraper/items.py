@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from itemadapter import ItemAdapter
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -37,4 +39,35 @@ class PageItem:
     # True while the body waits in BODY_STORE_SPOOL (the store refused it past every retry;
     # body_key is None until `scrapy replay` stores it and clears this).
     body_pending: bool = False
+    # Recurring crawls (scraper/recrawl.py). ``listing`` is the list page the crawl started
+    # from (its first page, or the URL template/file line/sitemap it was given) and
+    # ``crawl_id`` the crawl that last linked this child; ``first_seen``/``last_seen`` when
+    # a crawl first/last fetched it; ``changed_at`` when a crawl found its body different
+    # from the one stored before (None while it never changed); ``unchanged`` whether this
+    # crawl found it as stored (a 304, or the same sha256); ``gone_at`` when a complete
+    # crawl of its listing no longer linked it (None while it is linked).
+    listing: str | None = None
+    crawl_id: str | None = None
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    changed_at: datetime | None = None
+    unchanged: bool | None = None
+    gone_at: datetime | None = None
     body: bytes | None = field(default=None, repr=False)
+    # The fields this record changes in the stored one (a 304, a failure of a page stored
+    # before: what was stored stays); None: the record is whole.
+    update_only: tuple[str, ...] | None = field(default=None, repr=False)
+
+
+#: Item fields that are not part of the meta document.
+NOT_STORED = ("body", "update_only")
+
+
+def meta_document(item: Any) -> dict[str, Any]:
+    """What the meta store gets of an item: everything but its body, or only the fields
+    the item updates."""
+    adapter = ItemAdapter(item)
+    only = adapter.get("update_only")
+    if only:
+        return {k: adapter.get(k) for k in ("fingerprint", *only)}
+    return {k: v for k, v in adapter.items() if k not in NOT_STORED}

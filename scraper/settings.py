@@ -34,6 +34,11 @@ BODY_STORE_S3_MAX_ATTEMPTS = 5  # the S3 client's tries per upload, the first in
 BODY_STORE_SPOOL = "data/body-spool"  # bodies the store still refused after the retries: their
 # records say body_pending; `scrapy replay` stores them
 BODY_STORES: dict[str, str] = {}  # extra schemes: {"gs": "mypkg.GCSBodyStore"}
+# Recurring crawls (scraper/recrawl.py): each child's previous record is read from META_STORE
+# (conditional GET; an unchanged body is not stored again), and a complete crawl marks the
+# records it no longer links gone_at.
+RECRAWL = True
+BODY_STORE_VERSIONS = False  # keep each distinct body (key <fingerprint>-<sha256>), not the last
 
 # Where meta documents go: "mongodb://host:27017/db" or a local JSON Lines file (the default).
 META_STORE = os.environ.get("SCRAPER_META_STORE", "data/meta.jsonl")
@@ -136,6 +141,7 @@ DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.httpproxy.HttpProxyMiddleware": None,
 }
 SPIDER_MIDDLEWARES = {
+    "scraper.recrawl.Recrawl": 100,  # only with RECRAWL
     "scrapy.spidermiddlewares.depth.DepthMiddleware": None,
     "scrapy.spidermiddlewares.urllength.UrlLengthMiddleware": None,
 }

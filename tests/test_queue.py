@@ -10,6 +10,7 @@ import redis
 from redis.asyncio import Redis
 from scrapy.utils.defer import deferred_f_from_coro_f
 
+from scraper.distributed.codec import start_url
 from scraper.distributed.queue import BloomFilter, CrawlQueue
 
 
@@ -90,10 +91,16 @@ async def test_start_urls_are_leased_when_the_queue_is_empty(redis_url: str) -> 
         first = await queue.lease("node", 10, 60_000, start_n=10)
         assert [e.kind for e in first] == ["request"]  # requests first
         starts = await queue.lease("node", 10, 60_000, start_n=1)
-        assert [(e.kind, e.payload) for e in starts] == [("start", "http://x/list")]
+        assert [(e.kind, start_url(e.payload)[0]) for e in starts] == [("start", "http://x/list")]
+        # Each entry names its listing and the crawl's generation (scraper/previous.py).
+        assert start_url(starts[0].payload)[1] == {
+            "crawl_id": await queue.crawl_id(),
+            "listing": "http://x/list",
+        }
         assert await queue.release([starts[0].token]) == 1  # handed back to start_urls
         sync = redis.Redis.from_url(redis_url)
-        assert sync.lrange("listing:start_urls", 0, -1) == [b"http://y/list", b"http://x/list"]
+        entries = sync.lrange("listing:start_urls", 0, -1)
+        assert [start_url(e.decode())[0] for e in entries] == ["http://y/list", "http://x/list"]
         sync.close()
     finally:
         await client.aclose()

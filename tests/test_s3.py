@@ -268,7 +268,8 @@ async def test_no_s3_or_mongo_call_runs_on_the_reactor_thread(
     assert threads["s3"] and threads["mongo"]
     assert reactor_thread.name not in threads["s3"] | threads["mongo"]
     assert all(t.startswith("body-store") for t in threads["s3"])
-    assert threads["mongo"] == {"meta-store_0"}
+    # The writer's one thread, and the one RECRAWL reads previous records in.
+    assert threads["mongo"] == {"meta-store_0", "recrawl_0"}
     assert len(threads["s3"]) > 4  # S3 uploads use BODY_STORE_THREADS, not the folder's cap
     assert_children_recorded(
         crawler.stats.get_stats(), mongo_collection(mongo_uri).count_documents({})

@@ -161,6 +161,11 @@ def heartbeat(value: bytes | str) -> tuple[int, dict[str, Any]]:
     return parsed
 
 
+def start_entry(url: str, meta: dict[str, Any]) -> str:
+    """A ``<spider>:start_urls`` entry: the URL with the meta its list request gets."""
+    return json.dumps({"url": url, "meta": meta}, separators=(",", ":"))
+
+
 def start_url(text: str) -> tuple[str, dict[str, Any]]:
     """A ``<spider>:start_urls`` entry: a URL, or JSON ``{"url": ..., "meta": {...}}``."""
     text = text.strip()

@@ -17,6 +17,10 @@ Keys (``<spider>`` is the spider name; the first three as in scrapy-redis):
 ``<spider>:sweeper``     STRING the node whose turn it is to check the leases (expires)
 ``<spider>:canonical``   HASH  canonical URL -> fingerprint of the child holding its body
                                (DEDUP_CANONICAL, scraper/canonical.py)
+``<spider>:crawl``       HASH  the crawl's generation: ``id`` (its crawl_id, in every record)
+                               and ``list_failed`` (list pages that failed: then the records
+                               it did not link are not marked gone, scraper/recrawl.py)
+``<spider>:listings``    SET   the listings `scrapy seed` started in this generation
 
 The scripts are in ``lua/``, each naming its KEYS and ARGV at the top.
 A request taken by a node is not popped: LEASE moves it to ``leased`` with a deadline,
@@ -35,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from scraper.config import ConfigError
 from scraper.distributed import codec
+from scraper.previous import CRAWL_ID, LISTING, new_crawl_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -101,6 +106,8 @@ class Keys:
     seq: str
     sweeper: str
     canonical: str
+    crawl: str
+    listings: str
 
     @classmethod
     def of(cls, spider_name: str) -> Keys:
@@ -160,6 +167,7 @@ class CrawlQueue:
         self._extend = redis.register_script(lua("extend", "now"))
         self._heartbeat = redis.register_script(lua("heartbeat", "now"))
         self._sweep = redis.register_script(lua("sweep"))
+        self._recrawl = redis.register_script(lua("recrawl"))
 
     async def enqueue(self, entries: Sequence[tuple[str, int, str]]) -> list[int]:
         """Add (fingerprint or "", priority, JSON) entries not seen before; return the
@@ -301,11 +309,60 @@ class CrawlQueue:
         )
 
     async def seed(self, urls: list[str]) -> int:
-        """Append list page URLs to ``<spider>:start_urls``."""
-        return int(await self.redis.rpush(self.keys.start_urls, *urls)) if urls else 0
+        """Append list page URLs to ``<spider>:start_urls``, each the start of a listing of
+        the current generation (started if there is none)."""
+        if not urls:
+            return 0
+        crawl_id = await self.crawl_id()
+        entries = [codec.start_entry(url, {CRAWL_ID: crawl_id, LISTING: url}) for url in urls]
+        await self.redis.sadd(self.keys.listings, *urls)
+        return int(await self.redis.rpush(self.keys.start_urls, *entries))
+
+    async def crawl_id(self) -> str:
+        """The current generation's crawl id, a new one if the crawl has none yet."""
+        await self.redis.hsetnx(self.keys.crawl, "id", new_crawl_id())
+        return _text(await self.redis.hget(self.keys.crawl, "id") or "")
+
+    async def recrawl(self) -> str | None:
+        """Start a new generation; its crawl id, or None while the crawl is running."""
+        k = self.keys
+        crawl_id = new_crawl_id()
+        started = await self._recrawl(
+            keys=[
+                k.requests,
+                k.leases,
+                k.start_urls,
+                k.crawl,
+                k.listings,
+                k.dupefilter,
+                k.bloom,
+                k.bloom_count,
+                k.canonical,
+            ],
+            args=[crawl_id],
+        )
+        return crawl_id if started else None
+
+    async def note_list_failed(self) -> None:
+        """A list page of this generation failed: its children were missed."""
+        await self.redis.hincrby(self.keys.crawl, "list_failed", 1)
+
+    async def generation(self) -> tuple[str | None, list[str], int]:
+        """The current generation: its crawl id, its listings, its failed list pages."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.crawl)
+            pipe.smembers(self.keys.listings)
+            crawl, listings = await pipe.execute()
+        crawl = {_text(k): _text(v) for k, v in crawl.items()}
+        try:
+            failed = int(crawl.get("list_failed", 0))
+        except ValueError:  # not ours: count it as a failure, mark nothing gone
+            failed = 1
+        return crawl.get("id"), sorted(_text(x) for x in listings), failed
 
     async def reset(self) -> None:
-        """Forget the crawl: queue, dedup set, leases, start URLs, nodes, canonical URLs."""
+        """Forget the crawl: queue, dedup set, leases, start URLs, nodes, canonical URLs,
+        its generation."""
         await self.redis.delete(*self.keys.all())
 
 

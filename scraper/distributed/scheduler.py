@@ -26,6 +26,7 @@ nothing read from Redis is ever run as code (see scraper.distributed.codec).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -105,6 +106,7 @@ class DistributedScheduler:
         self.spider: Spider | None = None
         self.redis: Redis | None = None
         self.queue: CrawlQueue | None = None
+        self.notes: set[asyncio.Task[None]] = set()
         self.pump: Pump | None = None
 
     @classmethod
@@ -262,14 +264,33 @@ class DistributedScheduler:
             )
         await self.redis.aclose()
 
-    def request_done(self, request: Request) -> None:
-        """Signal handler: the request's outcome is stored; acknowledge its lease."""
+    def request_done(self, request: Request, list_failed: bool = False) -> None:
+        """Signal handler: the request's outcome is stored; acknowledge its lease. A list
+        page that failed is noted in the crawl's generation first (its children were
+        missed: scraper/recrawl.py marks nothing gone then)."""
+        if list_failed and self.queue is not None:
+            task = asyncio.ensure_future(self._note_list_failed(request))
+            self.notes.add(task)
+            task.add_done_callback(self.notes.discard)
+            return
         if self.leases.done(request.meta.get(LEASE)) and len(self.leases.acks) >= self.batch:
             self._wake_pump()
 
+    async def _note_list_failed(self, request: Request) -> None:
+        assert self.queue is not None
+        try:
+            await self.queue.note_list_failed()
+        except RedisError as exc:
+            logger.error(
+                "A failed list page could not be noted in Redis (%(error)s): this crawl may "
+                "mark children gone that it missed",
+                {"error": describe(exc)},
+            )
+        self.request_done(request)
+
     def spider_idle(self) -> None:
         """Close only when the whole crawl is done, not when this node runs dry."""
-        if not self.buffers.empty() or self.leases.acks:
+        if not self.buffers.empty() or self.leases.acks or self.notes:
             raise DontCloseSpider
         if self.leases.held:
             # The engine is idle, so nothing this node holds is in progress: a request

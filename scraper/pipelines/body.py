@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 
+from scraper.items import meta_document
 from scraper.pipelines.store_calls import call, open_store
 from scraper.retry import describe, with_backoff
 from scraper.spool import BodySpool
@@ -27,7 +28,10 @@ logger = logging.getLogger("scraper.pipelines")
 
 
 class BodyStorePipeline:
-    """Stores each 2xx body under its fingerprint and sets ``body_key``.
+    """Stores each 2xx body under its fingerprint and sets ``body_key``; with
+    ``BODY_STORE_VERSIONS``, under ``<fingerprint>-<sha256>``, so that each distinct
+    version of a page is kept. A body a re-crawl found unchanged comes without its body
+    (scraper/recrawl.py) and is not stored again.
 
     A body the store still refuses after ``BODY_STORE_RETRY_TIMEOUT`` seconds (and
     botocore's own retries) is spooled to ``BODY_STORE_SPOOL`` and its record marked
@@ -43,10 +47,12 @@ class BodyStorePipeline:
         gzip: bool = False,
         retry_timeout: float = 300,
         spool: str = "data/body-spool",
+        versions: bool = False,
     ) -> None:
         self.crawler = crawler
         self.uri = uri
         self.gzip = gzip
+        self.versions = versions
         self.retry_timeout = retry_timeout
         self.threads = threads
         self.spool = BodySpool(spool)
@@ -64,6 +70,7 @@ class BodyStorePipeline:
             gzip=s.getbool("BODY_STORE_GZIP"),
             retry_timeout=s.getfloat("BODY_STORE_RETRY_TIMEOUT"),
             spool=s.get("BODY_STORE_SPOOL"),
+            versions=s.getbool("BODY_STORE_VERSIONS"),
         )
 
     async def open_spider(self) -> None:
@@ -100,6 +107,8 @@ class BodyStorePipeline:
         stats = self.crawler.stats
         assert stats is not None
         key = adapter["fingerprint"]
+        if self.versions:  # one object per distinct body, not one per page
+            key = f"{key}-{adapter['sha256']}"
         try:
             adapter["body_key"] = await with_backoff(
                 lambda: self._put(key, body, adapter.get("content_type")),
@@ -141,7 +150,7 @@ class BodyStorePipeline:
         stats = self.crawler.stats
         assert stats is not None
         adapter["body_pending"] = True
-        doc = {k: v for k, v in adapter.items() if k != "body"}
+        doc = meta_document(adapter.item)
         content_type = adapter.get("content_type")
 
         def spool() -> None:

@@ -8,8 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from itemadapter import ItemAdapter
-
+from scraper.items import meta_document
 from scraper.pipelines.store_calls import call, open_store
 from scraper.retry import describe, with_backoff
 from scraper.spool import append_lines
@@ -104,7 +103,7 @@ class MetaStorePipeline:
             )
 
     async def process_item(self, item: Any) -> Any:
-        doc = {k: v for k, v in ItemAdapter(item).items() if k != "body"}
+        doc = meta_document(item)
         if self.batch_done is None:
             self.batch_done = asyncio.get_running_loop().create_future()
             self.timer = asyncio.get_running_loop().call_later(self.flush_interval, self._flush)

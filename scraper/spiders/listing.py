@@ -28,6 +28,7 @@ from scrapy.http import TextResponse
 
 from scraper.fingerprint import LIST_PAGE
 from scraper.items import PageItem
+from scraper.previous import CRAWL_ID, LISTING, new_crawl_id
 from scraper.retry import describe
 from scraper.signals import request_done
 from scraper.spiders.advice import say_children_left, say_concurrency, say_what_was_missed
@@ -90,6 +91,7 @@ class ListingSpider(Spider):
         self.first_page: ListPage | None = None
         self.max_pages_logged = False
         self.list_positions: set[Position] = set()  # list pages requested or parsed here
+        self.crawl_id = ""  # set at start: new, or the one JOBDIR kept (scraper/previous.py)
         checked = check_arguments(
             url,
             sitemap,
@@ -125,10 +127,13 @@ class ListingSpider(Spider):
             )
             raise CloseSpider("no_url")
         say_concurrency(self.crawler.settings)
+        # JOBDIR keeps spider.state: a resumed crawl is the same crawl.
+        state: dict[str, Any] = getattr(self, "state", {})
+        self.crawl_id = state.setdefault("crawl_id", new_crawl_id())
         # Distributed: each goes into the shared queue, deduplicated there.
         template = len(self.start_urls_expanded) > 1
         for url in self.start_urls_expanded:
-            yield self.list_request(url, pagination=not template)
+            yield self.list_request(url, pagination=not template, listing=self.url)
         if self.urls_file:
             for url in self._read_urls_file():
                 yield self.list_request(url)
@@ -167,30 +172,41 @@ class ListingSpider(Spider):
             raise CloseSpider("arguments_unusable") from None
 
     def request_for_start_url(self, url: str) -> Request:
-        """The request for a URL taken from ``listing:start_urls`` (distributed mode)."""
+        """The request for a URL taken from ``listing:start_urls`` (distributed mode; the
+        entry's meta, set by `scrapy seed`, names its crawl)."""
         return self.list_request(url)
 
-    def list_request(self, url: str, *, pagination: bool = True) -> Request:
-        """A list page. Its fingerprint is apart from a child's of the same URL (see
-        scraper/fingerprint.py); list pages go first: their children keep the downloader
-        full."""
+    def list_request(
+        self,
+        url: str,
+        *,
+        pagination: bool = True,
+        listing: str | None = None,
+        crawl_id: str | None = None,
+    ) -> Request:
+        """A list page of ``listing`` (a start URL's own, by default). Its fingerprint is
+        apart from a child's of the same URL (see scraper/fingerprint.py); list pages go
+        first: their children keep the downloader full."""
         self.list_positions.add(position(url))
-        meta: dict[str, Any] = {LIST_PAGE: True}
+        meta: dict[str, Any] = {
+            LIST_PAGE: True,
+            LISTING: listing or url,
+            CRAWL_ID: crawl_id or self.crawl_id,
+        }
         if not pagination:
             meta[PAGINATION] = False
         return Request(
             url, callback=self.parse_list, errback=self.list_failed, priority=1, meta=meta
         )
 
-    def sitemap_request(self, url: str) -> Request:
-        self.list_positions.add(position(url))
-        return Request(
-            url,
-            callback=self.parse_sitemap,
-            errback=self.list_failed,
-            priority=1,
-            meta={LIST_PAGE: True},
-        )
+    def sitemap_request(self, url: str, parent: Response | None = None) -> Request:
+        request = self.list_request(url, **self._crawl_of(parent) if parent else {})
+        return request.replace(callback=self.parse_sitemap)
+
+    @staticmethod
+    def _crawl_of(response: Response) -> dict[str, Any]:
+        """The listing and crawl a list page belongs to, passed on to what it links."""
+        return {"listing": response.meta.get(LISTING), "crawl_id": response.meta.get(CRAWL_ID)}
 
     @cached_property
     def strip(self) -> ParamStripper:
@@ -227,8 +243,8 @@ class ListingSpider(Spider):
             if pos not in self.list_positions:
                 if not self._may_follow():
                     break
-                yield self.list_request(url)
-        yield from self._children(page.children, response.url)
+                yield self.list_request(url, **self._crawl_of(response))
+        yield from self._children(page.children, response)
 
     def _may_follow(self) -> bool:
         limit = self.crawler.settings.getint("LISTING_MAX_PAGES")
@@ -242,18 +258,20 @@ class ListingSpider(Spider):
             self.crawler.stats.set_value("listing/max_pages_reached", limit)
         return False
 
-    def _children(self, urls: Iterable[str], listing_url: str) -> Iterator[Request]:
+    def _children(self, urls: Iterable[str], parent: Response) -> Iterator[Request]:
         """One request per child URL not seen on this page; counted as a child until the
         dupefilter says it was seen before (``request_dropped``)."""
         stats = self.crawler.stats
         fingerprint = self.crawler.request_fingerprinter.fingerprint
         seen: set[bytes] = set()
+        crawl = {LISTING: parent.meta.get(LISTING), CRAWL_ID: parent.meta.get(CRAWL_ID)}
         for url in urls:
             request = Request(
                 url,
                 callback=self.parse_child,
                 errback=self.child_failed,
-                cb_kwargs={"listing_url": listing_url},
+                cb_kwargs={"listing_url": parent.url},
+                meta=dict(crawl),
             )
             key = fingerprint(request)
             if key in seen:
@@ -314,7 +332,7 @@ class ListingSpider(Spider):
         if page.kind == "robots":
             for url in page.locs:
                 if url and self._may_follow():
-                    yield self.sitemap_request(url)
+                    yield self.sitemap_request(url, response)
             return
         site = urlsplit(response.url).hostname
         urls = []
@@ -327,13 +345,13 @@ class ListingSpider(Spider):
         if page.kind == "sitemapindex":
             for url in urls:
                 if position(url) not in self.list_positions and self._may_follow():
-                    yield self.sitemap_request(url)
+                    yield self.sitemap_request(url, response)
             return
         if self.sitemap_filter is not None:
             kept = [url for url in urls if self.sitemap_filter.search(url)]
             stats.inc_value("listing/links_skipped/sitemap_filter", len(urls) - len(kept))
             urls = kept
-        yield from self._children(urls, response.url)
+        yield from self._children(urls, response)
 
     def closed(self, reason: str) -> None:
         """Say it when children were left uncrawled, or the crawl probably missed pages or
@@ -354,13 +372,16 @@ class ListingSpider(Spider):
             "List page %(url)s failed: %(error)s",
             {"url": request.url, "error": describe_failure(failure)},
         )
-        # No item will say this request is handled: say it (distributed mode acks it).
-        self.crawler.signals.send_catch_log(request_done, request=request)
+        # No item will say this request is handled: say it (distributed mode acks it, and
+        # notes that the crawl missed children: scraper/recrawl.py marks none gone then).
+        self.crawler.signals.send_catch_log(request_done, request=request, list_failed=True)
 
     def parse_child(self, response: Response, listing_url: str, fingerprint: str) -> PageItem:
         """A fetched child page (2xx, or 3xx that was not followed)."""
         self.children_done += 1
-        return child_record(response, listing_url, fingerprint, self.header_names)
+        item, freshness = child_record(response, listing_url, fingerprint, self.header_names)
+        self.crawler.stats.inc_value(f"listing/children_{freshness}")
+        return item
 
     def child_failed(self, failure: Failure) -> PageItem:
         """A child that could not be fetched still ends as one record, with the reason."""

@@ -4,6 +4,10 @@ A fetched child (2xx, or a 3xx that was not followed) gives its status, headers,
 sha256, title and canonical URL, and its body for the body store; a child that could not
 be fetched still ends as one record, with the reason in ``error`` (and what its error
 response said, for an HTTP error).
+
+A child stored by an earlier crawl (its request carries the previous record, see
+scraper/previous.py) is compared with it: a 304, or a body with the same sha256, is
+``unchanged`` and its body is not stored again; a failure does not erase what was stored.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import hashlib
 import html
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from scrapy.exceptions import DownloadCancelledError
 from scrapy.http import TextResponse
@@ -20,6 +24,7 @@ from scrapy.spidermiddlewares.httperror import HttpError
 
 from scraper.canonical import canonical_url
 from scraper.items import PageItem
+from scraper.previous import CRAWL_ID, LISTING, PREVIOUS, Previous, when
 from scraper.retry import describe
 
 if TYPE_CHECKING:
@@ -28,6 +33,38 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.http import Response
     from twisted.python.failure import Failure
+
+#: What a fetched child is next to its previous record.
+Freshness = Literal["new", "changed", "unchanged"]
+
+#: The fields a 304 changes in the stored record: the rest (body, hash, headers) stands.
+NOT_MODIFIED_FIELDS = (
+    "url",
+    "listing_url",
+    "listing",
+    "crawl_id",
+    "fetched_at",
+    "last_seen",
+    "status",
+    "elapsed",
+    "error",
+    "unchanged",
+    "gone_at",
+)
+#: The fields a failure changes in a record stored before: its last body stays its body.
+FAILED_FIELDS = (
+    "url",
+    "listing_url",
+    "listing",
+    "crawl_id",
+    "fetched_at",
+    "final_url",
+    "status",
+    "elapsed",
+    "error",
+    "unchanged",
+    "gone_at",
+)
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 
@@ -43,18 +80,27 @@ def extract_title(body: bytes, encoding: str) -> str | None:
 
 def child_record(
     response: Response, listing_url: str, fingerprint: str, header_names: Iterable[str]
-) -> PageItem:
-    """The record of a fetched child page, its body included."""
+) -> tuple[PageItem, Freshness]:
+    """The record of a fetched child page, its body included unless it is unchanged."""
+    meta = response.request.meta if response.request else {}
+    previous = Previous.from_meta(meta.get(PREVIOUS))
+    now = datetime.now(UTC)
+    if response.status == 304 and previous is not None:
+        return not_modified_record(response, listing_url, fingerprint, now), "unchanged"
     body = response.body
     title = canonical = None
     if isinstance(response, TextResponse):
         title = extract_title(body, response.encoding)
         canonical = canonical_url(response)
-    return PageItem(
+    item = PageItem(
         fingerprint=fingerprint,
         url=original_url(response.request) if response.request else response.url,
         listing_url=listing_url,
-        fetched_at=datetime.now(UTC),
+        listing=meta.get(LISTING),
+        crawl_id=meta.get(CRAWL_ID),
+        fetched_at=now,
+        last_seen=now,
+        first_seen=now,
         final_url=response.url,
         status=response.status,
         headers=headers(response, header_names),
@@ -66,6 +112,45 @@ def child_record(
         canonical_url=canonical,
         body=body,
     )
+    return item, compare(item, previous)
+
+
+def compare(item: PageItem, previous: Previous | None) -> Freshness:
+    """Set what the previous record says of a fetched child: the same body (and one
+    stored) is unchanged and not stored again; another body is a change."""
+    if previous is None or previous.sha256 is None:
+        item.unchanged = False
+        return "new"
+    item.first_seen = when(previous.first_seen) or item.first_seen
+    if previous.body_key and previous.sha256 == item.sha256:
+        item.unchanged = True
+        item.body_key, item.body = previous.body_key, None
+        item.changed_at = when(previous.changed_at)
+        return "unchanged"
+    item.unchanged = False
+    item.changed_at = item.fetched_at
+    return "changed"
+
+
+def not_modified_record(
+    response: Response, listing_url: str, fingerprint: str, now: datetime
+) -> PageItem:
+    """A 304: the stored record stands; this crawl saw it, unchanged."""
+    request = response.request
+    assert request is not None
+    return PageItem(
+        fingerprint=fingerprint,
+        url=original_url(request),
+        listing_url=listing_url,
+        listing=request.meta.get(LISTING),
+        crawl_id=request.meta.get(CRAWL_ID),
+        fetched_at=now,
+        last_seen=now,
+        status=response.status,
+        elapsed=response.meta.get("download_latency"),
+        unchanged=True,
+        update_only=NOT_MODIFIED_FIELDS,
+    )
 
 
 def failed_child_record(failure: Failure, header_names: Iterable[str], max_size: int) -> PageItem:
@@ -76,8 +161,12 @@ def failed_child_record(failure: Failure, header_names: Iterable[str], max_size:
         fingerprint=request.cb_kwargs["fingerprint"],
         url=original_url(request),
         listing_url=request.cb_kwargs["listing_url"],
+        listing=request.meta.get(LISTING),
+        crawl_id=request.meta.get(CRAWL_ID),
         fetched_at=datetime.now(UTC),
         error=describe_failure(failure, request.meta.get("download_maxsize", max_size)),
+        # A page stored before keeps its record; only what this crawl saw changes.
+        update_only=FAILED_FIELDS if request.meta.get(PREVIOUS) else None,
     )
     if isinstance(failure.value, HttpError):
         response = failure.value.response

@@ -16,7 +16,11 @@ from scrapy.utils.misc import load_object
 from scraper.config import ConfigError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from scrapy.crawler import Crawler
+
+    from scraper.previous import Previous
 
 BODY_STORES_BASE = {
     "": "scraper.stores.body.FSBodyStore",
@@ -84,6 +88,17 @@ class MetaStore(Protocol):
 
     def close(self) -> None:
         """Make everything written durable and release connections."""
+
+
+class PreviousRecords(Protocol):
+    """A meta store that a re-crawl can read (scraper/recrawl.py). Methods block."""
+
+    def previous(self, fingerprints: list[str]) -> dict[str, Previous]:
+        """What the store holds of these fingerprints (those it has), in one call."""
+
+    def mark_gone(self, listings: list[str], crawl_id: str, when: datetime) -> int:
+        """Set ``gone_at`` on the records of these listings not linked by crawl
+        ``crawl_id`` (nor marked already); how many."""
 
 
 def redact(uri: str) -> str:

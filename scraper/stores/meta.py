@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pymongo import MongoClient, ReplaceOne
+from pymongo import MongoClient, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
     ConfigurationError,
@@ -20,6 +20,7 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
+from scraper.previous import PROJECTION, Previous
 from scraper.stores import RejectedDocuments, StoreError, redact
 
 if TYPE_CHECKING:
@@ -45,9 +46,13 @@ class JsonLinesMetaStore:
 
     Batches are appended, each as one write under an exclusive lock on ``<file>.lock``,
     so several crawler processes on one machine may share the file. At close the file is
-    rewritten (under the same lock) keeping the newest line per fingerprint if any
-    fingerprint was written twice (a re-crawl, a replayed request): it behaves like an
-    upserting collection. A writer that finds the file replaced reopens it first.
+    rewritten (under the same lock) with one line per fingerprint if any fingerprint was
+    written twice (a re-crawl, a replayed request): the later line's fields over the
+    earlier's, so it behaves like a collection upserted with ``$set``. A writer that
+    finds the file replaced reopens it first.
+
+    A re-crawl reads the previous records from an index of the file built on the first
+    ``previous`` call (scraper/recrawl.py): a tuple of six short strings per record.
     """
 
     transient_errors: tuple[type[BaseException], ...] = (OSError,)
@@ -57,6 +62,7 @@ class JsonLinesMetaStore:
         self.path = Path(path)
         self.fd: int | None = None
         self.lock_fd: int | None = None
+        self.index: dict[str, Previous] | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, uri: str) -> Self:
@@ -98,13 +104,54 @@ class JsonLinesMetaStore:
             fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
 
     def write(self, docs: list[dict[str, Any]]) -> None:
-        data = "".join(dumps(doc) + "\n" for doc in docs).encode()
         with self._locked():
-            assert self.fd is not None
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view) :]
-            os.fsync(self.fd)
+            self._append(docs)
+
+    def _append(self, docs: list[dict[str, Any]]) -> None:
+        """Append under the lock the caller holds."""
+        assert self.fd is not None
+        view = memoryview("".join(dumps(doc) + "\n" for doc in docs).encode())
+        while view:
+            view = view[os.write(self.fd, view) :]
+        os.fsync(self.fd)
+
+    def previous(self, fingerprints: list[str]) -> dict[str, Previous]:
+        """What the file holds of these fingerprints (those it has)."""
+        if self.index is None:
+            with self._locked():
+                self.index = self._read_index()
+        index = self.index
+        return {fp: index[fp] for fp in fingerprints if fp in index}
+
+    def _read_index(self) -> dict[str, Previous]:
+        """Each fingerprint's Previous, read a line at a time (the file is not held in
+        memory). Only a whole record changes it: partial ones (a 304, a failure, gone_at)
+        leave the body, its hash and validators as they were."""
+        index: dict[str, Previous] = {}
+        with self.path.open("rb") as f:
+            for line in f:
+                if line.strip():
+                    doc = json.loads(line)
+                    if "sha256" in doc:
+                        fp = doc["fingerprint"]
+                        index[fp] = Previous.of(doc, fp)
+        return index
+
+    def mark_gone(self, listings: list[str], crawl_id: str, when: datetime) -> int:
+        """Mark ``gone_at`` on the records of these listings that crawl ``crawl_id`` did
+        not link (and that are not marked yet); how many."""
+        wanted = set(listings)
+        with self._locked():  # read and marked in one step: nodes sharing the file mark once
+            gone = [
+                {"fingerprint": fp, "gone_at": when}
+                for fp, doc in self._records()
+                if doc.get("listing") in wanted
+                and doc.get("crawl_id") != crawl_id
+                and not doc.get("gone_at")
+            ]
+            if gone:
+                self._append(gone)
+        return len(gone)
 
     def close(self) -> None:
         if self.fd is None or self.lock_fd is None:
@@ -117,21 +164,36 @@ class JsonLinesMetaStore:
         os.close(self.lock_fd)
         self.fd = self.lock_fd = None
 
-    def _fingerprints(self) -> tuple[int, dict[str, bytes]]:
-        """Lines in the file, and the newest line per fingerprint."""
-        newest: dict[str, bytes] = {}
+    def _fingerprints(self) -> tuple[int, dict[str, list[bytes]]]:
+        """Lines in the file, and the lines of each fingerprint, in order."""
+        per_fingerprint: dict[str, list[bytes]] = {}
         lines = 0
         with self.path.open("rb") as f:
             for line in f:
                 if line.strip():
                     lines += 1
-                    newest[json.loads(line)["fingerprint"]] = line
-        return lines, newest
+                    per_fingerprint.setdefault(json.loads(line)["fingerprint"], []).append(line)
+        return lines, per_fingerprint
 
-    def _compact(self, newest: dict[str, bytes]) -> None:
+    def _records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each fingerprint's record: its lines merged, the later over the earlier."""
+        for fp, lines in self._fingerprints()[1].items():
+            doc: dict[str, Any] = {}
+            for line in lines:
+                doc.update(json.loads(line))
+            yield fp, doc
+
+    def _compact(self, per_fingerprint: dict[str, list[bytes]]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with tmp.open("wb") as f:
-            f.writelines(newest.values())
+            for lines in per_fingerprint.values():
+                if len(lines) == 1:
+                    f.write(lines[0])
+                    continue
+                doc: dict[str, Any] = {}
+                for line in lines:
+                    doc.update(json.loads(line))
+                f.write(dumps(doc).encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -207,10 +269,9 @@ class MongoMetaStore:
         cannot change (a validator, a unique index of the user's, a document too large,
         no right to write) names the documents it concerns.
         """
-        ops = [
-            ReplaceOne({"_id": d["fingerprint"]}, {**d, "_id": d["fingerprint"]}, upsert=True)
-            for d in docs
-        ]
+        # $set: a whole record sets every field (each PageItem field is in it), a partial
+        # one (a 304, a failure of a page stored before) only its own.
+        ops = [UpdateOne({"_id": d["fingerprint"]}, {"$set": d}, upsert=True) for d in docs]
         try:
             self.collection.bulk_write(ops, ordered=False)
         except BulkWriteError as exc:
@@ -236,6 +297,34 @@ class MongoMetaStore:
                     [{"code": exc.code, "errmsg": details.get("codeName") or details.get("errmsg")}]
                 ),
             ) from None
+
+    def previous(self, fingerprints: list[str]) -> dict[str, Previous]:
+        """What the collection holds of these fingerprints: one ``find`` per call."""
+        cursor = self.collection.find({"_id": {"$in": fingerprints}}, PROJECTION)
+        return {doc["_id"]: previous for doc in cursor if (previous := Previous.of(doc))}
+
+    def _read_index(self) -> dict[str, Previous]:
+        """Each fingerprint's Previous, read a line at a time (the file is not held in
+        memory). Only a whole record changes it: partial ones (a 304, a failure, gone_at)
+        leave the body, its hash and validators as they were."""
+        index: dict[str, Previous] = {}
+        with self.path.open("rb") as f:
+            for line in f:
+                if line.strip():
+                    doc = json.loads(line)
+                    if "sha256" in doc:
+                        fp = doc["fingerprint"]
+                        index[fp] = Previous.of(doc, fp)
+        return index
+
+    def mark_gone(self, listings: list[str], crawl_id: str, when: datetime) -> int:
+        """Mark ``gone_at`` on the records of these listings that crawl ``crawl_id`` did
+        not link (and that are not marked yet), in one ``update_many``; how many."""
+        result = self.collection.update_many(
+            {"listing": {"$in": listings}, "crawl_id": {"$ne": crawl_id}, "gone_at": None},
+            {"$set": {"gone_at": when}},
+        )
+        return int(result.modified_count)
 
     def close(self) -> None:
         if self.client is not None:

@@ -1,0 +1,253 @@
+"""Recurring crawls (issue 16): the same listing crawled again, unchanged, partly changed,
+with children removed and added, and from a site without validators; for the local
+stores and for S3 (moto) + MongoDB."""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.request
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from scrapy.utils.defer import deferred_f_from_coro_f
+
+from scraper.testsite import in_change, render_child
+from tests.helpers import (
+    Node,
+    Site,
+    crawl,
+    mongo_collection,
+    read_jsonl,
+    running_site,
+    s3_client,
+    s3_store,
+    scrapy,
+    store_settings,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from scrapy.crawler import Crawler
+
+N = 200
+
+
+@pytest.fixture(scope="module")
+def changing_site(logs: Path) -> Iterator[Site]:
+    """A site of this module's own: its tests change its pages and listing."""
+    with running_site(logs / "recrawl-site.log") as site:
+        yield site
+
+
+def knob(site: Site, path: str) -> None:
+    with urllib.request.urlopen(site.base + path, timeout=10) as r:
+        r.read()
+
+
+@pytest.fixture
+def fresh_site(changing_site: Site) -> Iterator[Site]:
+    for path in ("/_change?reset=1", "/_listing?reset=1", "/_validators?on=1"):
+        knob(changing_site, path)
+    yield changing_site
+    for path in ("/_change?reset=1", "/_listing?reset=1", "/_validators?on=1"):
+        knob(changing_site, path)
+
+
+class Stores:
+    """Where one test's crawls store, and how the test reads them back."""
+
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        records: Callable[[], dict[str, dict[str, Any]]],
+        body: Callable[[str], bytes],
+    ) -> None:
+        self.settings = settings
+        self.records = records
+        self.body = body
+
+
+@pytest.fixture(params=["local", "s3-mongo"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
+    if request.param == "local":
+        return Stores(
+            store_settings(tmp_path),
+            lambda: {d["fingerprint"]: d for d in read_jsonl(tmp_path / "meta.jsonl")},
+            lambda key: (tmp_path / "bodies" / key).read_bytes(),
+        )
+    moto = request.getfixturevalue("moto")
+    bucket = request.getfixturevalue("bucket")
+    mongo_uri = request.getfixturevalue("mongo_uri")
+    s3 = s3_client(moto.url)
+    return Stores(
+        store_settings(tmp_path, META_STORE=mongo_uri, **s3_store(moto.url, bucket)),
+        lambda: {d["fingerprint"]: d for d in mongo_collection(mongo_uri).find()},
+        lambda key: s3.get_object(Bucket=bucket, Key=key)["Body"].read(),
+    )
+
+
+def name_of(doc: dict[str, Any]) -> str:
+    return str(doc["url"].rsplit("/", 1)[1])
+
+
+def stamp(value: Any) -> datetime:
+    """A stored time: text in JSON Lines, a naive UTC datetime from MongoDB."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+async def crawl_again(site: Site, stores: Stores) -> tuple[dict[str, Any], dict[str, int]]:
+    """One crawl of the listing: its stats, and what the site served meanwhile."""
+    site.stats(reset=True)
+    crawler: Crawler = await crawl(site.listing_url(N, per_page=50), **stores.settings)
+    assert crawler.stats is not None
+    stats = crawler.stats.get_stats()
+    assert stats["finish_reason"] == "finished"
+    return stats, site.stats()
+
+
+@deferred_f_from_coro_f
+async def test_a_recrawl_stores_what_changed_and_says_what_is_gone(
+    fresh_site: Site, stores: Stores
+) -> None:
+    site = fresh_site
+    stats, served = await crawl_again(site, stores)
+    assert stats["listing/children_new"] == N and stats["body_store/stored"] == N
+    first = stores.records()
+    assert len(first) == N
+    first_crawl = {d["crawl_id"] for d in first.values()}
+    assert len(first_crawl) == 1
+
+    # Unchanged: every child a 304, no body downloaded, none stored.
+    stats, served = await crawl_again(site, stores)
+    assert stats["listing/children_unchanged"] == N, stats
+    assert "body_store/stored" not in stats
+    assert served["not_modified"] == N and served["child_bytes"] == 0
+    second = stores.records()
+    assert len(second) == N
+    for fp, doc in second.items():
+        assert doc["unchanged"] is True and doc["status"] == 304
+        assert doc["body_key"] == first[fp]["body_key"] and doc["sha256"] == first[fp]["sha256"]
+        assert stamp(doc["first_seen"]) == stamp(first[fp]["first_seen"])
+        assert stamp(doc["last_seen"]) > stamp(first[fp]["last_seen"])
+        assert doc["changed_at"] is None and doc["gone_at"] is None
+        assert doc["crawl_id"] not in first_crawl
+
+    # 5% changed: exactly those downloaded and stored again, with changed_at.
+    knob(site, "/_change?percent=5&seed=3")
+    changed = {str(i) for i in range(N) if in_change(i, 5, 3)}
+    assert changed
+    stats, served = await crawl_again(site, stores)
+    assert stats["listing/children_changed"] == len(changed)
+    assert stats["listing/children_unchanged"] == N - len(changed)
+    assert stats["body_store/stored"] == len(changed)
+    assert served["not_modified"] == N - len(changed)
+    third = stores.records()
+    assert {name_of(d) for d in third.values() if d["changed_at"]} == changed
+    for doc in third.values():
+        if name_of(doc) in changed:
+            assert doc["unchanged"] is False and doc["status"] == 200
+            assert stores.body(doc["body_key"]) == render_child(name_of(doc), revision=1)
+            assert stamp(doc["changed_at"]) == stamp(doc["fetched_at"])
+        else:
+            assert doc["unchanged"] is True
+
+    # Children taken out of the listing are marked gone; new ones are stored.
+    knob(site, "/_listing?drop=5&seed=8&add=10")  # the new ones are dropped at the same rate
+    dropped = {str(i) for i in range(N) if in_change(i, 5, 8)}
+    added = {str(i) for i in range(N, N + 10) if not in_change(i, 5, 8)}
+    stats, served = await crawl_again(site, stores)
+    assert stats["listing/children_gone"] == len(dropped)
+    assert stats["listing/children_new"] == len(added)
+    assert stats["body_store/stored"] == len(added)
+    fourth = stores.records()
+    assert len(fourth) == N + len(added)
+    assert {name_of(d) for d in fourth.values() if d["gone_at"]} == dropped
+    for doc in fourth.values():
+        if name_of(doc) in added:
+            assert stores.body(doc["body_key"]) == render_child(name_of(doc))
+            assert doc["unchanged"] is False and doc["first_seen"] is not None
+
+    # Linked again: no longer gone.
+    knob(site, "/_listing?reset=1")
+    stats, _ = await crawl_again(site, stores)
+    assert stats["listing/children_gone"] == len(added)
+    assert {name_of(d) for d in stores.records().values() if d["gone_at"]} == added
+
+
+@deferred_f_from_coro_f
+async def test_a_site_without_validators_is_downloaded_but_not_stored_again(
+    fresh_site: Site, stores: Stores
+) -> None:
+    site = fresh_site
+    knob(site, "/_validators?on=0")
+    await crawl_again(site, stores)
+    stats, served = await crawl_again(site, stores)
+    assert served["not_modified"] == 0 and served["child_bytes"] > 0
+    assert stats["listing/children_unchanged"] == N
+    assert "body_store/stored" not in stats
+    docs = stores.records()
+    assert all(d["unchanged"] is True and d["status"] == 200 for d in docs.values())
+    assert all(stores.body(d["body_key"]) == render_child(name_of(d)) for d in docs.values())
+
+
+def test_two_nodes_crawl_a_listing_again_as_a_new_generation(
+    fresh_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    site = fresh_site
+    url = site.listing_url(N, per_page=50)
+
+    def seed(*flags: str) -> subprocess.CompletedProcess[str]:
+        return scrapy("seed", "listing", url, *flags, "-s", f"REDIS_URL={redis_url}", cwd=tmp_path)
+
+    def crawl_with_two_nodes(generation: int) -> list[dict[str, Any]]:
+        two = [Node(f"gen{generation}-node{i}", redis_url, tmp_path) for i in range(2)]
+        nodes.extend(two)
+        assert [node.wait() for node in two] == [0, 0]
+        return [node.stats() for node in two]
+
+    def total(stats: list[dict[str, Any]], name: str) -> int:
+        return sum(s.get(name, 0) for s in stats)
+
+    assert seed().returncode == 0
+    first = crawl_with_two_nodes(1)
+    assert total(first, "listing/children_new") == N
+    assert total(first, "body_store/stored") == N
+
+    knob(site, "/_change?percent=5&seed=3")
+    knob(site, "/_listing?drop=5&seed=8")
+    changed = {str(i) for i in range(N) if in_change(i, 5, 3) and not in_change(i, 5, 8)}
+    dropped = {str(i) for i in range(N) if in_change(i, 5, 8)}
+    result = seed("--recrawl")
+    assert result.returncode == 0 and "a new generation" in result.stdout, result.stdout
+    site.stats(reset=True)
+    second = crawl_with_two_nodes(2)
+    assert total(second, "listing/children_changed") == len(changed)
+    assert total(second, "listing/children_unchanged") == N - len(changed) - len(dropped)
+    assert total(second, "body_store/stored") == len(changed)
+    assert total(second, "listing/children_gone") == len(dropped)  # marked once, not twice
+    assert site.stats()["not_modified"] == N - len(changed) - len(dropped)
+
+    docs = {d["fingerprint"]: d for d in read_jsonl(tmp_path / "meta.jsonl")}
+    assert len(docs) == N
+    assert {name_of(d) for d in docs.values() if d["gone_at"]} == dropped
+    assert {name_of(d) for d in docs.values() if d["changed_at"]} == changed
+    generations = {d["crawl_id"] for d in docs.values() if not d["gone_at"]}
+    assert len(generations) == 1 and generations.isdisjoint(
+        d["crawl_id"] for d in docs.values() if d["gone_at"]
+    )
+    for doc in docs.values():
+        expected = render_child(name_of(doc), revision=1 if name_of(doc) in changed else 0)
+        assert (tmp_path / "bodies" / doc["body_key"]).read_bytes() == expected
+
+
+def test_a_recrawl_is_refused_while_the_crawl_runs(redis_url: str, tmp_path: Path) -> None:
+    args = ("-s", f"REDIS_URL={redis_url}")
+    assert scrapy("seed", "listing", "http://127.0.0.1:9/list", *args, cwd=tmp_path).returncode == 0
+    again = scrapy("seed", "listing", "http://127.0.0.1:9/list", "--recrawl", *args, cwd=tmp_path)
+    assert again.returncode == 1
+    assert "still crawling" in again.stdout and "nothing added" in again.stdout
