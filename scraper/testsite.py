@@ -119,6 +119,7 @@ def _paragraph_pool(count: int = 256, seed: int = 7) -> list[str]:
 
 
 _POOL = _paragraph_pool()
+_PARAGRAPH_BYTES = sum(map(len, _POOL)) // len(_POOL)
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,15 @@ class Listing:
         return f"/list?n={self.n}&per_page={self.per_page}{faults}{endless}{private}&page={page}"
 
 
-def render_child(name: int | str, canonical: str | None = None, revision: int = 0) -> bytes:
-    """The exact bytes served for ``/page/<name>``: 20 to 50 KB of HTML (with a
-    ``<link rel="canonical">`` when given one, and a revision line once it has changed)."""
+def render_child(
+    name: int | str, canonical: str | None = None, revision: int = 0, padding_kb: int = 0
+) -> bytes:
+    """The exact bytes served for ``/page/<name>``: 20 to 50 KB of HTML, and about
+    ``padding_kb`` KB more (``--child-padding-kb``: pages the size of a shop's), with a
+    ``<link rel="canonical">`` when given one, and a revision line once it has changed."""
     seed = int.from_bytes(hashlib.blake2b(str(name).encode(), digest_size=4).digest())
-    paras = "".join(_POOL[(seed + k * 31) % len(_POOL)] for k in range(30 + seed % 45))
+    count = 30 + seed % 45 + padding_kb * 1024 // _PARAGRAPH_BYTES
+    paras = "".join(_POOL[(seed + k * 31) % len(_POOL)] for k in range(count))
     link = f'<link rel="canonical" href="{html.escape(canonical)}">' if canonical else ""
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
@@ -237,8 +242,10 @@ class TestSite:
         latency_ms: float = 0,
         slow_ms: float = 3000,
         huge_mb: float = 40,
+        padding_kb: int = 0,
     ) -> None:
         self.default = Listing(pages, per_page)
+        self.padding_kb = padding_kb
         self.latency = latency_ms / 1000
         self.slow = slow_ms / 1000
         self.huge_mb = huge_mb
@@ -399,7 +406,7 @@ class TestSite:
     async def child(self, request: web.Request) -> web.Response:
         name = request.match_info["i"]
         revision = sum(in_change(name, percent, seed) for percent, seed in self.changes)
-        body = render_child(name, revision=revision)
+        body = render_child(name, revision=revision, padding_kb=self.padding_kb)
         if not self.validators:
             self.child_bytes += len(body)
             return web.Response(body=body, content_type="text/html", charset="utf-8")
@@ -543,10 +550,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=0, help="delay before every answer")
     parser.add_argument("--slow-ms", type=float, default=3000, help="delay of /fault/slow")
     parser.add_argument("--huge-mb", type=float, default=40, help="size of /fault/huge")
+    parser.add_argument(
+        "--child-padding-kb", type=int, default=0, help="KB added to every /page/<i>"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0: any free port (printed)")
     args = parser.parse_args(argv)
-    site = TestSite(args.pages, args.per_page, args.latency_ms, args.slow_ms, args.huge_mb)
+    site = TestSite(
+        args.pages,
+        args.per_page,
+        args.latency_ms,
+        args.slow_ms,
+        args.huge_mb,
+        args.child_padding_kb,
+    )
     asyncio.run(serve(site, args.host, args.port))
 
 
