@@ -10,8 +10,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from scrapy import Request
 from scrapy.utils.defer import deferred_f_from_coro_f
+from twisted.python.failure import Failure
 
+from scraper.items import meta_document
+from scraper.previous import LISTING, PREVIOUS, Previous
+from scraper.spiders.records import failed_child_record
+from scraper.stores.meta import JsonLinesMetaStore
 from scraper.testsite import in_change, render_child
 from tests.helpers import (
     Node,
@@ -251,3 +257,88 @@ def test_a_recrawl_is_refused_while_the_crawl_runs(redis_url: str, tmp_path: Pat
     again = scrapy("seed", "listing", "http://127.0.0.1:9/list", "--recrawl", *args, cwd=tmp_path)
     assert again.returncode == 1
     assert "still crawling" in again.stdout and "nothing added" in again.stdout
+
+
+@deferred_f_from_coro_f
+async def test_body_store_versions_keeps_each_distinct_body(
+    fresh_site: Site, tmp_path: Path
+) -> None:
+    site = fresh_site
+    stores = Stores(
+        store_settings(tmp_path, BODY_STORE_VERSIONS=True),
+        lambda: {d["fingerprint"]: d for d in read_jsonl(tmp_path / "meta.jsonl")},
+        lambda key: (tmp_path / "bodies" / key).read_bytes(),
+    )
+    await crawl_again(site, stores)
+    first = stores.records()
+    knob(site, "/_change?percent=5&seed=3")
+    await crawl_again(site, stores)
+    for fp, doc in stores.records().items():
+        assert doc["body_key"] == f"{fp}-{doc['sha256']}"
+        if doc["changed_at"]:  # both versions kept, each under its own key
+            assert doc["body_key"] != first[fp]["body_key"]
+            assert stores.body(first[fp]["body_key"]) == render_child(name_of(doc))
+            assert stores.body(doc["body_key"]) == render_child(name_of(doc), revision=1)
+        else:
+            assert doc["body_key"] == first[fp]["body_key"]
+
+
+def test_the_json_lines_store_merges_partial_records_and_marks_gone_once(tmp_path: Path) -> None:
+    path = tmp_path / "meta.jsonl"
+    store = JsonLinesMetaStore(path)
+    store.open()
+    whole = {
+        "fingerprint": "a" * 40,
+        "listing": "http://x/list",
+        "crawl_id": "c1",
+        "status": 200,
+        "headers": {"ETag": '"v1"', "Last-Modified": "Thu, 01 Jan 2026 00:00:00 GMT"},
+        "sha256": "s" * 64,
+        "body_key": "a" * 40,
+        "first_seen": "2026-12-01T00:00:00+00:00",
+        "changed_at": None,
+        "gone_at": None,
+    }
+    other = {**whole, "fingerprint": "b" * 40, "body_key": "b" * 40}
+    store.write([whole, other])
+    assert store.previous(["a" * 40, "c" * 40]) == {
+        "a" * 40: Previous(
+            '"v1"', "Thu, 01 Jan 2026 00:00:00 GMT", "s" * 64, "a" * 40, whole["first_seen"], None
+        )
+    }
+    # A 304 of the second crawl updates only its fields; the other child is no longer linked.
+    store.write([{"fingerprint": "a" * 40, "crawl_id": "c2", "status": 304, "unchanged": True}])
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    assert store.mark_gone(["http://x/list"], "c2", now) == 1
+    assert store.mark_gone(["http://x/list"], "c2", now) == 0  # marked once
+    assert store.mark_gone(["http://elsewhere/list"], "c3", now) == 0  # another listing's
+    store.close()
+    docs = {d["fingerprint"]: d for d in read_jsonl(path)}
+    assert len(read_jsonl(path)) == 2  # one line per fingerprint again
+    assert docs["a" * 40] == {**whole, "crawl_id": "c2", "status": 304, "unchanged": True}
+    assert docs["b" * 40] == {**other, "gone_at": now.isoformat()}
+
+
+def test_a_failure_of_a_page_stored_before_keeps_its_body() -> None:
+    request = Request(
+        "http://x/page/1",
+        meta={PREVIOUS: ['"v1"', None, "s" * 64, "a" * 40, None, None], LISTING: "http://x/l"},
+        cb_kwargs={"fingerprint": "a" * 40, "listing_url": "http://x/l"},
+    )
+    failure = Failure(TimeoutError("took too long"))
+    failure.request = request  # type: ignore[attr-defined]
+    item = failed_child_record(failure, ["ETag"], 1000)
+    document = meta_document(item)
+    assert document["error"] and document["listing"] == "http://x/l"
+    assert not {"body_key", "sha256", "headers", "first_seen", "changed_at"} & set(document)
+    first_time = failed_child_record(_failure_without_previous(), ["ETag"], 1000)
+    assert {"body_key", "sha256"} <= set(meta_document(first_time))  # a whole record
+
+
+def _failure_without_previous() -> Failure:
+    request = Request(
+        "http://x/page/2", cb_kwargs={"fingerprint": "b" * 40, "listing_url": "http://x/l"}
+    )
+    failure = Failure(TimeoutError("took too long"))
+    failure.request = request  # type: ignore[attr-defined]
+    return failure
