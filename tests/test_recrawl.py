@@ -132,6 +132,9 @@ async def test_a_recrawl_stores_what_changed_and_says_what_is_gone(
     stats, served = await crawl_again(site, stores)
     assert stats["listing/children_unchanged"] == N, stats
     assert "body_store/stored" not in stats
+    # Previous records read a list page at a time: one lookup (a MongoDB find) per page.
+    assert stats["recrawl/lookups"] == stats["listing/list_pages"] == N // 50
+    assert stats["recrawl/found"] == N
     assert served["not_modified"] == N and served["child_bytes"] == 0
     second = stores.records()
     assert len(second) == N
