@@ -35,6 +35,7 @@ class Check:
     ok_children: int = 0
     bodies_found: int = 0
     bodies_equal: int = 0
+    unchanged: int = 0  # found as the last run stored them (a re-run: 304s)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -55,9 +56,12 @@ def check_stores(meta_path: Path, body_root: Path, site: str, listing: Listing) 
             check.meta_lines += 1
             seen_urls.add(doc["url"])
             check.fingerprints.add(doc["fingerprint"])
-            if doc["status"] is None or not 200 <= doc["status"] < 300:
+            # A re-run re-crawls the same URLs: a 304 keeps the body stored by the last run.
+            not_modified = doc["status"] == 304 and doc.get("unchanged")
+            if not not_modified and (doc["status"] is None or not 200 <= doc["status"] < 300):
                 check.problems.append(f"{doc['url']}: {doc['status']} {doc['error']}")
                 continue
+            check.unchanged += bool(doc.get("unchanged"))
             check.ok_children += 1
             path = body_root / doc["body_key"] if doc["body_key"] else None
             if path is None or not path.is_file():
@@ -164,12 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     check = check_stores(meta_path, body_root, site, listing)
+    again = f", {check.unchanged} unchanged since the last run" if check.unchanged else ""
     print(f"""
 Stored from {url}
   child pages   {check.children} on {listing.last_page} list pages
   meta records  {check.meta_lines} lines in {meta_path}, {len(check.fingerprints)} fingerprints
   bodies        {check.bodies_found} files under {body_root}/, {check.bodies_equal} byte-equal \
-to what the site served
+to what the site served{again}
   time          {elapsed:.1f} s for the whole `scrapy crawl` ({check.meta_lines / elapsed:.0f} \
 pages/s, start-up included)""")
     if not check.passed:

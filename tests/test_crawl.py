@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from scrapy.utils.defer import deferred_f_from_coro_f
 
-from scraper.testsite import in_change, render_child
+from scraper.testsite import free_port, in_change, render_child
 from tests.helpers import (
     ROOT,
     Site,
@@ -178,25 +178,22 @@ async def test_concurrent_requests_1000_puts_1000_in_flight_on_one_site(
 
 
 def test_readme_main_command_crawls_and_checks_the_stores(tmp_path: Path) -> None:
-    """`python -m scraper.demo`, which bin/demo runs after setting up the venv."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scraper.demo",
-            "--pages",
-            "1000",
-            "--port",
-            "0",
-            "--latency-ms",
-            "20",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    """`python -m scraper.demo`, which bin/demo runs after setting up the venv; run again,
+    it re-crawls the same URLs and finds every page unchanged."""
+    port = str(free_port())
+    command = [sys.executable, "-m", "scraper.demo", "--pages", "1000", "--port", port]
+
+    def demo() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, "--latency-ms", "20"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    result = demo()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "OK: every child page stored once, every body byte-equal." in result.stdout
     assert "1000 lines in data/meta.jsonl, 1000 fingerprints" in result.stdout
@@ -206,6 +203,14 @@ def test_readme_main_command_crawls_and_checks_the_stores(tmp_path: Path) -> Non
     assert_children_recorded(
         log_stats(result.stderr), len(read_jsonl(tmp_path / "data" / "meta.jsonl"))
     )
+
+    again = demo()
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "1000 byte-equal to what the site served, 1000 unchanged since the last run" in (
+        again.stdout
+    )
+    assert "Children: 0 new, 0 changed, 1000 unchanged, 0 failed" in again.stderr
+    assert len(read_jsonl(tmp_path / "data" / "meta.jsonl")) == 1000
 
 
 def test_demo_refuses_a_taken_port(tmp_path: Path, site: Site) -> None:
