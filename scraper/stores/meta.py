@@ -303,20 +303,6 @@ class MongoMetaStore:
         cursor = self.collection.find({"_id": {"$in": fingerprints}}, PROJECTION)
         return {doc["_id"]: previous for doc in cursor if (previous := Previous.of(doc))}
 
-    def _read_index(self) -> dict[str, Previous]:
-        """Each fingerprint's Previous, read a line at a time (the file is not held in
-        memory). Only a whole record changes it: partial ones (a 304, a failure, gone_at)
-        leave the body, its hash and validators as they were."""
-        index: dict[str, Previous] = {}
-        with self.path.open("rb") as f:
-            for line in f:
-                if line.strip():
-                    doc = json.loads(line)
-                    if "sha256" in doc:
-                        fp = doc["fingerprint"]
-                        index[fp] = Previous.of(doc, fp)
-        return index
-
     def mark_gone(self, listings: list[str], crawl_id: str, when: datetime) -> int:
         """Mark ``gone_at`` on the records of these listings that crawl ``crawl_id`` did
         not link (and that are not marked yet), in one ``update_many``; how many."""
