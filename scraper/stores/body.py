@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 
     from scrapy.crawler import Crawler
 
-# Keys are made from request fingerprints; anything else is refused, so no key can
-# name a path outside the store (no "..", no "/", no absolute path).
-_KEY = re.compile(r"^[0-9a-f]{16,128}(\.gz)?$")
+# Keys are made from request fingerprints (and the body's sha256 with
+# BODY_STORE_VERSIONS); anything else is refused, so no key can name a path outside the
+# store (no "..", no "/", no absolute path).
+_KEY = re.compile(r"^[0-9a-f]{16,128}(-[0-9a-f]{64})?(\.gz)?$")
 
 
 def check_key(key: str) -> str:
