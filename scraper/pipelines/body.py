@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from itemadapter import ItemAdapter
 
 from scraper.items import meta_document
+from scraper.metrics import IGNORED, store_latency
 from scraper.pipelines.store_calls import call, open_store
 from scraper.retry import describe, with_backoff
 from scraper.spool import BodySpool
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
     from scrapy.crawler import Crawler
 
+    from scraper.metrics import Observer
     from scraper.stores import BodyStore
 
 #: Both pipelines log as "scraper.pipelines", the name users filter on.
@@ -59,6 +61,7 @@ class BodyStorePipeline:
         self.spool_logged = 0.0
         self.executor: ThreadPoolExecutor | None = None
         self.store: BodyStore | None = None
+        self.put_seconds: Observer = IGNORED
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -77,6 +80,7 @@ class BodyStorePipeline:
         self.store, self.executor = await open_store(
             build_body_store, self.crawler, "BODY_STORE", self.uri, self.threads
         )
+        self.put_seconds = store_latency(self.crawler, "body")
 
     async def close_spider(self) -> None:
         stats = self.crawler.stats
@@ -131,6 +135,12 @@ class BodyStorePipeline:
         return key, body, None
 
     async def _put(self, key: str, body: bytes, content_type: str | None) -> str:
+        started = time.perf_counter()
+        stored_key = await self._upload(key, body, content_type)
+        self.put_seconds.observe(time.perf_counter() - started)
+        return stored_key
+
+    async def _upload(self, key: str, body: bytes, content_type: str | None) -> str:
         store = self.store
         assert store is not None
         put_async = getattr(store, "put_async", None)

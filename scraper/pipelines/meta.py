@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scraper.items import meta_document
+from scraper.metrics import IGNORED, store_latency
 from scraper.pipelines.store_calls import call, open_store
 from scraper.retry import describe, with_backoff
 from scraper.spool import append_lines
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 
     from scrapy.crawler import Crawler
 
+    from scraper.metrics import Observer
     from scraper.stores import MetaStore
 
 #: Both pipelines log as "scraper.pipelines", the name users filter on.
@@ -55,6 +58,7 @@ class MetaStorePipeline:
         self.spool = Path(spool)
         self.executor: ThreadPoolExecutor | None = None
         self.store: MetaStore | None = None
+        self.write_seconds: Observer = IGNORED
         self.batch: list[dict[str, Any]] = []
         self.batch_done: asyncio.Future[None] | None = None
         self.flushes: set[asyncio.Task[None]] = set()
@@ -77,6 +81,7 @@ class MetaStorePipeline:
         self.store, self.executor = await open_store(
             build_meta_store, self.crawler, "META_STORE", self.uri, 1
         )
+        self.write_seconds = store_latency(self.crawler, "meta")
 
     async def close_spider(self) -> None:
         self._flush()
@@ -142,7 +147,7 @@ class MetaStorePipeline:
         error: Exception
         try:
             await with_backoff(
-                lambda: call(executor, store.write, docs),
+                lambda: self._timed_write(store, executor, docs),
                 what="meta_store",
                 timeout=self.retry_timeout,
                 stats=stats,
@@ -193,6 +198,13 @@ class MetaStorePipeline:
                 {"n": len(failed), "spool": self.spool, "error": describe(error)},
             )
         done.set_result(None)
+
+    async def _timed_write(
+        self, store: MetaStore, executor: ThreadPoolExecutor | None, docs: list[dict[str, Any]]
+    ) -> None:
+        started = time.perf_counter()
+        await call(executor, store.write, docs)
+        self.write_seconds.observe(time.perf_counter() - started)
 
     def _spool(self, docs: list[dict[str, Any]]) -> None:
         append_lines(self.spool, docs)

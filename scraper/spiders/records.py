@@ -18,14 +18,24 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-from scrapy.exceptions import DownloadCancelledError
+from scrapy.exceptions import (
+    CannotResolveHostError,
+    DownloadCancelledError,
+    DownloadConnectionRefusedError,
+    DownloadFailedError,
+    DownloadTimeoutError,
+    IgnoreRequest,
+    ResponseDataLossError,
+)
 from scrapy.http import TextResponse
 from scrapy.spidermiddlewares.httperror import HttpError
+from twisted.internet.error import DNSLookupError
 
 from scraper.canonical import canonical_url
 from scraper.items import PageItem
 from scraper.previous import CRAWL_ID, LISTING, PREVIOUS, Previous, when
 from scraper.retry import describe
+from scraper.ssrf import AddressRefused
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -36,6 +46,35 @@ if TYPE_CHECKING:
 
 #: What a fetched child is next to its previous record.
 Freshness = Literal["new", "changed", "unchanged"]
+
+#: Why a child could not be fetched, in a few words (stats ``listing/child_failed/<reason>``,
+#: Prometheus ``scraper_children_failed_total{reason}``): a bounded set, never a URL or host.
+#: An HTTP error is its status class, ``http_4xx`` or ``http_5xx``.
+FailureReason = Literal[
+    "timeout",
+    "refused",
+    "dns",
+    "connection",
+    "too_large",
+    "robots",
+    "address_refused",
+    "ignored",
+    "other",
+]
+#: The exceptions Scrapy's download handlers raise (both handlers: scrapy/utils/
+#: _download_handlers.py), and the SSRF guard's refusal, by reason; first match wins.
+_REASONS: tuple[tuple[type[BaseException], FailureReason], ...] = (
+    (DownloadTimeoutError, "timeout"),
+    (DownloadConnectionRefusedError, "refused"),
+    (CannotResolveHostError, "dns"),
+    (DNSLookupError, "dns"),
+    (DownloadCancelledError, "too_large"),  # what DOWNLOAD_MAXSIZE raises
+    (DownloadFailedError, "connection"),
+    (ResponseDataLossError, "connection"),
+    (AddressRefused, "address_refused"),
+)
+#: What Scrapy's RobotsTxtMiddleware says when it refuses a request (an IgnoreRequest).
+_ROBOTS = "Forbidden by robots.txt"
 
 #: The fields a 304 changes in the stored record: the rest (body, hash, headers) stands.
 NOT_MODIFIED_FIELDS = (
@@ -199,6 +238,20 @@ def request_of(failure: Failure) -> Request:
     """The request of an errback's failure: Scrapy sets it on the Failure it passes."""
     request: Request = failure.request  # type: ignore[attr-defined]
     return request
+
+
+def failure_reason(failure: Failure) -> str:
+    """Why a request failed, as one of a few words: ``http_<class>xx`` for an HTTP error
+    (its status class), else a FailureReason."""
+    exc = failure.value
+    if isinstance(exc, HttpError):
+        return f"http_{exc.response.status // 100}xx"
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason
+    if isinstance(exc, IgnoreRequest):
+        return "robots" if str(exc) == _ROBOTS else "ignored"
+    return "other"
 
 
 def describe_failure(failure: Failure, maxsize: int = 0) -> str:
