@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from scraper.distributed.codec import MAX_ENTRY_BYTES
+from scraper.distributed.codec import MAX_ENTRY_BYTES, heartbeat
 from tests.helpers import (
     ENV,
     assert_children_recorded,
@@ -151,6 +151,9 @@ def test_planted_entries_are_rejected_logged_and_run_no_code(
         assert reason in text, reason
     # Nothing planted is left where a node would read it again.
     assert client.zcard("listing:leases") == client.hlen("listing:leased") == 0
-    assert client.hkeys("listing:nodes") == []
+    # The node's own last heartbeat (state "closed", scraper/distributed/heartbeat.py) is all
+    # that is left of the nodes' entries.
+    left = [heartbeat(v)[1] for v in client.hvals("listing:nodes")]
+    assert [info["state"] for info in left] == ["closed"]
     assert client.llen("listing:dead") == 4  # unreadable lease data, kept for a look
     client.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
@@ -39,6 +40,8 @@ class Engine:
     def __init__(self, spider: ListingSpider) -> None:
         self.spider = spider
         self.scheduler: DistributedScheduler | None = None
+        # The downloader's requests in flight: a heartbeat reports them (none here).
+        self.downloader = SimpleNamespace(active=set())
 
     def crawl(self, request: Request) -> None:
         assert self.scheduler is not None

@@ -33,8 +33,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from scrapy import Request, signals
 
 from scraper.distributed.codec import BadEntry, decode, entry_request, start_url
+from scraper.distributed.heartbeat import NodeReport, NodeState
 from scraper.distributed.leases import LEASE
 from scraper.distributed.upkeep import LeaseUpkeep
+from scraper.figures import Rate, read_figures
 from scraper.retry import describe
 
 if TYPE_CHECKING:
@@ -58,6 +60,8 @@ STATUS_EVERY, STATUS_EVERY_IDLE = 1.0, 0.2
 #: Seconds between reads of every node's heartbeat (with the status), and between this
 #: node's own heartbeats.
 NODES_EVERY, HEARTBEAT_EVERY = 5.0, 1.0
+#: Seconds over which a heartbeat's pages/s is measured.
+RATE_WINDOW = 5.0
 #: Start URLs taken per LEASE call, besides requests.
 START_URLS_PER_LEASE = 10
 
@@ -123,6 +127,7 @@ class Pump:
         self.next_lease = 0.0  # monotonic time of the next LEASE call
         self.lease_wait = 0.0
         self.started = time.monotonic()
+        self.rate = Rate(RATE_WINDOW)
         self.wake = asyncio.Event()
         self.stopping = False
         self.task: asyncio.Task[None] | None = None
@@ -329,7 +334,7 @@ class Pump:
         if status.bad_nodes:
             await self._reject_nodes(status.bad_nodes)
         if self.every_heartbeat.due(now):
-            await self.queue.heartbeat(self.leases.node, self._heartbeat(), 3 * self.lease_ms)
+            await self.queue.heartbeat(self.leases.node, self.report("running"), 3 * self.lease_ms)
         if status.drained:
             # The crawl may be complete: the scheduler asks now rather than wait for
             # the engine's next event or its 5 s heartbeat.
@@ -361,15 +366,29 @@ class Pump:
 
     # --- the engine -------------------------------------------------------------------
 
-    def _heartbeat(self) -> dict[str, Any]:
-        return {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "stored": self.stats.get_value("meta_store/written", 0),
-            "leased": len(self.leases),
-            "buffered": len(self.buffers.local),
-            "up_seconds": round(time.monotonic() - self.started, 1),
-        }
+    def report(self, state: NodeState) -> dict[str, Any]:
+        """This node's heartbeat (scraper/distributed/heartbeat.py); a closed node's rate
+        is the average of its whole run."""
+        now = time.monotonic()
+        figures = read_figures(self.crawler)
+        up = now - self.started
+        rate = (
+            self.rate.add(now, figures.written)
+            if state == "running"
+            else figures.written / max(up, 1e-9)
+        )
+        return NodeReport(
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            state=state,
+            stored=figures.written,
+            rate=round(rate, 1),
+            errors=figures.errors,
+            leased=len(self.leases),
+            in_flight=figures.in_flight,
+            buffered=len(self.buffers.local),
+            up_seconds=round(up, 1),
+        ).info()
 
     def close_spider(self, reason: str) -> None:
         engine = self.crawler.engine

@@ -12,7 +12,7 @@ Keys (``<spider>`` is the spider name; the first three as in scrapy-redis):
 ``<spider>:leased``      HASH  lease token -> "<score> <member>" ("start <url>" for a start URL)
 ``<spider>:attempts``    HASH  sequence -> times its lease expired
 ``<spider>:dead``        LIST  members whose leases expired REDIS_MAX_ATTEMPTS times
-``<spider>:nodes``       HASH  node id -> "<ms> <JSON heartbeat>"
+``<spider>:nodes``       HASH  node id -> "<ms> <JSON heartbeat>" (running or closed: heartbeat.py)
 ``<spider>:seq``         STRING the sequence counter (requests and lease tokens)
 ``<spider>:sweeper``     STRING the node whose turn it is to check the leases (expires)
 ``<spider>:canonical``   HASH  canonical URL -> fingerprint of the child holding its body
@@ -269,7 +269,10 @@ class CrawlQueue:
 
     async def heartbeat(self, node: str, info: dict[str, Any], stale_ms: int) -> int:
         return int(
-            await self._heartbeat(keys=[self.keys.nodes], args=[node, json.dumps(info), stale_ms])
+            await self._heartbeat(
+                keys=[self.keys.nodes],
+                args=[node, json.dumps(info, separators=(",", ":")), stale_ms],
+            )
         )
 
     async def status(self, nodes: bool = True) -> CrawlStatus:

@@ -255,7 +255,10 @@ class DistributedScheduler:
             await self.pump.flush()
             returned = await self.queue.release(unstarted)
             self.stats.inc_value("distributed/released", returned)
-            await self.redis.hdel(self.queue.keys.nodes, self.node)
+            # The last heartbeat, with the final figures (scraper/distributed/heartbeat.py).
+            await self.queue.heartbeat(
+                self.node, self.pump.report("closed"), 3 * self.pump.lease_ms
+            )
         except (*OUTAGE, RedisError) as exc:
             logger.error(
                 "Redis unreachable at close (%(error)s): %(n)d leases will expire and "
