@@ -48,6 +48,7 @@ def main() -> None:
     }
     if args.no_storage:
         overrides["ITEM_PIPELINES"] = {}
+        overrides["CHECKS_ENABLED"] = False  # stores nothing by design: not checks_failed
     for pair in args.settings:
         name, value = pair.split("=", 1)
         overrides[name] = json.loads(value) if value[:1] in "{[" else value

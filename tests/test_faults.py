@@ -170,7 +170,8 @@ async def test_s3_down_past_every_retry_spools_bodies_and_replay_stores_them(
 
         # Nothing dropped: every page has its record, marked pending, and its body spooled.
         stats = crawler.stats
-        assert stats.get_value("finish_reason") == "finished"
+        # It ran to its end, but no body reached S3: CHECK_MAX_SPOOLED_SHARE says so.
+        assert stats.get_value("finish_reason") == "checks_failed"
         assert stats.get_value("body_store/spooled") == n
         assert stats.get_value("body_store/failed") is None
         assert stats.get_value("meta_store/written") == n
@@ -304,7 +305,7 @@ async def test_a_body_neither_stored_nor_spooled_still_gets_its_record(
         crawler.signals.connect(s3_goes_down, signal=signals.spider_opened)
         await crawler.crawl_async(url=site.listing_url(20))
 
-    assert crawler.stats.get_value("finish_reason") == "finished"
+    assert crawler.stats.get_value("finish_reason") == "checks_failed"  # no body stored
     assert crawler.stats.get_value("body_store/failed") == 20
     assert crawler.stats.get_value("body_store/spooled") is None
     docs = read_jsonl(tmp_path / "meta.jsonl")
@@ -425,7 +426,10 @@ async def test_mongo_down_until_close_spools_the_batches_and_replay_writes_them(
     crawler = await crawl(site.listing_url(n), **settings)
 
     stats = crawler.stats
-    assert stats.get_value("finish_reason") == "finished"
+    # It ran to its end, but no record reached Mongo: CHECK_MAX_SPOOLED_SHARE and
+    # CHECK_MIN_STORED say so.
+    assert stats.get_value("finish_reason") == "checks_failed"
+    assert stats.get_value("checks/failed") == 2
     assert stats.get_value("meta_store/spooled") == stats.get_value("meta_store/failed") == n
     assert stats.get_value("meta_store/retries") > 0
     assert mongo_collection(mongo_uri).count_documents({}) == 0
