@@ -154,11 +154,38 @@ EXTENSIONS = {
     "scraper.progress.Progress": 500,
     "scraper.gctuning.GcThresholds": 500,
     "scraper.jobdir.JobdirGuard": 500,  # only with JOBDIR
+    "scraper.metrics.Metrics": 500,  # only with METRICS_PORT
+    "scraper.checks.Checks": 900,  # after CoreStats: may change finish_reason
 }
 # Python's (700, 10, 10) costs ~10% CPU at c=1000; 50,000 still cost a distributed node
 # ~1 s of GC per 10,000 pages, 200,000 costs 0.03 s (stats gc/*); [] keeps Python's.
 GC_THRESHOLDS = [200000, 10, 10]
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines; 0 turns them off
+PROGRESS_BAR = True  # a live bar when stderr is a terminal (scraper/progress_bar.py)
+
+# --- Checks (scraper/checks.py) -------------------------------------------------------------
+# A crawl that ends "finished" but breaks one of these ends "checks_failed" instead: one
+# ERROR line per broken check, and `scrapy crawl` exits 2 (scrapyd, cron, CI see it). A share
+# is broken when above its limit (1 turns it off); the defaults catch the obvious: (nearly)
+# every child failed, nothing reached the stores, a request lost for good. Distributed: each
+# node judges its own stats, and CHECK_MIN_STORED is not judged per node.
+CHECKS_ENABLED = True
+CHECK_MAX_FAILED_SHARE = 0.9  # children that failed (HTTP error, timeout, robots, ...)
+CHECK_MAX_SPOOLED_SHARE = 0.9  # bodies, or records, spooled instead of stored
+CHECK_MAX_DEAD_SHARE = 0.0  # distributed: requests moved to <spider>:dead (no record at all)
+CHECK_MIN_STORED = 1  # records written to META_STORE; 0 turns it off
+
+# --- Metrics (scraper/metrics.py, docs/operations.md) -------------------------------------
+# A port: each node serves /metrics for Prometheus there while it crawls; 0: any free port
+# (logged, one INFO line with the URL); None: off. Read at scrape time from the stats: a page
+# costs nothing more.
+METRICS_PORT = None
+# Loopback by default: a crawl never opens a port to the network unless told to. For a
+# Prometheus on another host, -s METRICS_HOST=0.0.0.0 (or the node's private address).
+METRICS_HOST = "127.0.0.1"
+# Seconds /metrics stays up after the crawl ends, until one scrape has read the final
+# figures: set it to Prometheus' scrape interval, or the last seconds of a crawl are lost.
+METRICS_LINGER = 0
 
 # --- Safety (scraper/ssrf.py) --------------------------------------------------------------
 # Requests and redirects to loopback, private, link-local (169.254.169.254: cloud metadata),

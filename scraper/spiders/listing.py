@@ -39,6 +39,7 @@ from scraper.spiders.records import (
     child_record,
     describe_failure,
     failed_child_record,
+    failure_reason,
     request_of,
 )
 from scraper.spiders.sitemap import read_sitemap
@@ -92,6 +93,7 @@ class ListingSpider(Spider):
         self.max_pages_logged = False
         self.list_positions: set[Position] = set()  # list pages requested or parsed here
         self.crawl_id = ""  # set at start: new, or the one JOBDIR kept (scraper/previous.py)
+        self.start_read = False  # start() has yielded its last request (the progress bar's ETA)
         checked = check_arguments(
             url,
             sitemap,
@@ -141,6 +143,7 @@ class ListingSpider(Spider):
             yield self.sitemap_request(self.sitemap)
         if distributed and not (self.url or self.urls_file or self.sitemap):
             logger.info("Taking list pages from Redis: `scrapy seed listing URL` adds one")
+        self.start_read = True
 
     def _check_settings(self) -> str | None:
         mode = self.crawler.settings.get("LISTING_CHILDREN")
@@ -386,7 +389,9 @@ class ListingSpider(Spider):
     def child_failed(self, failure: Failure) -> PageItem:
         """A child that could not be fetched still ends as one record, with the reason."""
         self.children_done += 1
-        self.crawler.stats.inc_value("listing/child_failed")
+        stats = self.crawler.stats
+        stats.inc_value("listing/child_failed")
+        stats.inc_value(f"listing/child_failed/{failure_reason(failure)}")
         maxsize = self.crawler.settings.getint("DOWNLOAD_MAXSIZE")
         return failed_child_record(failure, self.header_names, maxsize)
 
