@@ -15,14 +15,14 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
-from scrapy import Request
+from scrapy import Request, signals
 from scrapy.utils.defer import deferred_f_from_coro_f, maybe_deferred_to_future
 from scrapy.utils.misc import load_object
 from scrapy.utils.test import get_crawler
 
 from scraper.addon import LEASE_TRACKER_ORDER
 from scraper.distributed.buffers import Buffers
-from scraper.distributed.leases import LEASE, Leases
+from scraper.distributed.leases import LEASE, YIELDED_BY, Leases
 from scraper.distributed.queue import CrawlQueue
 from scraper.distributed.scheduler import DistributedScheduler
 from scraper.distributed.tracking import LeaseTracker
@@ -238,3 +238,31 @@ def test_redis_url_wires_the_shared_queue_and_nothing_else_does(redis_url: str) 
     assert "scraper.distributed.tracking.LeaseTracker" not in in_memory.getdict(
         "SPIDER_MIDDLEWARES"
     )
+
+
+@deferred_f_from_coro_f
+async def test_a_list_page_is_done_only_once_its_last_request_reached_the_scheduler() -> None:
+    """Scrapy hands a callback's output on through a queue: the output can be exhausted
+    while its last requests still wait there. A node killed then must not have
+    acknowledged the list page (its last children would be lost)."""
+    crawler = get_crawler(ListingSpider)
+    tracker = LeaseTracker.from_crawler(crawler)
+    done: list[Request] = []
+    crawler.signals.connect(lambda request: done.append(request), signal=request_done, weak=False)
+    list_page = Request("http://x/list", meta={LEASE: "token-1"})
+    children = [Request(f"http://x/page/{n}") for n in range(3)]
+
+    async def output() -> Any:
+        for child in children:
+            yield child
+
+    response = SimpleNamespace(request=list_page)
+    passed = [r async for r in tracker.process_spider_output(response, output())]  # type: ignore[arg-type]
+    assert passed == children
+    assert done == []  # exhausted, but no child has reached the scheduler yet
+    for child in children[:2]:
+        crawler.signals.send_catch_log(signals.request_scheduled, request=child, spider=None)
+    assert done == []
+    crawler.signals.send_catch_log(signals.request_scheduled, request=children[2], spider=None)
+    assert done == [list_page]
+    assert all(YIELDED_BY not in child.meta for child in children)  # not sent to Redis

@@ -33,10 +33,10 @@ from urllib.parse import urlsplit
 from scrapy import Request, Spider
 from scrapy.utils.request import request_from_dict
 
-from scraper.distributed.leases import FOUND_BY, LEASE
+from scraper.distributed.leases import FOUND_BY, LEASE, YIELDED_BY
 
 MAX_ENTRY_BYTES = 1 << 20  # a request is a URL and a little meta; more is not ours
-LOCAL_META = (LEASE, FOUND_BY, "download_slot", "download_latency", "depth")  # per node
+LOCAL_META = (LEASE, FOUND_BY, YIELDED_BY, "download_slot", "download_latency", "depth")
 
 
 class BadEntry(ValueError):

@@ -21,6 +21,9 @@ from collections.abc import Iterable
 LEASE = "_lease"
 #: request.meta key: the lease token of the response whose callback yielded the request.
 FOUND_BY = "_found_by"
+#: request.meta key: the same, on every request a leased response yields, until the
+#: engine hands it to the scheduler (scraper/distributed/tracking.py).
+YIELDED_BY = "_yielded_by"
 
 
 class Leases:
