@@ -139,15 +139,27 @@ class JsonLinesMetaStore:
 
     def mark_gone(self, listings: list[str], crawl_id: str, when: datetime) -> int:
         """Mark ``gone_at`` on the records of these listings that crawl ``crawl_id`` did
-        not link (and that are not marked yet); how many."""
+        not link (and that are not marked yet); how many. The file is read a line at a
+        time, keeping three fields per fingerprint, not the file."""
         wanted = set(listings)
         with self._locked():  # read and marked in one step: nodes sharing the file mark once
+            state: dict[str, tuple[Any, Any, Any]] = {}
+            with self.path.open("rb") as f:
+                for line in f:
+                    if not line.strip():
+                        continue
+                    doc = json.loads(line)
+                    fp = doc["fingerprint"]
+                    listing, crawl, gone_at = state.get(fp, (None, None, None))
+                    state[fp] = (
+                        doc.get("listing", listing),
+                        doc.get("crawl_id", crawl),
+                        doc.get("gone_at", gone_at),
+                    )
             gone = [
                 {"fingerprint": fp, "gone_at": when}
-                for fp, doc in self._records()
-                if doc.get("listing") in wanted
-                and doc.get("crawl_id") != crawl_id
-                and not doc.get("gone_at")
+                for fp, (listing, crawl, gone_at) in state.items()
+                if listing in wanted and crawl != crawl_id and not gone_at
             ]
             if gone:
                 self._append(gone)
@@ -174,14 +186,6 @@ class JsonLinesMetaStore:
                     lines += 1
                     per_fingerprint.setdefault(json.loads(line)["fingerprint"], []).append(line)
         return lines, per_fingerprint
-
-    def _records(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Each fingerprint's record: its lines merged, the later over the earlier."""
-        for fp, lines in self._fingerprints()[1].items():
-            doc: dict[str, Any] = {}
-            for line in lines:
-                doc.update(json.loads(line))
-            yield fp, doc
 
     def _compact(self, per_fingerprint: dict[str, list[bytes]]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
