@@ -17,7 +17,6 @@ marking is idempotent.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 from scrapy import Request, signals
 
 from scraper.fingerprint import LIST_PAGE
+from scraper.pipelines.store_calls import call
 from scraper.previous import CRAWL_ID, LISTING, PREVIOUS, Previous
 from scraper.retry import describe
 from scraper.signals import request_done
@@ -85,15 +85,12 @@ class Recrawl:
             return
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="recrawl")
         try:
-            await self._call(store.open)
-            await self._call(store.previous, [])  # the JSON Lines store loads its index
+            await call(self.executor, store.open)
+            await call(self.executor, store.previous, [])  # the JSON Lines store loads its index
         except Exception:  # the meta pipeline says why, and stops the crawl
             return
         self.store = cast("PreviousRecords", store)
         self.closes = store.close
-
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def process_spider_output(
         self, response: Response, result: AsyncIterator[Any]
@@ -122,7 +119,7 @@ class Recrawl:
         assert self.store is not None
         keys = [child.cb_kwargs["fingerprint"] for child in children]
         try:
-            found: dict[str, Previous] = await self._call(self.store.previous, keys)
+            found: dict[str, Previous] = await call(self.executor, self.store.previous, keys)
         except Exception as exc:
             self.crawler.stats.inc_value("recrawl/lookup_failed", len(children))
             if not self.lookup_failed:
@@ -161,7 +158,7 @@ class Recrawl:
                 gone = await self._mark_gone(reason)
         finally:
             if self.closes is not None:
-                await self._call(self.closes)
+                await call(self.executor, self.closes)
             if self.executor is not None:
                 self.executor.shutdown(wait=True)
         if gone is not None:
@@ -197,7 +194,7 @@ class Recrawl:
         for listing, crawl_id in crawl["listings"].items():
             by_id.setdefault(crawl_id, []).append(listing)
         for crawl_id, listings in by_id.items():
-            marked += await self._call(self.store.mark_gone, listings, crawl_id, now)
+            marked += await call(self.executor, self.store.mark_gone, listings, crawl_id, now)
         return marked
 
     async def _crawl_seen(self) -> dict[str, Any] | None:

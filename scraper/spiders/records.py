@@ -76,34 +76,23 @@ _REASONS: tuple[tuple[type[BaseException], FailureReason], ...] = (
 #: What Scrapy's RobotsTxtMiddleware says when it refuses a request (an IgnoreRequest).
 _ROBOTS = "Forbidden by robots.txt"
 
+#: The fields any fetch of a page stored before sets: which crawl saw it, when, and how.
+_SEEN_FIELDS = (
+    "url",
+    "listing_url",
+    "listing",
+    "crawl_id",
+    "fetched_at",
+    "status",
+    "elapsed",
+    "error",
+    "unchanged",
+    "gone_at",
+)
 #: The fields a 304 changes in the stored record: the rest (body, hash, headers) stands.
-NOT_MODIFIED_FIELDS = (
-    "url",
-    "listing_url",
-    "listing",
-    "crawl_id",
-    "fetched_at",
-    "last_seen",
-    "status",
-    "elapsed",
-    "error",
-    "unchanged",
-    "gone_at",
-)
+NOT_MODIFIED_FIELDS = (*_SEEN_FIELDS, "last_seen")
 #: The fields a failure changes in a record stored before: its last body stays its body.
-FAILED_FIELDS = (
-    "url",
-    "listing_url",
-    "listing",
-    "crawl_id",
-    "fetched_at",
-    "final_url",
-    "status",
-    "elapsed",
-    "error",
-    "unchanged",
-    "gone_at",
-)
+FAILED_FIELDS = (*_SEEN_FIELDS, "final_url")
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 

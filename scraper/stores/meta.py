@@ -128,14 +128,18 @@ class JsonLinesMetaStore:
         memory). Only a whole record changes it: partial ones (a 304, a failure, gone_at)
         leave the body, its hash and validators as they were."""
         index: dict[str, Previous] = {}
+        for doc in self._docs():
+            if "sha256" in doc:
+                fp = doc["fingerprint"]
+                index[fp] = Previous.of(doc, fp)
+        return index
+
+    def _docs(self) -> Iterator[dict[str, Any]]:
+        """The file's lines as documents, in order, one at a time."""
         with self.path.open("rb") as f:
             for line in f:
                 if line.strip():
-                    doc = json.loads(line)
-                    if "sha256" in doc:
-                        fp = doc["fingerprint"]
-                        index[fp] = Previous.of(doc, fp)
-        return index
+                    yield json.loads(line)
 
     def mark_gone(self, listings: list[str], crawl_id: str, when: datetime) -> int:
         """Mark ``gone_at`` on the records of these listings that crawl ``crawl_id`` did
@@ -144,18 +148,14 @@ class JsonLinesMetaStore:
         wanted = set(listings)
         with self._locked():  # read and marked in one step: nodes sharing the file mark once
             state: dict[str, tuple[Any, Any, Any]] = {}
-            with self.path.open("rb") as f:
-                for line in f:
-                    if not line.strip():
-                        continue
-                    doc = json.loads(line)
-                    fp = doc["fingerprint"]
-                    listing, crawl, gone_at = state.get(fp, (None, None, None))
-                    state[fp] = (
-                        doc.get("listing", listing),
-                        doc.get("crawl_id", crawl),
-                        doc.get("gone_at", gone_at),
-                    )
+            for doc in self._docs():
+                fp = doc["fingerprint"]
+                listing, crawl, gone_at = state.get(fp, (None, None, None))
+                state[fp] = (
+                    doc.get("listing", listing),
+                    doc.get("crawl_id", crawl),
+                    doc.get("gone_at", gone_at),
+                )
             gone = [
                 {"fingerprint": fp, "gone_at": when}
                 for fp, (listing, crawl, gone_at) in state.items()
