@@ -19,6 +19,10 @@ A site that answers ``429 Too Many Requests`` (or ``503 Service Unavailable`` wi
   they were before the first push-back (a second 429 does not make the slowed values the
   new normal).
 
+In a distributed crawl the wait is shared: the site is paused in Redis (the
+``site_paused`` signal, scraper/distributed/scheduler.py), so no node leases its requests
+before the wait is over.
+
 A 429 without ``Retry-After`` (or with one that cannot be read) waits
 ``RETRY_AFTER_DEFAULT`` seconds; a 503 without one is left to RetryMiddleware.
 
@@ -40,6 +44,8 @@ from typing import TYPE_CHECKING
 from scrapy import signals
 from scrapy.downloadermiddlewares.retry import get_retry_request
 from scrapy.exceptions import NotConfigured
+
+from scraper.signals import site_paused
 
 if TYPE_CHECKING:
     from typing import Self
@@ -188,6 +194,8 @@ class RetryAfterMiddleware:
             # Another answer of the same burst (sent before the slot slowed down): the wait
             # is extended if need be, concurrency is not halved again.
             return
+        # Other nodes of a distributed crawl wait too (scraper/distributed/scheduler.py).
+        self.crawler.signals.send_catch_log(site_paused, site=key, seconds=seconds)
         slot.concurrency = max(1, slot.concurrency // 2)
         self.stats.inc_value("politeness/slowed")
         logger.warning(
@@ -228,6 +236,18 @@ class RetryAfterMiddleware:
                 "concurrency %(concurrency)d again",
                 {"site": key, "delay": slot.delay, "concurrency": slot.concurrency},
             )
+
+    def rebase_concurrency(self, key: str, slot: Slot, concurrency: int) -> bool:
+        """The slot ``key`` is to run ``concurrency`` requests at once from now on (a
+        crawl's per-site limit set after it started, scraper/sites.py). If it is slowed
+        down, that becomes the value it recovers to, and its slowed concurrency stays
+        (if lower): True. False when it is not slowed (the caller sets it)."""
+        state = self.slowed.get(key)
+        if state is None or state.slot is not slot:
+            return False
+        state.concurrency = concurrency
+        slot.concurrency = min(slot.concurrency, concurrency)
+        return True
 
     # -- in the middleware chain: retry or give up ------------------------------------------
 

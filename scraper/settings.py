@@ -68,8 +68,12 @@ ITEM_PIPELINES = {
 
 # --- Distributed mode (scraper/distributed/) -------------------------------------------------
 # Set REDIS_URL (redis://[:password@]host:port/db, rediss:// for TLS) to crawl with many nodes
-# from one Redis: keys <spider>:requests, :dupefilter, :start_urls as in scrapy-redis.
+# from one Redis: keys <spider>:start_urls, :dupefilter as in scrapy-redis, one queue per site
+# (scraper/distributed/queue.py). A Redis Cluster: REDIS_URL=redis+cluster://host:port,...
+# or REDIS_CLUSTER_NODES=host:port,... (scraper/distributed/connection.py).
 REDIS_URL = os.environ.get("SCRAPER_REDIS_URL")
+REDIS_CLUSTER_NODES = None
+REDIS_PASSWORD = os.environ.get("SCRAPER_REDIS_PASSWORD")  # if not in the URL; never logged
 REDIS_PREFETCH = 100  # requests leased ahead per node (min with CONCURRENT_REQUESTS)
 REDIS_LEASE_SECONDS = 120  # a dead node's requests go back to the queue after this
 REDIS_MAX_ATTEMPTS = 5  # leases a request may lose (node deaths) before :dead
@@ -78,13 +82,23 @@ REDIS_WAIT_FOR_START_URLS = False  # True: never close, wait for new start URLs 
 REDIS_DUPEFILTER = "set"  # "bloom": bounded memory, REDIS_BLOOM_ERROR_RATE false "seen"s
 REDIS_BLOOM_CAPACITY = 100_000_000
 REDIS_BLOOM_ERROR_RATE = 0.001  # 1e8 requests at 1e-3: a 180 MB bitmap, 10 bits per request
+# The queue's partitions, each on one shard of a cluster: None is 1 on one Redis, 24 on a
+# cluster (about 8 per master of 3). The crawl's first node decides; the others follow it.
+REDIS_PARTITIONS = None
 COMMANDS_MODULE = "scraper.commands"  # scrapy seed, scrapy status, scrapy replay
 
 # --- Concurrency ---------------------------------------------------------------------------
-# CONCURRENT_REQUESTS_PER_DOMAIN follows CONCURRENT_REQUESTS unless you set it yourself
-# (see scraper.addon): a listing crawl is one site, and Scrapy's default of
-# 8 per domain would silently cap `-s CONCURRENT_REQUESTS=1000` at 8.
+# Per site (scraper/sites.py, set by scraper/addon.py): a crawl whose list pages are all on
+# one site is a site you own: CONCURRENT_REQUESTS_PER_DOMAIN follows CONCURRENT_REQUESTS
+# (Scrapy's default of 8 per domain would silently cap `-s CONCURRENT_REQUESTS=1000` at 8).
+# A crawl whose list pages span several sites gets CONCURRENT_REQUESTS_PER_SITE requests at
+# once per site, CONCURRENT_REQUESTS in all, and a scheduler queue fair across sites. Your
+# own CONCURRENT_REQUESTS_PER_DOMAIN wins in both cases.
 CONCURRENT_REQUESTS = 100
+# Scrapy's own per-domain default: what a site that is not yours sees from a Scrapy crawl
+# with default settings, so 500 shops' list pages in one crawl load each of them no harder
+# than any Scrapy project would; the crawl's speed comes from crawling many at once.
+CONCURRENT_REQUESTS_PER_SITE = 8
 # One item per page; Scrapy's default of 100 makes ~100 tasks per response and, at c=1000,
 # the garbage collector then takes about half the CPU.
 CONCURRENT_ITEMS = 1
@@ -119,6 +133,10 @@ DOWNLOAD_HANDLERS = {
     "https": "scraper.handlers.AiohttpHandler",
 }
 
+# Scrapy's downloader, holding each slot's (site's) concurrency when many requests queue up
+# at once (scraper/downloader.py: Scrapy 2.19 on asyncio starts them all).
+DOWNLOADER = "scraper.downloader.Downloader"
+
 # Scrapy's stats without its per-access deprecation shim (scraper/stats.py: 3% of the CPU).
 STATS_CLASS = "scraper.stats.StatsCollector"
 STATS_FILE = ""  # a path: the crawl's final stats written there as JSON (scraper/stats.py)
@@ -146,7 +164,8 @@ SPIDER_MIDDLEWARES = {
     "scrapy.spidermiddlewares.urllength.UrlLengthMiddleware": None,
 }
 # The settings that follow from others (distributed mode when REDIS_URL is set, the
-# per-domain concurrency of a one-site crawl) are wired in one place: scraper/addon.py.
+# per-site concurrency and scheduler queue of one site or many) are wired in one place:
+# scraper/addon.py.
 ADDONS = {"scraper.addon.ListingCrawl": 0}
 EXTENSIONS = {
     "scraper.logsetup.LogSetup": 0,  # first: secrets never reach the log

@@ -8,3 +8,8 @@ nothing listens.
 """
 
 request_done = object()
+
+#: A site answered with a wait (429/503 and Retry-After): sent by RetryAfterMiddleware with
+#: ``site=`` (the download slot) and ``seconds=``. In distributed mode the scheduler tells
+#: every node (scraper/distributed/queue.py ``pause``).
+site_paused = object()

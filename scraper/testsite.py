@@ -42,6 +42,17 @@ Re-crawls (conditional GET):
 - ``/_validators?on=0`` serves child pages without ETag and Last-Modified (and never
   304), ``on=1`` with them again.
 
+Many sites (tests/test_sites.py): ``--hosts N`` answers on 127.0.0.2 .. 127.0.0.<N+1> too,
+the same port, each address bound apart (127.0.0.1 as without it). Every host serves the
+same listing (its links are relative: children stay on their host) and robots.txt.
+``--slow-host ADDR`` (repeatable) answers after ``--slow-host-ms`` instead of
+``--latency-ms``; ``--limited-host ADDR`` answers ``429`` with ``Retry-After: 1`` to a
+request beyond ``--limit-rps`` in the last second (a sliding window), at once, as a
+rate-limited site does. ``/_hosts`` (on any address) reports per host, robots.txt apart:
+``hits``, ``refused`` (429s answered), ``max_in_flight``, ``first`` and ``last`` arrival
+(``time.time()``), ``max_per_second`` (most arrivals in any 1-second window, 429s
+included: the rate the site saw); ``?reset=1`` zeroes them after reading.
+
 - ``/robots.txt`` disallows ``/private/``; with ``private=K`` the first list page also
   links to ``/private/0`` .. ``/private/K-1`` (child pages otherwise).
 - ``/_stats`` counts requests: ``hits`` (robots.txt apart: ``robots_hits``),
@@ -230,6 +241,82 @@ def render_list(listing: Listing, page: int, dropped: tuple[float, int] | None =
     ).encode()
 
 
+class Host:
+    """What one address of the site saw, and how it answers (``/_hosts``)."""
+
+    __slots__ = (
+        "accepted",
+        "arrivals",
+        "first",
+        "hits",
+        "in_flight",
+        "last",
+        "latency",
+        "limit",
+        "max_in_flight",
+        "max_per_second",
+        "refused",
+    )
+
+    def __init__(self, latency: float, limit: int = 0) -> None:
+        self.latency = latency
+        self.limit = limit  # requests answered per sliding second; 0: no limit
+        self.in_flight = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero the counts (requests in flight stay counted)."""
+        self.hits = self.refused = self.max_per_second = 0
+        self.max_in_flight = self.in_flight
+        self.first = self.last = 0.0
+        self.arrivals: collections.deque[float] = collections.deque()  # the last second's
+        self.accepted: collections.deque[float] = collections.deque()  # the last second's 2xx..
+
+    def arrive(self, now: float) -> bool:
+        """Count a request arriving at ``now``; False when it is over the limit."""
+        self.hits += 1
+        if not self.first:
+            self.first = now
+        self.last = now
+        arrivals = self.arrivals
+        arrivals.append(now)
+        while arrivals[0] <= now - 1:
+            arrivals.popleft()
+        self.max_per_second = max(self.max_per_second, len(arrivals))
+        if not self.limit:
+            return True
+        accepted = self.accepted
+        while accepted and accepted[0] <= now - 1:
+            accepted.popleft()
+        if len(accepted) >= self.limit:
+            self.refused += 1
+            return False
+        accepted.append(now)
+        return True
+
+    def report(self) -> dict[str, float]:
+        """``hits`` counts every request (429s included), robots.txt apart."""
+        return {
+            "hits": self.hits,
+            "refused": self.refused,
+            "max_in_flight": self.max_in_flight,
+            "first": self.first,
+            "last": self.last,
+            "max_per_second": self.max_per_second,
+        }
+
+
+#: The first address of ``--hosts``; 127.0.0.1 is the site as without it.
+FIRST_HOST = 2
+
+
+def host_addresses(count: int) -> list[str]:
+    """The loopback addresses of ``--hosts count``: 127.0.0.2 onwards."""
+    if not 0 <= count <= 250:
+        raise ValueError("--hosts takes 0 to 250 (127.0.0.2 .. 127.0.0.251)")
+    return [f"127.0.0.{FIRST_HOST + i}" for i in range(count)]
+
+
 class TestSite:
     """The aiohttp application with its settings."""
 
@@ -243,7 +330,11 @@ class TestSite:
         slow_ms: float = 3000,
         huge_mb: float = 40,
         padding_kb: int = 0,
+        slow_hosts: dict[str, float] | None = None,
+        limited_hosts: dict[str, int] | None = None,
     ) -> None:
+        """``slow_hosts``: address -> latency (ms) instead of ``latency_ms``;
+        ``limited_hosts``: address -> requests per second (more are answered 429)."""
         self.default = Listing(pages, per_page)
         self.padding_kb = padding_kb
         self.latency = latency_ms / 1000
@@ -262,6 +353,9 @@ class TestSite:
         self.added = 0  # /_listing: children linked after the last one
         self.not_modified = 0  # 304s answered
         self.child_bytes = 0  # body bytes of child pages sent
+        self.slow_hosts = {addr: ms / 1000 for addr, ms in (slow_hosts or {}).items()}
+        self.limited_hosts = dict(limited_hosts or {})
+        self.hosts: dict[str, Host] = {}  # by the local address a request arrived on
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._latency])
@@ -275,6 +369,7 @@ class TestSite:
         app.router.add_get("/robots.txt", self.robots)
         app.router.add_get("/_stats", self.stats)
         app.router.add_get("/_hits", self.arrival_times)
+        app.router.add_get("/_hosts", self.host_stats)
         app.router.add_get("/_change", self.change)
         app.router.add_get("/_validators", self.set_validators)
         app.router.add_get("/_listing", self.change_listing)
@@ -286,20 +381,26 @@ class TestSite:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         path = request.path
-        if path in ("/_stats", "/_hits"):
+        if path in ("/_stats", "/_hits", "/_hosts"):
             return await handler(request)
-        self.arrivals.append((time.time(), request.path_qs))
+        now = time.time()
+        self.arrivals.append((now, request.path_qs))
         if path == "/robots.txt":  # answered at once, as a static file, and counted apart
             self.robots_hits += 1
             return await handler(request)
+        host = self._host(request)
+        if not host.arrive(now):
+            return web.Response(status=429, text="slow down\n", headers={"Retry-After": "1"})
         self.hits += 1
         if path.startswith("/private/"):
             self.private_hits += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        host.in_flight += 1
+        host.max_in_flight = max(host.max_in_flight, host.in_flight)
         try:
-            if self.latency:
-                await asyncio.sleep(self.latency)
+            if host.latency:
+                await asyncio.sleep(host.latency)
             if "push_back=" in request.query_string:
                 pushed = self._push_back(request)
                 if pushed is not None:
@@ -307,6 +408,19 @@ class TestSite:
             return await handler(request)
         finally:
             self.in_flight -= 1
+            host.in_flight -= 1
+
+    def _host(self, request: web.Request) -> Host:
+        """The host a request came to: the local address it arrived on (not its Host
+        header, which a client chooses)."""
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        addr = sockname[0] if sockname else ""
+        host = self.hosts.get(addr)
+        if host is None:
+            host = self.hosts[addr] = Host(
+                self.slow_hosts.get(addr, self.latency), self.limited_hosts.get(addr, 0)
+            )
+        return host
 
     def _push_back(self, request: web.Request) -> web.Response | None:
         """``push_back=STATUS&retry_after=N&times=K``: STATUS to the first K hits of this URL."""
@@ -343,6 +457,15 @@ class TestSite:
             self.not_modified = self.child_bytes = 0
             self.arrivals.clear()
             self.pushed_back.clear()
+        return web.json_response(data)
+
+    async def host_stats(self, request: web.Request) -> web.Response:
+        """Per host (local address): hits, 429s, most in flight and per second, first and
+        last arrival; ``?reset=1`` zeroes them after reading."""
+        data = {addr: host.report() for addr, host in sorted(self.hosts.items())}
+        if request.query.get("reset") == "1":
+            for host in self.hosts.values():
+                host.reset()
         return web.json_response(data)
 
     async def arrival_times(self, request: web.Request) -> web.Response:
@@ -525,15 +648,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def serve(site: TestSite, host: str, port: int) -> None:
+async def serve(site: TestSite, host: str, port: int, hosts: list[str] | None = None) -> None:
+    """Serve on ``host``:``port``, then on each of ``hosts`` at the same port (each address
+    bound apart, never a wildcard)."""
     runner = web.AppRunner(site.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     # backlog: a crawl at c=1000 opens a thousand connections at once.
     await web.TCPSite(runner, host, port, backlog=4096, reuse_address=True).start()
     port = runner.addresses[0][1]  # the one bound, if ``port`` was 0
+    for addr in hosts or []:
+        await web.TCPSite(runner, addr, port, backlog=4096, reuse_address=True).start()
     # The first line is for whoever started us with --port 0 (bench/servers.py reads it).
     print(f"listening on {host}:{port}", flush=True)
     print(f"test site on http://{host}:{port}{site.default.query(1)}", flush=True)
+    if hosts:
+        print(f"and on {hosts[0]} .. {hosts[-1]} ({len(hosts)} hosts), port {port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -555,7 +684,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="0: any free port (printed)")
+    parser.add_argument(
+        "--hosts", type=int, default=0, help="also answer on 127.0.0.2 .. 127.0.0.<N+1>"
+    )
+    parser.add_argument(
+        "--slow-host", action="append", default=[], metavar="ADDR", help="repeatable"
+    )
+    parser.add_argument("--slow-host-ms", type=float, default=2000, help="latency of a slow host")
+    parser.add_argument(
+        "--limited-host", action="append", default=[], metavar="ADDR", help="repeatable"
+    )
+    parser.add_argument(
+        "--limit-rps", type=int, default=10, help="a limited host answers 429 beyond this"
+    )
     args = parser.parse_args(argv)
+    try:
+        hosts = host_addresses(args.hosts)
+    except ValueError as exc:
+        parser.error(str(exc))
     site = TestSite(
         args.pages,
         args.per_page,
@@ -563,8 +709,10 @@ def main(argv: list[str] | None = None) -> None:
         args.slow_ms,
         args.huge_mb,
         args.child_padding_kb,
+        slow_hosts=dict.fromkeys(args.slow_host, args.slow_host_ms),
+        limited_hosts=dict.fromkeys(args.limited_host, args.limit_rps),
     )
-    asyncio.run(serve(site, args.host, args.port))
+    asyncio.run(serve(site, args.host, args.port, hosts))
 
 
 if __name__ == "__main__":

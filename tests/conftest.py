@@ -15,7 +15,18 @@ import redis
 
 from bench.servers import Server, moto_server, redis_server, s3sink_server, use_mongomock
 from scraper.stores.meta import MongoMetaStore
-from tests.helpers import REFUSED_KEY_ID, Node, Site, running_site, s3_client
+from tests.cluster import Cluster
+from tests.helpers import (
+    LIMIT_RPS,
+    LIMITED_HOST,
+    MANY_HOSTS,
+    REFUSED_KEY_ID,
+    SLOW_HOST,
+    Node,
+    Site,
+    running_site,
+    s3_client,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -43,6 +54,28 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def site(logs: Path) -> Iterator[Site]:
     """The project's test site: no latency, /fault/slow 1.5 s, /fault/huge 3 MiB."""
     with running_site(logs / "site.log", "--slow-ms", "1500", "--huge-mb", "3") as site:
+        yield site
+
+
+@pytest.fixture(scope="session")
+def many_sites(logs: Path) -> Iterator[Site]:
+    """The test site on MANY_HOSTS hosts more (127.0.0.2 onwards), each answering after
+    100 ms, but SLOW_HOST after 2 s and LIMITED_HOST 429 beyond LIMIT_RPS requests a
+    second. A crawl of them needs MANY_SITES (ALLOWED_NETWORKS=127.0.0.0/8)."""
+    with running_site(
+        logs / "many-sites.log",
+        "--latency-ms",
+        "100",
+        "--slow-host",
+        SLOW_HOST,
+        "--slow-host-ms",
+        "2000",
+        "--limited-host",
+        LIMITED_HOST,
+        "--limit-rps",
+        str(LIMIT_RPS),
+        hosts=MANY_HOSTS,
+    ) as site:
         yield site
 
 
@@ -77,6 +110,21 @@ def redis_url(redis_session: Server) -> str:
     client.flushall()
     client.close()
     return f"redis://127.0.0.1:{redis_session.port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(logs: Path) -> Iterator[Cluster]:
+    """A Redis Cluster of 3 masters on 127.0.0.1 (tests/cluster.py), up in ~2 s."""
+    with Cluster(logs / "redis-cluster") as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: Cluster) -> str:
+    """The session's Redis Cluster, emptied for this test (scripts too):
+    ``redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3``."""
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import time
 import urllib.request
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from bench import servers
 from bench.servers import ROOT, Server, redis_server, site_server, stop
 from scraper.spiders.listing import ListingSpider
 from scraper.stores.meta import MongoMetaStore
-from scraper.testsite import Listing, render_child
+from scraper.testsite import Listing, host_addresses, render_child
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -44,28 +44,66 @@ REFUSED_KEY_ID = "AKIAREFUSED"
 
 @dataclass
 class Site:
-    """The running test site."""
+    """The running test site; with ``hosts``, also on those loopback addresses (``--hosts``:
+    127.0.0.2 onwards, the same port), each a site of its own."""
 
     base: str
     server: Server
+    hosts: list[str] = field(default_factory=list)
 
     def listing_url(self, n: int, per_page: int = 100, faults: bool = False) -> str:
         return self.base + Listing(n, per_page, faults).query(1)
 
+    def host_base(self, host: str) -> str:
+        return f"http://{host}:{self.server.port}"
+
+    def listing_urls(
+        self, n: int, per_page: int = 100, hosts: list[str] | None = None
+    ) -> list[str]:
+        """The first list page of the same listing on each host (all of them by default)."""
+        return [self.host_base(h) + Listing(n, per_page).query(1) for h in hosts or self.hosts]
+
+    def write_urls_file(
+        self, path: Path, n: int, per_page: int = 100, hosts: list[str] | None = None
+    ) -> Path:
+        """A urls_file (``-a urls_file=``) of listing_urls, one a line."""
+        path.write_text("".join(f"{url}\n" for url in self.listing_urls(n, per_page, hosts)))
+        return path
+
     def stats(self, reset: bool = False) -> dict[str, int]:
-        url = f"{self.base}/_stats" + ("?reset=1" if reset else "")
+        return self._get("/_stats", reset)  # type: ignore[no-any-return]
+
+    def host_stats(self, reset: bool = False) -> dict[str, dict[str, float]]:
+        """Per host (address): hits (429s included), refused (429s), max_in_flight,
+        first and last arrival (time.time()), max_per_second (most in any 1 s window)."""
+        return self._get("/_hosts", reset)  # type: ignore[no-any-return]
+
+    def _get(self, path: str, reset: bool) -> Any:
+        url = f"{self.base}{path}" + ("?reset=1" if reset else "")
         with urllib.request.urlopen(url, timeout=10) as r:
-            return json.loads(r.read())  # type: ignore[no-any-return]
+            return json.loads(r.read())
 
 
 @contextmanager
-def running_site(log: Path, *args: str) -> Iterator[Site]:
-    """The project's test site in its own process, with these command-line options."""
-    server = site_server(log, *args)
+def running_site(log: Path, *args: str, hosts: int = 0) -> Iterator[Site]:
+    """The project's test site in its own process, with these command-line options; on
+    ``hosts`` more loopback addresses too (crawl them with MANY_SITES allowed)."""
+    server = site_server(log, *args, *(("--hosts", str(hosts)) if hosts else ()))
     try:
-        yield Site(server.url, server)
+        yield Site(server.url, server, host_addresses(hosts))
     finally:
         server.stop()
+
+
+#: The many_sites fixture (tests/conftest.py): this many hosts, one slow (2 s), one that
+#: answers 429 with Retry-After: 1 beyond LIMIT_RPS requests a second.
+MANY_HOSTS = 20
+SLOW_HOST = "127.0.0.2"
+LIMITED_HOST = "127.0.0.3"
+LIMIT_RPS = 10
+#: The setting a crawl of the test site's many hosts needs: the SSRF guard allows only
+#: 127.0.0.1 in tests (below), and the hosts are 127.0.0.2 onwards.
+MANY_SITES = {"ALLOWED_NETWORKS": ["127.0.0.0/8"]}
 
 
 #: The SSRF guard (scraper/ssrf.py) refuses loopback addresses unless allowed, and every

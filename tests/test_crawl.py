@@ -173,7 +173,9 @@ async def test_concurrent_requests_1000_puts_1000_in_flight_on_one_site(
     assert crawler.stats.get_value("meta_store/written") == 2000
     # Measured by the server: how many requests it was answering at once.
     assert site_8s_latency.stats()["max_in_flight"] >= 950
-    assert "Concurrency: 1000 requests in flight" in caplog.text
+    assert "Sites: 1 (127.0.0.1): per-site concurrency follows CONCURRENT_REQUESTS=1000" in (
+        caplog.text
+    )
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 

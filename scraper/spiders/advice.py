@@ -1,6 +1,6 @@
-"""What the crawl tells its user beyond the counts: the concurrency it really runs at,
-at the start; at the end, children left uncrawled, and signs that it missed the listing's
-pages or its children, with the argument that would fix it."""
+"""What the crawl tells its user beyond the counts: its sites and the concurrency it
+really runs at, at the start; at the end, children left uncrawled, and signs that it
+missed the listing's pages or its children, with the argument that would fix it."""
 
 from __future__ import annotations
 
@@ -9,34 +9,44 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from scraper.sites import fair_queue
+
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
+    from scraper.sites import SiteMode
     from scraper.spiders.listpage import ListPage
 
 logger = logging.getLogger("scraper.spiders.listing")  # the spider's voice
 
 
-def say_concurrency(settings: BaseSettings) -> None:
-    """CONCURRENT_REQUESTS, and every setting that caps it below that."""
+def say_concurrency(mode: SiteMode, settings: BaseSettings) -> None:
+    """The start line: one site or many, and the concurrency per site and in all; then
+    every setting that caps it further (a WARNING)."""
+    logger.info("%(line)s", {"line": mode.start_line})
     total = settings.getint("CONCURRENT_REQUESTS")
-    per_domain = settings.getint("CONCURRENT_REQUESTS_PER_DOMAIN")
     caps = []
-    if per_domain < total:
-        caps.append(f"CONCURRENT_REQUESTS_PER_DOMAIN={per_domain}")
+    if not mode.many and mode.per_site < total:
+        caps.append(f"CONCURRENT_REQUESTS_PER_DOMAIN={mode.per_site}")
     if settings.getint("CONCURRENT_REQUESTS_PER_IP"):
         caps.append(f"CONCURRENT_REQUESTS_PER_IP={settings.getint('CONCURRENT_REQUESTS_PER_IP')}")
     if settings.getfloat("DOWNLOAD_DELAY"):
         caps.append(f"DOWNLOAD_DELAY={settings.getfloat('DOWNLOAD_DELAY')}")
     if settings.getbool("AUTOTHROTTLE_ENABLED"):
         caps.append("AUTOTHROTTLE_ENABLED")
+    if mode.many and not settings.get("REDIS_URL") and not fair_queue(settings):
+        logger.warning(
+            "SCHEDULER_PRIORITY_QUEUE=%(queue)s is not Scrapy's default "
+            "DownloaderAwarePriorityQueue, which takes the next request from the site "
+            "with the fewest in flight: one slow site may hold the downloader while the "
+            "others wait",
+            {"queue": settings["SCHEDULER_PRIORITY_QUEUE"]},
+        )
     if caps:
         logger.warning(
             "Concurrency: %(total)d requests, capped by %(caps)s",
             {"total": total, "caps": ", ".join(caps)},
         )
-    else:
-        logger.info("Concurrency: %(total)d requests in flight, on one site too", {"total": total})
 
 
 def say_children_left(

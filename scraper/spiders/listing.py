@@ -17,6 +17,7 @@ after every dedup (a child linked from two list pages, or already queued, counts
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,11 +27,13 @@ from scrapy import Request, Spider, signals
 from scrapy.exceptions import CloseSpider
 from scrapy.http import TextResponse
 
+from scraper.distributed.connection import distributed
 from scraper.fingerprint import LIST_PAGE
 from scraper.items import PageItem
 from scraper.previous import CRAWL_ID, LISTING, new_crawl_id
 from scraper.retry import describe
 from scraper.signals import request_done
+from scraper.sites import SiteMode
 from scraper.spiders.advice import say_children_left, say_concurrency, say_what_was_missed
 from scraper.spiders.arguments import check_arguments
 from scraper.spiders.listpage import ListPage, read_list_page
@@ -108,6 +111,7 @@ class ListingSpider(Spider):
         self.argument_error = checked.error
         self.sitemap_filter = checked.sitemap_filter
         self.start_urls_expanded = checked.start_urls
+        self._list_page_urls: list[str] | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
@@ -116,19 +120,20 @@ class ListingSpider(Spider):
         return spider
 
     async def start(self) -> AsyncIterator[Request]:
-        distributed = bool(self.crawler.settings.get("REDIS_URL"))
+        settings = self.crawler.settings
+        many_nodes = distributed(settings)
         if self.argument_error is None:
             self.argument_error = self._check_settings()
         if self.argument_error:
             logger.error("%(error)s", {"error": self.argument_error})
             raise CloseSpider("arguments_unusable")
-        if not (self.url or self.urls_file or self.sitemap) and not distributed:
+        if not (self.url or self.urls_file or self.sitemap) and not many_nodes:
             logger.error(
                 "No list page given: run `scrapy crawl listing -a url=<list page URL>`"
                 " (or -a urls_file=<file of list page URLs>, -a sitemap=<URL>)"
             )
             raise CloseSpider("no_url")
-        say_concurrency(self.crawler.settings)
+        say_concurrency(SiteMode.decide(self.list_page_urls(), settings), settings)
         # JOBDIR keeps spider.state: a resumed crawl is the same crawl.
         state: dict[str, Any] = getattr(self, "state", {})
         self.crawl_id = state.setdefault("crawl_id", new_crawl_id())
@@ -141,7 +146,7 @@ class ListingSpider(Spider):
                 yield self.list_request(url)
         if self.sitemap:
             yield self.sitemap_request(self.sitemap)
-        if distributed and not (self.url or self.urls_file or self.sitemap):
+        if many_nodes and not (self.url or self.urls_file or self.sitemap):
             logger.info("Taking list pages from Redis: `scrapy seed listing URL` adds one")
         self.start_read = True
 
@@ -151,22 +156,36 @@ class ListingSpider(Spider):
             return f"LISTING_CHILDREN={mode!r}: use one of {', '.join(CHILDREN_MODES)}"
         return None
 
+    def list_page_urls(self) -> list[str]:
+        """The list pages the arguments name (a URL template expanded, the urls_file's
+        http(s) lines, the sitemap), read once and quietly: they decide one site or many
+        (scraper/sites.py) before the crawl starts; ``start()`` reports what is wrong."""
+        if self._list_page_urls is None:
+            urls = list(self.start_urls_expanded)
+            if self.urls_file:
+                with suppress(OSError, UnicodeDecodeError):
+                    urls += [
+                        url
+                        for _, url in _urls_file_lines(self.urls_file)
+                        if urlsplit(url).scheme in ("http", "https")
+                    ]
+            if self.sitemap:
+                urls.append(self.sitemap)
+            self._list_page_urls = urls
+        return self._list_page_urls
+
     def _read_urls_file(self) -> Iterator[str]:
         assert self.urls_file is not None
         try:
-            with Path(self.urls_file).open(encoding="utf-8") as lines:
-                for number, line in enumerate(lines, 1):
-                    url = line.strip()
-                    if not url or url.startswith("#"):
-                        continue
-                    if urlsplit(url).scheme not in ("http", "https"):
-                        logger.error(
-                            "%(file)s line %(n)d is not an http(s) URL, skipped: %(line)r",
-                            {"file": self.urls_file, "n": number, "line": url[:200]},
-                        )
-                        self.crawler.stats.inc_value("listing/urls_file_skipped")
-                        continue
-                    yield url
+            for number, url in _urls_file_lines(self.urls_file):
+                if urlsplit(url).scheme not in ("http", "https"):
+                    logger.error(
+                        "%(file)s line %(n)d is not an http(s) URL, skipped: %(line)r",
+                        {"file": self.urls_file, "n": number, "line": url[:200]},
+                    )
+                    self.crawler.stats.inc_value("listing/urls_file_skipped")
+                    continue
+                yield url
         except (OSError, UnicodeDecodeError) as exc:
             logger.error(
                 "-a urls_file=%(file)s cannot be read: %(error)s",
@@ -359,7 +378,7 @@ class ListingSpider(Spider):
     def closed(self, reason: str) -> None:
         """Say it when children were left uncrawled, or the crawl probably missed pages or
         found none to take. Distributed: a node sees only its share, so it says nothing."""
-        if self.crawler.settings.get("REDIS_URL"):
+        if distributed(self.crawler.settings):
             return
         stats = self.crawler.stats
         jobdir = self.crawler.settings.get("JOBDIR")
@@ -399,3 +418,13 @@ class ListingSpider(Spider):
     def header_names(self) -> list[str]:
         """META_HEADERS: the response headers a record keeps."""
         return self.crawler.settings.getlist("META_HEADERS")
+
+
+def _urls_file_lines(path: str) -> Iterator[tuple[int, str]]:
+    """The lines of a urls_file that name something, with their numbers: blank lines and
+    ``#`` comments skipped, the rest stripped."""
+    with Path(path).open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            url = line.strip()
+            if url and not url.startswith("#"):
+                yield number, url
