@@ -5,7 +5,11 @@ lives in a namespace of its own (the "switch"), so the machine's own network is 
 touched. ``cut(host)`` takes the host's cable out of the switch: its packets vanish,
 as when a network partitions (no error comes back: connections hang, then resume on
 ``restore``; every host knows the others' MAC addresses for good, so no failed ARP
-lookup turns the silence into "no route to host").
+lookup turns the silence into "no route to host"). ``cut_port(host, addr, port)`` is
+the narrower partition: only the host's TCP traffic with addr:port vanishes (one master
+of a Redis Cluster, say), by a tc filter in the host (classic BPF, run by cls_bpf on a
+clsact qdisc: iptables and nft are not needed, nor installed here); ``restore_ports``
+takes every such filter out.
 
 Needs root and iproute2 (``ip``). Names start with ``scr<pid>-``: namespaces left by a
 process that died are removed by the next ``Network()``. As a script::
@@ -19,6 +23,7 @@ process that died are removed by the next ``Network()``. As a script::
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import shutil
@@ -134,6 +139,18 @@ class Network:
     def restore(self, host: Host) -> None:
         ip("-n", self.switch, "link", "set", host.port, "master", "br0")
 
+    def cut_port(self, host: Host, addr: str, port: int) -> None:
+        """Drop, silently, every TCP packet between ``host`` and ``addr:port`` (both ways),
+        the rest of its traffic untouched; ``restore_ports`` undoes it."""
+        _tc(host, "qdisc", "replace", "dev", host.iface, "clsact")
+        for hook, outgoing in (("egress", True), ("ingress", False)):
+            program = _drop(addr, port, outgoing)
+            _tc(host, "filter", "add", "dev", host.iface, hook, "bpf", "da", "bytecode", program)
+
+    def restore_ports(self, host: Host) -> None:
+        """Remove every ``cut_port`` of ``host`` (its clsact qdisc, filters and all)."""
+        host.run(["tc", "qdisc", "del", "dev", host.iface, "clsact"])
+
     def close(self) -> None:
         """Remove every namespace of this network (their interfaces and bridge go with them)."""
         for host in self.hosts.values():
@@ -146,6 +163,43 @@ class Network:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _tc(host: Host, *args: str) -> None:
+    result = host.run(["tc", *args])
+    if result.returncode != 0:
+        raise RuntimeError(f"tc {' '.join(args)} on {host.name}: {result.stderr.strip()}")
+
+
+def _drop(addr: str, port: int, outgoing: bool) -> str:
+    """A classic BPF program, in tc's ``bytecode`` form, for cls_bpf in direct-action mode
+    on a clsact hook (where a packet starts at its Ethernet header): TC_ACT_SHOT (2) for
+    a TCP packet to ``addr:port`` (``outgoing``) or from it, else TC_ACT_UNSPEC (-1: on
+    to the next filter, then out or in as usual)."""
+    ip_at, port_at = (30, 16) if outgoing else (26, 14)  # daddr/dport, else saddr/sport
+    # (opcode, jump if true, jump if false, constant); jumps name a label, taken below.
+    program: list[tuple[int, int | str, int | str, int]] = [
+        (0x28, 0, "pass", 12),  # ldh [12]: the EtherType
+        (0x15, 0, "pass", 0x0800),  # IPv4?
+        (0x20, 0, 0, ip_at),  # ld [ip_at]: the address
+        (0x15, 0, "pass", int(ipaddress.IPv4Address(addr))),
+        (0x30, 0, 0, 23),  # ldb [23]: the protocol
+        (0x15, 0, "pass", 6),  # TCP?
+        (0x28, 0, 0, 20),  # ldh [20]: flags and fragment offset
+        (0x45, "pass", 0, 0x1FFF),  # a later fragment: no TCP header in it
+        (0xB1, 0, 0, 14),  # ldxb 4*([14]&0xf): the IP header's length
+        (0x48, 0, 0, port_at),  # ldh [x+port_at]: the port
+        (0x15, 0, "pass", port),
+        (0x06, 0, 0, 2),  # ret TC_ACT_SHOT
+        (0x06, 0, 0, 0xFFFFFFFF),  # pass: ret TC_ACT_UNSPEC
+    ]
+    end = len(program) - 1
+
+    def jump(target: int | str, at: int) -> int:
+        return end - at - 1 if target == "pass" else int(target)
+
+    code = [f"{op} {jump(jt, i)} {jump(jf, i)} {k}" for i, (op, jt, jf, k) in enumerate(program)]
+    return f"{len(code)}," + ",".join(code)
 
 
 def _know(host: Host, other: Host) -> None:
