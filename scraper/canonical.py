@@ -20,15 +20,17 @@ from urllib.parse import urldefrag, urljoin
 from itemadapter import ItemAdapter
 from scrapy.exceptions import NotConfigured
 
-from scraper.distributed.queue import Keys
+from scraper.distributed.connection import connect, redis_target
+from scraper.distributed.keys import Keys
 from scraper.spiders.pagination import link_header
 
 if TYPE_CHECKING:
     from typing import Self
 
-    from redis.asyncio import Redis
     from scrapy.crawler import Crawler
     from scrapy.http import Response
+
+    from scraper.distributed.connection import AnyRedis, RedisTarget
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ class LocalCanonicals:
 class RedisCanonicals:
     """Claims shared by every node of a distributed crawl: ``<spider>:canonical``."""
 
-    def __init__(self, redis: Redis, key: str) -> None:
+    def __init__(self, redis: AnyRedis, key: str) -> None:
         self.redis = redis
         self.key = key
 
@@ -107,26 +109,23 @@ class CanonicalDedupPipeline:
     """With ``DEDUP_CANONICAL``: a child whose canonical URL is already stored keeps its
     record, marked ``duplicate_of``, but not its body. Runs before the body store."""
 
-    def __init__(self, crawler: Crawler, redis_url: str | None) -> None:
+    def __init__(self, crawler: Crawler, target: RedisTarget | None) -> None:
         self.crawler = crawler
-        self.redis_url = redis_url
+        self.target = target
         self.canonicals: Canonicals = LocalCanonicals()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         if not crawler.settings.getbool("DEDUP_CANONICAL"):
             raise NotConfigured  # off by default: no warning for what was not asked for
-        return cls(crawler, crawler.settings.get("REDIS_URL"))
+        return cls(crawler, redis_target(crawler.settings))
 
     async def open_spider(self) -> None:
-        if self.redis_url:
-            from redis.asyncio import Redis
-
+        if self.target is not None:
             spider = self.crawler.spider
             assert spider is not None
             self.canonicals = RedisCanonicals(
-                Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=5),
-                Keys.of(spider.name).canonical,
+                connect(self.target), Keys.of(spider.name, 0, self.target.cluster).canonical
             )
 
     async def close_spider(self) -> None:

@@ -34,6 +34,7 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
 from scraper.config import ConfigError, stop_crawl
+from scraper.distributed.connection import distributed
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -261,7 +262,7 @@ class Checks:
             error = None
         except ConfigError as exc:
             limits, error = None, exc
-        ext = cls(crawler, limits, bool(settings.get("REDIS_URL")), error)
+        ext = cls(crawler, limits, distributed(settings), error)
         crawler.signals.connect(ext.spider_opened, signal=signals.spider_opened)
         # Connected after Scrapy's CoreStats (an extension built earlier, order 0), so this
         # runs after it has set finish_reason, and can change it.

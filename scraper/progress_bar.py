@@ -28,6 +28,7 @@ from scrapy import signals
 from tqdm import tqdm
 from twisted.internet import task
 
+from scraper.distributed.connection import distributed
 from scraper.figures import Rate, read_figures
 from scraper.fingerprint import LIST_PAGE
 from scraper.signals import request_done
@@ -118,9 +119,9 @@ class LiveBar:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> LiveBar:
         settings = crawler.settings
-        distributed = bool(settings.get("REDIS_URL"))
-        discovery = None if distributed else Discovery(crawler)
-        return cls(crawler, discovery, eta=not distributed and not settings.get("JOBDIR"))
+        many_nodes = distributed(settings)
+        discovery = None if many_nodes else Discovery(crawler)
+        return cls(crawler, discovery, eta=not many_nodes and not settings.get("JOBDIR"))
 
     def start(self) -> None:
         self.bar = tqdm(file=sys.stderr, dynamic_ncols=True, leave=True, bar_format="{desc}")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from scrapy import Request, signals
 
+from scraper.distributed.connection import distributed
 from scraper.fingerprint import LIST_PAGE
 from scraper.pipelines.store_calls import call
 from scraper.previous import CRAWL_ID, LISTING, PREVIOUS, Previous
@@ -200,8 +201,7 @@ class Recrawl:
     async def _crawl_seen(self) -> dict[str, Any] | None:
         """The listings this crawl parsed and its failed list pages: this node's own, or
         the whole distributed crawl's (from Redis)."""
-        url = self.crawler.settings.get("REDIS_URL")
-        if not url:
+        if not distributed(self.crawler.settings):
             return self.crawl
         from scraper.distributed.generation import read_generation
 

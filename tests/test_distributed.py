@@ -132,8 +132,9 @@ def test_garbage_in_redis_is_logged_and_skipped(
         json.dumps({"url": 5}),
         "x" * 2_000_000,
     )
+    client.zadd("listing:sites", {"x": 0})  # a site with queued requests: these
     client.zadd(
-        "listing:requests",
+        "listing:q:x",
         {
             b"1 " + payload: -5,
             "2 {not json": -4,
@@ -204,7 +205,9 @@ def test_a_list_page_already_queued_and_given_by_url_is_crawled_once(
     spider = ListingSpider(url=url)
     request = spider.list_request(url)
     entry = ListingFingerprinter().fingerprint(request).hex()  # a list page's own
-    client.zadd("listing:requests", {f"1 {encode(request, spider)}": -1e12 + 1})
+    client.zadd("listing:q:127.0.0.1", {f"1 {encode(request, spider)}": -1e12 + 1})
+    client.zadd("listing:sites", {"127.0.0.1": 0})
+    client.set("listing:queued", 1)
     client.sadd("listing:dupefilter", entry)
     client.set("listing:seq", 1)
     client.close()

@@ -53,10 +53,11 @@ def plant(client: redis.Redis, site: Site, tmp_path: Path) -> None:
         f"{site.base}/list?pad=" + "a" * MAX_ENTRY_BYTES,  # oversized
         f"{site.base}/list?n=3&page=1&q=".encode() + b"\xff\xfe",  # not UTF-8
     )
-    # requests: "<sequence> <request JSON>", as the enqueue script writes them
+    # a site's queue: "<sequence> <request JSON>", as the enqueue script writes them
     page0 = f"{site.base}/page/0"
+    client.zadd("listing:sites", {"127.0.0.1": 0})
     client.zadd(
-        "listing:requests",
+        "listing:q:127.0.0.1",
         {
             b"1 " + boom: -5,
             "2 {not json": -5,
@@ -73,7 +74,7 @@ def plant(client: redis.Redis, site: Site, tmp_path: Path) -> None:
             "nospace": -5,
         },
     )
-    # Expired leases: what they hold goes back to requests / start_urls, or to :dead.
+    # Expired leases: what they hold goes back to a queue / start_urls, or to :dead.
     client.zadd("listing:leases", {f"planted:{i}": 0 for i in range(1, 6)})
     client.zadd("listing:leases", {"planted:6": 2**52})  # no lease data, never expiring
     client.hset(
@@ -82,9 +83,10 @@ def plant(client: redis.Redis, site: Site, tmp_path: Path) -> None:
             "planted:1": "nospace",
             "planted:2": b"abc 9 " + boom,  # the score is not a number
             "planted:3": b"start " + boom,  # a start URL: back to start_urls, rejected there
-            "planted:4": b"-1000000000000 424242 " + boom,  # back to requests, rejected there
+            # back to its site's queue, rejected there
+            "planted:4": b"-1000000000000 127.0.0.1 424242 " + boom,
             "planted:5": b"\xff\xfe 1 x",
-            "planted:7": b"-1000000000000 424243 " + boom,  # lease data without a deadline
+            "planted:7": b"-1000000000000 127.0.0.1 424243 " + boom,  # data, no deadline
         },
     )
     client.hset("listing:attempts", "424242", "not a count")

@@ -97,9 +97,10 @@ async def close_node(node: Node) -> None:
 
 def test_leases_from_lease_to_ack() -> None:
     leases = Leases("node-a")
-    leases.hold("t1")
-    found = leases.hold_found()
-    assert found.startswith("node-a:f") and len(leases) == 2
+    leases.hold("t1", "a.test")
+    found = leases.hold_found(3, "a.test")
+    assert found.startswith("3/node-a:f") and len(leases) == 2
+    assert leases.per_site == {"a.test": 2}  # what the node holds of each site
     assert leases.done("t1") and not leases.done("t1")  # acknowledged once
     assert not leases.done("never-held") and not leases.done(None)
     assert leases.take_acks() == ["t1"] and leases.acks == []
@@ -110,6 +111,7 @@ def test_leases_from_lease_to_ack() -> None:
     leases.lose(unstarted=set(), in_flight={"t2"})
     assert leases.to_extend(not_in_redis_yet={found}) == []  # lost, or not written yet
     assert leases.let_go() == 2 and sorted(leases.acks) == sorted([found, "t2"])
+    assert not leases.per_site  # nothing held, of any site
 
 
 def test_buffers_keep_list_pages_ahead_and_drop_what_was_not_started() -> None:

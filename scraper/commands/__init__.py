@@ -11,12 +11,22 @@ from scrapy.exceptions import UsageError
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
+    from scraper.distributed.connection import RedisTarget
 
-def redis_url(settings: BaseSettings) -> str:
-    """REDIS_URL from -s or SCRAPER_REDIS_URL, or a usage error saying how to give it."""
-    url = settings.get("REDIS_URL")
-    if not url:
+
+def redis_target(settings: BaseSettings) -> RedisTarget:
+    """The Redis of REDIS_URL (from -s or SCRAPER_REDIS_URL) or REDIS_CLUSTER_NODES, or a
+    usage error saying how to give it."""
+    from scraper.config import ConfigError
+    from scraper.distributed.connection import redis_target as target_of
+
+    try:
+        target = target_of(settings)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if target is None:
         raise UsageError(
-            "REDIS_URL is not set: pass -s REDIS_URL=redis://host:6379/0 or set SCRAPER_REDIS_URL"
+            "REDIS_URL is not set: pass -s REDIS_URL=redis://host:6379/0 (a cluster: "
+            "redis+cluster://host:port,host:port) or set SCRAPER_REDIS_URL"
         )
-    return str(url)
+    return target

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
-from scraper.commands import redis_url
+from scraper.commands import redis_target
 from scraper.distributed.codec import BadEntry, start_url
-from scraper.distributed.queue import CrawlQueue
-from scraper.stores import redact
+from scraper.distributed.queue import open_queue
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+    from scraper.distributed.connection import RedisTarget
 
 
 class Command(ScrapyCommand):
@@ -51,18 +55,20 @@ class Command(ScrapyCommand):
             except BadEntry as exc:
                 raise UsageError(str(exc)) from None
         assert self.settings is not None
-        url = redis_url(self.settings)
-        added, crawl_id, seen = asyncio.run(seed(url, spider, urls, opts.reset, opts.recrawl))
+        target = redis_target(self.settings)
+        added, crawl_id, seen = asyncio.run(
+            seed(self.settings, target, spider, urls, opts.reset, opts.recrawl)
+        )
         if crawl_id is None:
             self.exitcode = 1
             print(
-                f"{spider} is still crawling on {redact(url)} (requests queued or leased): "
+                f"{spider} is still crawling on {target} (requests queued or leased): "
                 "--recrawl starts a new generation once it has finished; nothing added"
             )
             return
         when = " (crawl state reset first)" if opts.reset else ""
         when = " (a new generation)" if opts.recrawl else when
-        print(f"{spider}:start_urls += {added} URL(s) on {redact(url)}, crawl {crawl_id}{when}")
+        print(f"{spider}:start_urls += {added} URL(s) on {target}, crawl {crawl_id}{when}")
         if seen and not opts.recrawl:
             print(
                 f"The crawl has seen {seen} requests already: those are not fetched again "
@@ -71,13 +77,17 @@ class Command(ScrapyCommand):
 
 
 async def seed(
-    url: str, spider: str, urls: list[str], reset: bool, recrawl: bool = False
+    settings: BaseSettings,
+    target: RedisTarget,
+    spider: str,
+    urls: list[str],
+    reset: bool,
+    recrawl: bool = False,
 ) -> tuple[int, str | None, int]:
     """Seed ``urls``: how many, the generation's crawl id (None: --recrawl was refused),
     and the requests the generation had seen before."""
-    redis = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    queue = await open_queue(settings, spider, target=target)
     try:
-        queue = CrawlQueue(redis, spider)
         if reset:
             await queue.reset()
         if recrawl and await queue.recrawl() is None:
@@ -86,4 +96,4 @@ async def seed(
         await queue.seed(urls)
         return len(urls), await queue.crawl_id(), seen
     finally:
-        await redis.aclose()
+        await queue.aclose()

@@ -21,16 +21,17 @@ import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
 from scrapy.commands import ScrapyCommand
 from scrapy.exceptions import UsageError
 
-from scraper.commands import redis_url
+from scraper.commands import redis_target
 from scraper.distributed.heartbeat import NodeReport
-from scraper.distributed.queue import CrawlQueue
-from scraper.stores import redact
+from scraper.distributed.queue import open_queue
 
 if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+    from scraper.distributed.connection import RedisTarget
     from scraper.distributed.queue import CrawlStatus
 
 #: Seconds without a heartbeat after which a running node is shown "silent" (a node
@@ -64,11 +65,11 @@ class Command(ScrapyCommand):
         if len(args) != 1:
             raise UsageError("give the spider name, e.g. `scrapy status listing`")
         assert self.settings is not None
-        url = redis_url(self.settings)
+        target = redis_target(self.settings)
         if not opts.json:
-            print(f"{args[0]} on {redact(url)}")
+            print(f"{args[0]} on {target}")
         with contextlib.suppress(KeyboardInterrupt):  # how --watch is stopped: no traceback
-            asyncio.run(show(url, args[0], opts.watch, opts.json))
+            asyncio.run(show(self.settings, target, args[0], opts.watch, opts.json))
 
 
 def view(spider: str, status: CrawlStatus) -> dict[str, Any]:
@@ -144,10 +145,11 @@ def render(crawl: dict[str, Any]) -> str:
     return "\n".join([counts, "", line(header), *map(line, rows)])
 
 
-async def show(url: str, spider: str, watch: float, as_json: bool) -> None:
-    redis = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+async def show(
+    settings: BaseSettings, target: RedisTarget, spider: str, watch: float, as_json: bool
+) -> None:
+    queue = await open_queue(settings, spider, target=target)
     try:
-        queue = CrawlQueue(redis, spider)
         while True:
             crawl = view(spider, await queue.status())
             text = json.dumps(crawl, separators=(",", ":")) if as_json else render(crawl)
@@ -158,4 +160,4 @@ async def show(url: str, spider: str, watch: float, as_json: bool) -> None:
                 print(flush=True)
             await asyncio.sleep(watch)
     finally:
-        await redis.aclose()
+        await queue.aclose()

@@ -8,6 +8,8 @@ Redis is out of reach: nothing is lost meanwhile.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -23,6 +25,7 @@ class Outgoing(NamedTuple):
     fingerprint: str  # "" for dont_filter requests
     priority: int
     data: str  # the request, encoded (scraper.distributed.codec)
+    site: str
     request: Request  # signalled as dropped if Redis has seen it
 
 
@@ -33,19 +36,37 @@ class OutgoingLeased(NamedTuple):
     priority: int
     data: str
     token: str
+    site: str
 
 
 class Buffers:
-    """``local``: requests this node holds and will start, in order; ``outbox``: requests
-    for the shared queue; ``outbox_leased``: found list pages to write as leased."""
+    """``local``: requests this node holds and will start, in order; ``later``: leased
+    requests of paced sites, until their start times; ``outbox``: requests for the shared
+    queue; ``outbox_leased``: found list pages to write as leased."""
 
     def __init__(self) -> None:
         self.local: deque[Request] = deque()
+        self.later: list[tuple[float, int, Request]] = []  # a heap: (start time, n, request)
+        self._later_n = itertools.count()
         self.outbox: list[Outgoing] = []
         self.outbox_leased: list[OutgoingLeased] = []
 
     def empty(self) -> bool:
-        return not (self.local or self.outbox or self.outbox_leased)
+        return not (self.local or self.later or self.outbox or self.outbox_leased)
+
+    def hold_until(self, when: float, request: Request) -> None:
+        """Keep a leased request until ``when`` (time.monotonic()): its start time."""
+        heapq.heappush(self.later, (when, next(self._later_n), request))
+
+    def due(self, now: float) -> list[Request]:
+        """The held requests whose start times have come, in order."""
+        out = []
+        while self.later and self.later[0][0] <= now:
+            out.append(heapq.heappop(self.later)[2])
+        return out
+
+    def unstarted(self) -> int:
+        return len(self.local) + len(self.later)
 
     def keep(self, request: Request) -> None:
         """A request this node holds: list pages (higher priority) before the rest."""
@@ -55,7 +76,8 @@ class Buffers:
             self.local.append(request)
 
     def unstarted_leases(self) -> list[str]:
-        return [r.meta[LEASE] for r in self.local if LEASE in r.meta]
+        waiting = (r for _, _, r in self.later)
+        return [r.meta[LEASE] for r in (*self.local, *waiting) if LEASE in r.meta]
 
     def not_in_redis_yet(self) -> set[str]:
         """Leases of found list pages still in the outbox: not written yet, not lost."""
@@ -64,7 +86,10 @@ class Buffers:
     def drop_unstarted(self, tokens: set[str]) -> set[str]:
         """Take the requests of these leases out of ``local`` (the engine has not started
         them); return their tokens."""
-        dropped = {token for r in self.local if (token := r.meta.get(LEASE)) in tokens}
+        waiting = (r for _, _, r in self.later)
+        dropped = {t for r in (*self.local, *waiting) if (t := r.meta.get(LEASE)) in tokens}
         if dropped:
             self.local = deque(r for r in self.local if r.meta.get(LEASE) not in dropped)
+            self.later = [x for x in self.later if x[2].meta.get(LEASE) not in dropped]
+            heapq.heapify(self.later)
         return dropped

@@ -15,6 +15,7 @@ list request went to the queue), and entries that are not ours (skipped and logg
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterable
 
 #: request.meta key: the lease token of the request (set by the scheduler).
@@ -35,19 +36,32 @@ class Leases:
         self.lost: set[str] = set()  # held, in flight, but reclaimed by other nodes
         self.acks: list[str] = []
         self._found = itertools.count()
+        #: Held leases per site: what this node has of each site to start or finish.
+        self.per_site: Counter[str] = Counter()
+        self._sites: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.held)
 
-    def hold(self, token: str) -> None:
+    def hold(self, token: str, site: str = "") -> None:
         self.held.add(token)
+        self._sites[token] = site
+        self.per_site[site] += 1
 
-    def hold_found(self) -> str:
+    def hold_found(self, partition: int, site: str) -> str:
         """A new token for a list page found by a request this node holds: leased to this
-        node in Redis by the next flush."""
-        token = f"{self.node}:f{next(self._found)}"
-        self.held.add(token)
+        node in Redis, in its site's partition, by the next flush."""
+        token = f"{partition}/{self.node}:f{next(self._found)}"
+        self.hold(token, site)
         return token
+
+    def _release(self, tokens: Iterable[str]) -> None:
+        for token in tokens:
+            site = self._sites.pop(token, None)
+            if site is not None:
+                self.per_site[site] -= 1
+                if self.per_site[site] <= 0:
+                    del self.per_site[site]
 
     def done(self, token: str | None) -> bool:
         """The request of ``token`` is stored: its acknowledgement is due. False if this
@@ -57,6 +71,7 @@ class Leases:
         assert token is not None
         self.held.discard(token)
         self.lost.discard(token)
+        self._release((token,))
         self.acks.append(token)
         return True
 
@@ -78,12 +93,15 @@ class Leases:
         """Acknowledge every held lease (their requests ended without an outcome)."""
         n = len(self.held)
         self.acks.extend(self.held)
+        self._release(self.held)
         self.held.clear()
         self.lost.clear()
         return n
 
     def forget(self, tokens: Iterable[str]) -> None:
         """Leases that turned out not to be this node's (found first by another node)."""
+        tokens = set(tokens)
+        self._release(tokens & self.held)
         self.held.difference_update(tokens)
 
     def to_extend(self, not_in_redis_yet: set[str]) -> list[str]:
@@ -93,5 +111,6 @@ class Leases:
     def lose(self, unstarted: set[str], in_flight: set[str]) -> None:
         """Leases reclaimed by other nodes: those not started are no longer held; those
         in flight are held until done, as lost."""
+        self._release(unstarted & self.held)
         self.held -= unstarted
         self.lost |= in_flight

@@ -1,7 +1,9 @@
 """The pump: one background task per node that moves the buffers to and from Redis.
 
-Each round (``_cycle``) flushes the outboxes and the acknowledgements, leases more when
-``local`` runs low, and runs the chores that are due, each on its own clock (``Every``):
+Each round (``_cycle``) flushes the outboxes and the acknowledgements, hands the engine
+the held requests of paced sites whose start times have come, leases more when ``local``
+runs low (from each partition in turn, round-robin across its sites: queue.Pace), and
+runs the chores that are due, each on its own clock (``Every``):
 
 - every STATUS_EVERY (STATUS_EVERY_IDLE while the node has nothing) the crawl's status,
   with every NODES_EVERY the heartbeats of all nodes, and every HEARTBEAT_EVERY this
@@ -27,12 +29,11 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from scrapy import Request, signals
+from scrapy.utils.httpobj import urlparse_cached
 
 from scraper.distributed.codec import BadEntry, decode, entry_request, start_url
+from scraper.distributed.connection import REDIS_ERRORS, is_outage
 from scraper.distributed.heartbeat import NodeReport, NodeState
 from scraper.distributed.leases import LEASE
 from scraper.distributed.upkeep import LeaseUpkeep
@@ -47,11 +48,10 @@ if TYPE_CHECKING:
 
     from scraper.distributed.buffers import Buffers
     from scraper.distributed.leases import Leases
-    from scraper.distributed.queue import CrawlQueue, CrawlStatus
+    from scraper.distributed.queue import CrawlQueue, CrawlStatus, Leased, Pace
 
 logger = logging.getLogger(__name__)
 
-OUTAGE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 #: Seconds between LEASE calls that find nothing, at most (the wait doubles from 20 ms).
 IDLE_LEASE_WAIT_MAX = 1.0
 #: Seconds between reads of the crawl's status: while this node has requests, and while
@@ -96,6 +96,7 @@ class Pump:
         lease_seconds: float,
         max_attempts: int,
         batch: int,
+        pace: Pace,
         on_drained: Callable[[], None],
     ) -> None:
         self.crawler, self.spider, self.queue = crawler, spider, queue
@@ -103,6 +104,8 @@ class Pump:
         self.prefetch = prefetch
         self.lease_ms = int(lease_seconds * 1000)
         self.batch = batch
+        self.pace = pace
+        self.next_partition = 0  # the partition the next LEASE round starts with
         self.on_drained = on_drained
         # How often expired leases are reclaimed and (by one node at a time) swept.
         self.chore_seconds = min(5.0, lease_seconds / 4)
@@ -156,13 +159,13 @@ class Pump:
             try:
                 worked = await self._cycle()
                 backoff = 0.5
-            except (*OUTAGE, RedisError) as exc:
+            except REDIS_ERRORS as exc:
                 # An outage, or a call Redis refused (a key of the wrong type, say): both may
                 # be fixed while the node waits with its buffers, so it retries.
                 self.stats.inc_value("distributed/redis_errors")
                 if time.monotonic() - last_warning > 10:
                     last_warning = time.monotonic()
-                    what = "unreachable" if isinstance(exc, OUTAGE) else "refused a call"
+                    what = "unreachable" if is_outage(exc) else "refused a call"
                     logger.warning(
                         "Redis %(what)s (%(error)s): retrying; the node keeps its "
                         "buffers, nothing is lost",
@@ -189,9 +192,12 @@ class Pump:
         anything."""
         worked = await self.flush()
         now = time.monotonic()
-        if len(self.buffers.local) < self.prefetch // 2 + 1 and now >= self.next_lease:
+        for request in self.buffers.due(now):  # paced requests whose start time has come
+            self.crawler.engine.crawl(request)
+            worked = True
+        if self.buffers.unstarted() < self.prefetch // 2 + 1 and now >= self.next_lease:
             worked |= await self._lease_more(now)
-        local = bool(self.buffers.local)
+        local = self.buffers.unstarted() > 0
         if self.every_status.due(now, STATUS_EVERY if local else STATUS_EVERY_IDLE):
             await self._read_status(now)
         if self.every_extend.due(now):
@@ -257,7 +263,7 @@ class Pump:
                 self.upkeep.drop_unstarted(set(seen))  # if not started yet, not crawled here too
         while queued_n > 0:
             batch = buffers.outbox[: min(self.batch, queued_n)]
-            positions = await self.queue.enqueue([entry[:3] for entry in batch])
+            positions = await self.queue.enqueue([entry[:4] for entry in batch])
             del buffers.outbox[: len(batch)]
             queued_n -= len(batch)
             self.stats.inc_value("distributed/filtered", len(positions))
@@ -280,15 +286,40 @@ class Pump:
         return False
 
     async def refill(self) -> bool:
-        """Lease requests (and start URLs) up to ``prefetch``, and hand them to the engine:
-        through ``engine.crawl``, which also wakes it."""
-        want = self.prefetch - len(self.buffers.local)
-        leased = await self.queue.lease(
-            self.leases.node, want, self.lease_ms, start_n=START_URLS_PER_LEASE
-        )
-        self.stats.inc_value("distributed/redis_calls")
-        if not leased:
-            return False
+        """Lease requests (and start URLs) up to ``prefetch`` from the partitions in turn,
+        and hand them to the engine: through ``engine.crawl``, which also wakes it."""
+        want = self.prefetch - self.buffers.unstarted()
+        got, parts = 0, len(self.queue.parts)
+        for i in range(parts):
+            k = (self.next_partition + i) % parts
+            leased = await self.queue.lease(
+                k,
+                self.leases.node,
+                want - got,
+                self.lease_ms,
+                start_n=START_URLS_PER_LEASE,
+                pace=self.pace,
+                room=self._room(),
+            )
+            self.stats.inc_value("distributed/redis_calls")
+            self._take(leased)
+            got += len(leased)
+            if got >= want:
+                self.next_partition = (k + 1) % parts
+                break
+        return got > 0
+
+    def _room(self) -> dict[str, int]:
+        """What this node can still take of each site it holds requests of: none of a
+        site it holds ``per_site`` of (the rest stays in Redis for other nodes)."""
+        per_site = self.pace.per_site
+        if per_site >= self.prefetch:  # one site: no limit
+            return {}
+        return {site: max(0, per_site - n) for site, n in self.leases.per_site.items()}
+
+    def _take(self, leased: list[Leased]) -> None:
+        """Hand leased entries to the engine; a paced site's wait until their start."""
+        now = time.monotonic()
         for entry in leased:
             if entry.error is not None:
                 key = "start_urls" if entry.kind == "start" else "requests"
@@ -302,10 +333,12 @@ class Pump:
                     self._reject(entry.token, "requests", exc)
                     continue
                 request.meta[LEASE] = entry.token
-                self.leases.hold(entry.token)
-                self.crawler.engine.crawl(request)
+                self.leases.hold(entry.token, urlparse_cached(request).hostname or "")
+                if entry.wait_ms > 0:
+                    self.buffers.hold_until(now + entry.wait_ms / 1000, request)
+                else:
+                    self.crawler.engine.crawl(request)
         self.stats.inc_value("distributed/leased", len(leased))
-        return True
 
     def _start(self, token: str, payload: str) -> None:
         """A start URL: its list request goes to the shared queue, then the URL is acked."""
@@ -329,7 +362,7 @@ class Pump:
         NODES_EVERY; this node's own heartbeat."""
         self.status = status = await self.queue.status(nodes=self.every_nodes.due(now))
         self.status_at = now
-        if status.queued or status.start_urls:
+        if status.sites or status.start_urls:
             self.next_lease = 0.0
         if status.bad_nodes:
             await self._reject_nodes(status.bad_nodes)
@@ -346,10 +379,10 @@ class Pump:
         status = self.status
         return (
             status is not None
-            and not self.buffers.local
+            and not self.buffers.unstarted()
             and not self.leases.held
             and bool(status.leased)
-            and not status.queued
+            and not status.sites
             and not status.start_urls
         )
 
@@ -386,7 +419,7 @@ class Pump:
             errors=figures.errors,
             leased=len(self.leases),
             in_flight=figures.in_flight,
-            buffered=len(self.buffers.local),
+            buffered=self.buffers.unstarted(),
             up_seconds=round(up, 1),
         ).info()
 

@@ -1,26 +1,38 @@
 """The crawl's shared state in Redis, changed only through atomic Lua scripts.
 
-Keys (``<spider>`` is the spider name; the first three as in scrapy-redis):
+Keys of each partition (scraper/distributed/keys.py: on one Redis ``<spider>:<name>``;
+each site's requests live in one partition):
 
-``<spider>:requests``    ZSET  queued requests; score = -priority * 1e12 + sequence (FIFO
-                               within a priority), member = "<sequence> <request JSON>"
-``<spider>:dupefilter``  SET   fingerprints of every request ever enqueued (the default)
-``<spider>:bloom``       STRING a Bloom filter bitmap instead (REDIS_DUPEFILTER = "bloom"),
-                               and ``<spider>:bloom_count`` the requests it let through
-``<spider>:start_urls``  LIST  list page URLs (plain, or JSON {"url": ..., "meta": ...})
-``<spider>:leases``      ZSET  lease token -> deadline (ms, Redis's clock)
-``<spider>:leased``      HASH  lease token -> "<score> <member>" ("start <url>" for a start URL)
-``<spider>:attempts``    HASH  sequence -> times its lease expired
-``<spider>:dead``        LIST  members whose leases expired REDIS_MAX_ATTEMPTS times
-``<spider>:nodes``       HASH  node id -> "<ms> <JSON heartbeat>" (running or closed: heartbeat.py)
-``<spider>:seq``         STRING the sequence counter (requests and lease tokens)
-``<spider>:sweeper``     STRING the node whose turn it is to check the leases (expires)
-``<spider>:canonical``   HASH  canonical URL -> fingerprint of the child holding its body
-                               (DEDUP_CANONICAL, scraper/canonical.py)
-``<spider>:crawl``       HASH  the crawl's generation: ``id`` (its crawl_id, in every record)
-                               and ``list_failed`` (list pages that failed: then the records
-                               it did not link are not marked gone, scraper/recrawl.py)
-``<spider>:listings``    SET   the listings `scrapy seed` started in this generation
+``q:<site>``     ZSET  one site's queued requests; score = -priority * 1e12 + sequence (FIFO
+                       within a priority), member = "<sequence> <request JSON>"
+``sites``        ZSET  sites with queued requests -> when one may be leased next (ms, Redis's
+                       clock): leases go round-robin across the sites ready now
+``ready``        HASH  site -> the earliest start of its next request (a shared pace, or a
+                       Retry-After wait), for sites that have one
+``queued``       STRING requests queued in all the ``q:<site>``
+``version``      STRING changes with every change of the queues or leases (status.lua)
+``dupefilter``   SET   fingerprints of every request ever enqueued (the default)
+``bloom``        STRING a Bloom filter bitmap instead (REDIS_DUPEFILTER = "bloom"),
+                       and ``bloom_count`` the requests it let through
+``leases``       ZSET  lease token -> deadline (ms, Redis's clock)
+``leased``       HASH  lease token -> "<score> <site> <entry>" ("start <url>" for a start URL)
+``attempts``     HASH  sequence -> times its lease expired
+``dead``         LIST  entries whose leases expired REDIS_MAX_ATTEMPTS times
+``seq``          STRING the sequence counter (requests and lease tokens)
+``sweeper``      STRING the node whose turn it is to check the leases (expires)
+
+Keys of the whole crawl, in partition 0:
+
+``start_urls``   LIST  list page URLs (plain, or JSON {"url": ..., "meta": ...}), as in
+                       scrapy-redis
+``nodes``        HASH  node id -> "<ms> <JSON heartbeat>" (running or closed: heartbeat.py)
+``canonical``    HASH  canonical URL -> fingerprint of the child holding its body
+                       (DEDUP_CANONICAL, scraper/canonical.py)
+``crawl``        HASH  ``partitions`` (how many; the first node's REDIS_PARTITIONS), the
+                       generation's ``id`` (its crawl_id, in every record) and
+                       ``list_failed`` (list pages that failed: then the records it did
+                       not link are not marked gone, scraper/recrawl.py)
+``listings``     SET   the listings `scrapy seed` started in this generation
 
 The scripts are in ``lua/``, each naming its KEYS and ARGV at the top.
 A request taken by a node is not popped: LEASE moves it to ``leased`` with a deadline,
@@ -30,23 +42,25 @@ All deadlines use Redis's own clock (TIME), never a node's.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from scraper.config import ConfigError
 from scraper.distributed import codec
+from scraper.distributed.connection import RedisTarget, connect, redis_target
+from scraper.distributed.keys import Keys, partition_of, token_partition
 from scraper.previous import CRAWL_ID, LISTING, new_crawl_id
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
 
-SCORE_SCALE = 10**12
+_T = TypeVar("_T")
 
 
 def lua(name: str, *preludes: str) -> str:
@@ -74,6 +88,7 @@ class BloomFilter:
             raise ConfigError("REDIS_BLOOM_CAPACITY", f"{capacity}: must be at least 1")
         if not 0 < error_rate < 1:
             raise ConfigError("REDIS_BLOOM_ERROR_RATE", f"{error_rate}: must be between 0 and 1")
+        self.capacity, self.error_rate = capacity, error_rate
         self.bits = math.ceil(-capacity * math.log(error_rate) / math.log(2) ** 2)
         if self.bits > 2**32:
             raise ConfigError(
@@ -83,38 +98,14 @@ class BloomFilter:
             )
         self.hashes = max(1, round(self.bits / capacity * math.log(2)))
 
+    def split(self, parts: int) -> BloomFilter:
+        """The filter of one of ``parts`` partitions: each holds its share of the requests."""
+        return BloomFilter(math.ceil(self.capacity / parts), self.error_rate)
+
     def key(self, fingerprint: str) -> str:
         """The dedup key of a hex fingerprint: ``#`` and its bit positions."""
         h1, h2 = int(fingerprint[:16], 16), int(fingerprint[16:32], 16) | 1
         return "#" + ",".join(str((h1 + i * h2) % self.bits) for i in range(self.hashes))
-
-
-@dataclass(frozen=True)
-class Keys:
-    """The Redis keys of one spider's crawl (the module docstring says what each holds)."""
-
-    requests: str
-    dupefilter: str
-    bloom: str
-    bloom_count: str
-    start_urls: str
-    leases: str
-    leased: str
-    attempts: str
-    dead: str
-    nodes: str
-    seq: str
-    sweeper: str
-    canonical: str
-    crawl: str
-    listings: str
-
-    @classmethod
-    def of(cls, spider_name: str) -> Keys:
-        return cls(**{f.name: f"{spider_name}:{f.name}" for f in fields(cls)})
-
-    def all(self) -> list[str]:
-        return [getattr(self, f.name) for f in fields(self)]
 
 
 #: What a lease holds: a queued request's entry, or a start URL (list page) to seed from.
@@ -130,11 +121,13 @@ class Leased:
     kind: LeaseKind
     payload: str
     error: str | None = None  # why the entry cannot be read (then payload is "")
+    wait_ms: int = 0  # how long before its start time (a paced site's), Redis's clock
 
 
 @dataclass
 class CrawlStatus:
-    """The crawl-wide counts the completion check and `scrapy status` read."""
+    """The crawl-wide counts the completion check and `scrapy status` read (summed over the
+    partitions)."""
 
     queued: int
     leased: int
@@ -145,74 +138,208 @@ class CrawlStatus:
     now_ms: int
     #: Entries of ``<spider>:nodes`` that are not heartbeats: (field, why).
     bad_nodes: list[tuple[str, str]] = field(default_factory=list)
+    #: Sites with queued requests, and those of them waiting (Retry-After, or a pace).
+    sites: int = 0
+    waiting: int = 0
+    #: Up to 10 waiting sites: site -> seconds until they are leased from again.
+    waits: dict[str, float] = field(default_factory=dict)
+    #: False when the partitions were read at different moments and may disagree (a
+    #: request leased in one while its children went to another): then not ``drained``.
+    consistent: bool = True
 
     @property
     def drained(self) -> bool:
         """Nothing queued, leased or waiting to be seeded, anywhere."""
-        return self.queued == 0 and self.leased == 0 and self.start_urls == 0
+        return self.consistent and self.sites == 0 and self.leased == 0 and self.start_urls == 0
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How a node leases across sites (passed to every LEASE call).
+
+    ``per_site``: requests of one site leased per call, at most (and ``room`` per site,
+    what this node can still start of it); ``interval_ms``: the time between two requests
+    to one site, shared by every node (DOWNLOAD_DELAY), ``intervals`` per site
+    (DOWNLOAD_SLOTS); ``horizon_ms``: a paced site's requests are leased only that long
+    before their start times.
+    """
+
+    per_site: int = 1_000_000
+    interval_ms: int = 0
+    intervals: dict[str, int] = field(default_factory=dict)
+    horizon_ms: int = 2000
 
 
 class CrawlQueue:
-    """Async access to one crawl's Redis keys; every change is one Lua script."""
+    """Async access to one crawl's Redis keys; every change is one Lua script on one
+    partition."""
 
-    def __init__(self, redis: Redis, spider_name: str, bloom: BloomFilter | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        spider_name: str,
+        bloom: BloomFilter | None = None,
+        *,
+        partitions: int = 1,
+        cluster: bool = False,
+    ) -> None:
         self.redis = redis
-        self.keys = Keys.of(spider_name)
+        self.spider_name = spider_name
+        self.cluster = cluster
         self.bloom = bloom
-        self._enqueue = redis.register_script(lua("enqueue", "is_new"))
-        self._enqueue_leased = redis.register_script(lua("enqueue_leased", "now", "is_new"))
-        self._lease = redis.register_script(lua("lease", "now"))
-        self._ack = redis.register_script(lua("ack"))
-        self._reclaim = redis.register_script(lua("reclaim", "now"))
-        self._extend = redis.register_script(lua("extend", "now"))
-        self._heartbeat = redis.register_script(lua("heartbeat", "now"))
-        self._sweep = redis.register_script(lua("sweep"))
-        self._recrawl = redis.register_script(lua("recrawl"))
+        self.keys = Keys.of(spider_name, 0, cluster)
+        self.parts: list[Keys] = []
+        self._set_partitions(partitions)
+        script = redis.register_script
+        self._enqueue = script(lua("enqueue", "queue_site", "is_new"))
+        self._enqueue_leased = script(lua("enqueue_leased", "now", "is_new"))
+        self._lease = script(lua("lease", "now"))
+        self._ack = script(lua("ack"))
+        self._reclaim = script(lua("reclaim", "now", "queue_site"))
+        self._extend = script(lua("extend", "now"))
+        self._heartbeat = script(lua("heartbeat", "now"))
+        self._sweep = script(lua("sweep"))
+        self._recrawl = script(lua("recrawl"))
+        self._status = script(lua("status", "now"))
+        self._pause = script(lua("pause", "now"))
 
-    async def enqueue(self, entries: Sequence[tuple[str, int, str]]) -> list[int]:
-        """Add (fingerprint or "", priority, JSON) entries not seen before; return the
-        positions in ``entries`` of those that were seen (duplicates, not added)."""
-        k = self.keys
-        args: list[str | int] = []
-        for fingerprint, priority, request in entries:
-            args += (self._dedup_key(fingerprint), priority, request)
-        seen = await self._enqueue(
-            keys=[k.requests, k.dupefilter, k.seq, k.bloom, k.bloom_count], args=args
-        )
-        return [int(i) for i in seen]
+    def _set_partitions(self, n: int) -> None:
+        self.parts = [Keys.of(self.spider_name, k, self.cluster) for k in range(max(1, n))]
+
+    async def open(self, create: bool = True) -> int:
+        """Agree with the crawl on the number of partitions: the first node's stands (a
+        node that split sites differently would break their dedup); ``create=False`` only
+        reads it. Returns it."""
+        wanted = len(self.parts)
+        if create:
+            await self.redis.hsetnx(self.keys.crawl, "partitions", wanted)
+        try:
+            stored = int(await self.redis.hget(self.keys.crawl, "partitions") or wanted)
+        except ValueError:  # not ours: ours stands
+            stored = wanted
+        if stored != wanted and stored >= 1:
+            self._set_partitions(stored)
+        if self.bloom is not None and stored > 1:
+            self.bloom = self.bloom.split(stored)
+        return len(self.parts)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    def partition(self, site: str) -> int:
+        return partition_of(site, len(self.parts))
+
+    def _by_partition(self, items: Iterable[_T], site: Callable[[_T], str]) -> dict[int, list[_T]]:
+        groups: dict[int, list[_T]] = {}
+        for item in items:
+            groups.setdefault(self.partition(site(item)), []).append(item)
+        return groups
+
+    def _tokens_by_partition(self, tokens: Iterable[str]) -> dict[int, list[str]]:
+        groups: dict[int, list[str]] = {}
+        n = len(self.parts)
+        for token in tokens:
+            k = token_partition(token)
+            groups.setdefault(k if k < n else 0, []).append(token)
+        return groups
+
+    async def enqueue(self, entries: Sequence[tuple[str, int, str, str]]) -> list[int]:
+        """Add (fingerprint or "", priority, JSON, site) entries not seen before; return
+        the positions in ``entries`` of those that were seen (duplicates, not added)."""
+        seen: list[int] = []
+        positions = self._by_partition(range(len(entries)), lambda i: entries[i][3])
+        for k, indexes in positions.items():
+            p = self.parts[k]
+            args: list[str | int] = [p.prefix]
+            for i in indexes:
+                fingerprint, priority, request, site = entries[i]
+                args += (self._dedup_key(fingerprint), priority, request, site)
+            found = await self._enqueue(
+                keys=[
+                    p.sites,
+                    p.dupefilter,
+                    p.seq,
+                    p.bloom,
+                    p.bloom_count,
+                    p.queued,
+                    p.version,
+                    p.ready,
+                ],
+                args=args,
+            )
+            seen += (indexes[int(i)] for i in found)
+        return sorted(seen)
 
     def _dedup_key(self, fingerprint: str) -> str:
         return self.bloom.key(fingerprint) if self.bloom and fingerprint else fingerprint
 
     async def enqueue_leased(
-        self, entries: Sequence[tuple[str, int, str, str]], lease_ms: int
+        self, entries: Sequence[tuple[str, int, str, str, str]], lease_ms: int
     ) -> list[str]:
-        """Add (fingerprint, priority, JSON, token) entries leased to their finder; return
-        the tokens of those already seen (their requests are duplicates)."""
-        k = self.keys
-        args: list[Any] = [
-            lease_ms,
-            *(x for fp, *rest in entries for x in (self._dedup_key(fp), *rest)),
-        ]
-        seen = await self._enqueue_leased(
-            keys=[k.dupefilter, k.seq, k.leases, k.leased, k.bloom, k.bloom_count], args=args
-        )
-        return [_text(token) for token in seen]
+        """Add (fingerprint, priority, JSON, token, site) entries leased to their finder;
+        return the tokens of those already seen (their requests are duplicates). Each
+        token names its site's partition (Leases.hold_found)."""
+        seen: list[str] = []
+        for k, group in self._tokens_by_partition(e[3] for e in entries).items():
+            p, tokens = self.parts[k], set(group)
+            args: list[Any] = [lease_ms]
+            for fp, priority, request, token, site in entries:
+                if token in tokens:
+                    args += (self._dedup_key(fp), priority, request, token, site)
+            found = await self._enqueue_leased(
+                keys=[p.dupefilter, p.seq, p.leases, p.leased, p.bloom, p.bloom_count, p.version],
+                args=args,
+            )
+            seen += (_text(token) for token in found)
+        return seen
 
-    async def lease(self, node: str, n: int, lease_ms: int, start_n: int) -> list[Leased]:
-        k = self.keys
+    async def lease(
+        self,
+        partition: int,
+        node: str,
+        n: int,
+        lease_ms: int,
+        *,
+        start_n: int = 0,
+        pace: Pace | None = None,
+        room: dict[str, int] | None = None,
+    ) -> list[Leased]:
+        """Lease up to ``n`` requests of one partition, round-robin across its sites (and
+        start URLs from partition 0 when its queues gave none)."""
+        pace = pace or Pace()
+        p = self.parts[partition]
+        room = room or {}
+        args: list[Any] = [
+            p.prefix,
+            n,
+            node,
+            lease_ms,
+            start_n if partition == 0 else 0,
+            pace.per_site,
+            pace.horizon_ms,
+            pace.interval_ms,
+            partition,
+            len(room),
+            *(x for pair in room.items() for x in pair),
+            len(pace.intervals),
+            *(x for pair in pace.intervals.items() for x in pair),
+        ]
         flat = await self._lease(
-            keys=[k.requests, k.leases, k.leased, k.seq, k.start_urls],
-            args=[n, node, lease_ms, start_n],
+            keys=[p.sites, p.leases, p.leased, p.seq, p.start_urls, p.queued, p.version, p.ready],
+            args=args,
         )
         return [
-            _leased(_text(flat[i]), _text(flat[i + 1]), flat[i + 2]) for i in range(0, len(flat), 3)
+            _leased(_text(flat[i]), _text(flat[i + 1]), flat[i + 2], int(flat[i + 3]))
+            for i in range(0, len(flat), 4)
         ]
 
     async def ack(self, tokens: list[str]) -> tuple[int, int]:
-        k = self.keys
-        acked, refused = await self._ack(keys=[k.leases, k.leased, k.attempts], args=tokens)
-        return int(acked), int(refused)
+        acked = refused = 0
+        for k, group in self._tokens_by_partition(tokens).items():
+            p = self.parts[k]
+            a, r = await self._ack(keys=[p.leases, p.leased, p.attempts, p.version], args=group)
+            acked, refused = acked + int(a), refused + int(r)
+        return acked, refused
 
     async def reclaim(
         self,
@@ -225,35 +352,54 @@ class CrawlQueue:
         Lease data these scripts did not write goes to dead too; ``on_unreadable`` is
         called with each such token.
         """
-        returned, dead, bad = await self._run_reclaim([max_attempts, limit])
-        for token in bad:
-            if on_unreadable is not None:
-                on_unreadable(_text(token))
+        returned = dead = 0
+        for k in range(len(self.parts)):
+            r, d, bad = await self._run_reclaim(k, [max_attempts, limit])
+            returned, dead = returned + r, dead + d
+            for token in bad:
+                if on_unreadable is not None:
+                    on_unreadable(_text(token))
         return returned, dead
 
     async def release(self, tokens: list[str]) -> int:
         """Hand leases back now (a closing node's requests it did not start)."""
-        if not tokens:
-            return 0
-        returned, _, _ = await self._run_reclaim([0, 0, *tokens])
+        returned = 0
+        for k, group in self._tokens_by_partition(tokens).items():
+            r, _, _ = await self._run_reclaim(k, [0, 0, *group])
+            returned += r
         return returned
 
-    async def _run_reclaim(self, args: list[Any]) -> tuple[int, int, list[bytes]]:
-        k = self.keys
+    async def _run_reclaim(self, k: int, args: list[Any]) -> tuple[int, int, list[bytes]]:
+        p = self.parts[k]
         returned, dead, bad = await self._reclaim(
-            keys=[k.leases, k.leased, k.requests, k.attempts, k.dead, k.start_urls], args=args
+            keys=[
+                p.leases,
+                p.leased,
+                p.attempts,
+                p.dead,
+                self.keys.start_urls if k == 0 else p.start_urls,
+                p.sites,
+                p.queued,
+                p.version,
+                p.ready,
+            ],
+            args=[p.prefix, *args],
         )
         return int(returned), int(dead), list(bad)
 
     async def sweep(self, node: str, every_ms: int) -> tuple[list[str], list[str]]:
         """Drop lease deadlines without data and send lease data without a deadline to dead
-        (neither was written by this crawl); return the tokens of each. Does nothing if
-        another node swept in the last ``every_ms``."""
-        k = self.keys
-        dropped, kept = await self._sweep(
-            keys=[k.leases, k.leased, k.dead, k.sweeper], args=[node, every_ms]
-        )
-        return [_text(t) for t in dropped], [_text(t) for t in kept]
+        (neither was written by this crawl); return the tokens of each. A partition swept
+        by another node in the last ``every_ms`` is left alone."""
+        dropped: list[str] = []
+        kept: list[str] = []
+        for p in self.parts:
+            d, k = await self._sweep(
+                keys=[p.leases, p.leased, p.dead, p.sweeper, p.version], args=[node, every_ms]
+            )
+            dropped += (_text(t) for t in d)
+            kept += (_text(t) for t in k)
+        return dropped, kept
 
     async def forget_nodes(self, names: list[str]) -> None:
         """Remove entries of ``<spider>:nodes``."""
@@ -262,10 +408,16 @@ class CrawlQueue:
 
     async def extend(self, tokens: list[str], lease_ms: int) -> list[str]:
         """Push the deadlines of these leases; return those that are no longer leased."""
-        if not tokens:
-            return []
-        lost = await self._extend(keys=[self.keys.leases], args=[lease_ms, *tokens])
-        return [_text(token) for token in lost]
+        lost: list[str] = []
+        for k, group in self._tokens_by_partition(tokens).items():
+            found = await self._extend(keys=[self.parts[k].leases], args=[lease_ms, *group])
+            lost += (_text(token) for token in found)
+        return lost
+
+    async def pause(self, site: str, seconds: float) -> None:
+        """A site said to wait (Retry-After): no node leases its requests before then."""
+        p = self.parts[self.partition(site)]
+        await self._pause(keys=[p.sites, p.ready], args=[site, int(seconds * 1000)])
 
     async def heartbeat(self, node: str, info: dict[str, Any], stale_ms: int) -> int:
         return int(
@@ -278,38 +430,54 @@ class CrawlQueue:
     async def status(self, nodes: bool = True) -> CrawlStatus:
         """The crawl's counts; ``nodes=False`` leaves out the heartbeats (``nodes`` is then
         empty): every node reads the status up to 5 times a second, and all heartbeats
-        each time would grow as nodes squared (docs/scaling.md)."""
-        k = self.keys
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zcard(k.requests)
-            pipe.zcard(k.leases)
-            pipe.llen(k.start_urls)
-            pipe.scard(k.dupefilter)
-            pipe.llen(k.dead)
-            if nodes:
-                pipe.hgetall(k.nodes)
-            pipe.time()
-            pipe.get(k.bloom_count)
-            queued, leased, start_urls, seen, dead, *heartbeats, now, bloomed = await pipe.execute()
-        with contextlib.suppress(ValueError):  # a count this crawl did not write: ignored
-            seen += int(bloomed or 0)
-        parsed, bad = {}, []
-        for node, value in (heartbeats[0] if heartbeats else {}).items():
-            name = _text(node)
-            try:
-                parsed[name] = codec.heartbeat(value)
-            except ValueError as exc:
-                bad.append((name, str(exc)))
-        return CrawlStatus(
-            queued,
-            leased,
-            start_urls,
-            seen,
-            dead,
-            parsed,
-            int(now[0]) * 1000 + int(now[1]) // 1000,
-            bad,
+        each time would grow as nodes squared (docs/scaling.md).
+
+        Each partition is read in one step, the partitions one after another. When they
+        all look drained, they are read again: only if no partition changed in between
+        is the crawl drained (a request leased in one partition may have put its
+        children in another, and been acknowledged, between the two reads).
+        """
+        reads = [await self._read(p) for p in self.parts]
+        status = self._sum(reads)
+        if len(self.parts) > 1 and status.drained:
+            again = [await self._read(p) for p in self.parts]
+            status.consistent = [r[6] for r in reads] == [r[6] for r in again]
+        if nodes:
+            status.nodes, status.bad_nodes = _heartbeats(await self.redis.hgetall(self.keys.nodes))
+        return status
+
+    async def _read(self, p: Keys) -> list[Any]:
+        return list(
+            await self._status(
+                keys=[
+                    p.sites,
+                    p.leases,
+                    p.dupefilter,
+                    p.dead,
+                    p.bloom_count,
+                    p.queued,
+                    p.version,
+                    self.keys.start_urls if p is self.parts[0] else p.start_urls,
+                ]
+            )
         )
+
+    @staticmethod
+    def _sum(reads: list[list[Any]]) -> CrawlStatus:
+        status = CrawlStatus(0, 0, 0, 0, 0, {}, 0)
+        for queued, sites, leases, seen, dead, bloomed, _, start_urls, now, waiting, waits in reads:
+            status.queued += max(0, _int(queued))  # a count for people: `sites` decides
+            status.sites += int(sites)
+            status.leased += int(leases)
+            status.seen += int(seen) + _int(bloomed)  # a count this crawl did not write: 0
+            status.dead += int(dead)
+            status.start_urls += int(start_urls)
+            status.now_ms = max(status.now_ms, int(now))
+            status.waiting += int(waiting)
+            for i in range(0, len(waits), 2):
+                if len(status.waits) < 10:
+                    status.waits[_text(waits[i])] = int(waits[i + 1]) / 1000
+        return status
 
     async def seed(self, urls: list[str]) -> int:
         """Append list page URLs to ``<spider>:start_urls``, each the start of a listing of
@@ -328,23 +496,29 @@ class CrawlQueue:
 
     async def recrawl(self) -> str | None:
         """Start a new generation; its crawl id, or None while the crawl is running."""
-        k = self.keys
+        if not (await self.status(nodes=False)).drained:
+            return None
         crawl_id = new_crawl_id()
-        started = await self._recrawl(
-            keys=[
-                k.requests,
-                k.leases,
-                k.start_urls,
-                k.crawl,
-                k.listings,
-                k.dupefilter,
-                k.bloom,
-                k.bloom_count,
-                k.canonical,
-            ],
-            args=[crawl_id],
-        )
-        return crawl_id if started else None
+        # Partition 0 last: it starts the generation once the others forgot the last one.
+        for k in [*range(1, len(self.parts)), 0]:
+            p = self.parts[k]
+            started = await self._recrawl(
+                keys=[
+                    p.sites,
+                    p.leases,
+                    p.start_urls,
+                    p.crawl,
+                    p.listings,
+                    p.dupefilter,
+                    p.bloom,
+                    p.bloom_count,
+                    p.canonical,
+                ],
+                args=[crawl_id if k == 0 else ""],
+            )
+            if not started:
+                return None
+        return crawl_id
 
     async def note_list_failed(self) -> None:
         """A list page of this generation failed: its children were missed."""
@@ -352,11 +526,8 @@ class CrawlQueue:
 
     async def generation(self) -> tuple[str | None, list[str], int]:
         """The current generation: its crawl id, its listings, its failed list pages."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.keys.crawl)
-            pipe.smembers(self.keys.listings)
-            crawl, listings = await pipe.execute()
-        crawl = {_text(k): _text(v) for k, v in crawl.items()}
+        crawl = {_text(k): _text(v) for k, v in (await self.redis.hgetall(self.keys.crawl)).items()}
+        listings = await self.redis.smembers(self.keys.listings)
         try:
             failed = int(crawl.get("list_failed", 0))
         except ValueError:  # not ours: count it as a failure, mark nothing gone
@@ -364,16 +535,84 @@ class CrawlQueue:
         return crawl.get("id"), sorted(_text(x) for x in listings), failed
 
     async def reset(self) -> None:
-        """Forget the crawl: queue, dedup set, leases, start URLs, nodes, canonical URLs,
+        """Forget the crawl: queues, dedup sets, leases, start URLs, nodes, canonical URLs,
         its generation."""
-        await self.redis.delete(*self.keys.all())
+        for p in reversed(self.parts):  # partition 0 (and its count of partitions) last
+            sites: list[Any] = await self.redis.zrange(p.sites, 0, -1)
+            queues = [p.queue(_text(site)) for site in sites]
+            for i in range(0, len(queues), 500):
+                await self.redis.delete(*queues[i : i + 500])
+            await self.redis.delete(*p.fixed())
+
+
+#: Partitions of a crawl on a Redis Cluster unless REDIS_PARTITIONS says: about 8 per
+#: master of a 3-master cluster, so that the partitions spread evenly (docs/scaling.md).
+CLUSTER_PARTITIONS = 24
+
+
+def partitions(settings: Any, target: RedisTarget) -> int:
+    """How many partitions a new crawl gets: REDIS_PARTITIONS, else 1 on one Redis (one
+    server runs every script anyway) and CLUSTER_PARTITIONS on a cluster."""
+    wanted = settings.getint("REDIS_PARTITIONS") if settings.get("REDIS_PARTITIONS") else 0
+    if wanted < 0:
+        raise ConfigError("REDIS_PARTITIONS", f"{wanted}: must be 1 or more")
+    return wanted or (CLUSTER_PARTITIONS if target.cluster else 1)
+
+
+async def open_queue(
+    settings: Any,
+    spider_name: str,
+    *,
+    create: bool = False,
+    bloom: BloomFilter | None = None,
+    target: RedisTarget | None = None,
+) -> CrawlQueue:
+    """The crawl's queue on the Redis the settings name, its partitions agreed (see
+    CrawlQueue.open). ConfigError if the settings name no usable Redis; close it with
+    ``aclose``."""
+    target = target or redis_target(settings)
+    if target is None:
+        raise ConfigError("REDIS_URL", "REDIS_URL is not set (nor REDIS_CLUSTER_NODES)")
+    queue = CrawlQueue(
+        connect(target),
+        spider_name,
+        bloom,
+        partitions=partitions(settings, target),
+        cluster=target.cluster,
+    )
+    try:
+        await queue.open(create)
+    except BaseException:
+        await queue.aclose()
+        raise
+    return queue
+
+
+def _int(value: bytes | str | int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+def _heartbeats(
+    entries: dict[Any, Any],
+) -> tuple[dict[str, tuple[int, dict[str, Any]]], list[tuple[str, str]]]:
+    parsed, bad = {}, []
+    for node, value in entries.items():
+        name = _text(node)
+        try:
+            parsed[name] = codec.heartbeat(value)
+        except ValueError as exc:
+            bad.append((name, str(exc)))
+    return parsed, bad
 
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def _leased(token: str, kind: str, payload: bytes | str) -> Leased:
+def _leased(token: str, kind: str, payload: bytes | str, wait_ms: int) -> Leased:
     """A leased entry; one that is not UTF-8 text carries the error instead (replacing its
     bytes would make a different URL of it)."""
     if isinstance(payload, bytes):
@@ -381,4 +620,4 @@ def _leased(token: str, kind: str, payload: bytes | str) -> Leased:
             payload = payload.decode("utf-8")
         except UnicodeDecodeError:
             return Leased(token, _KINDS[kind], "", error=f"not UTF-8 text: {payload[:60]!r}")
-    return Leased(token, _KINDS[kind], payload)
+    return Leased(token, _KINDS[kind], payload, wait_ms=wait_ms)

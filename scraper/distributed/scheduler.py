@@ -34,21 +34,27 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from scrapy import Request, signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider
 from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.httpobj import urlparse_cached
 
 from scraper.config import ConfigError, stop_crawl
 from scraper.distributed.buffers import Buffers, Outgoing, OutgoingLeased
 from scraper.distributed.codec import encode
+from scraper.distributed.connection import (
+    REDIS_ERRORS,
+    AnyRedis,
+    RedisTarget,
+    connect,
+    redis_target,
+)
 from scraper.distributed.leases import FOUND_BY, LEASE, Leases
-from scraper.distributed.pump import OUTAGE, Pump
-from scraper.distributed.queue import BloomFilter, CrawlQueue
+from scraper.distributed.pump import Pump
+from scraper.distributed.queue import BloomFilter, CrawlQueue, Pace, partitions
 from scraper.retry import describe
-from scraper.signals import request_done
-from scraper.stores import redact
+from scraper.signals import request_done, site_paused
+from scraper.sites import ListPageSource, SiteMode, apply_to_downloader
 
 if TYPE_CHECKING:
     from typing import Self
@@ -78,7 +84,7 @@ class DistributedScheduler:
     def __init__(
         self,
         crawler: Crawler,
-        redis_url: str,
+        target: RedisTarget | None,
         *,
         prefetch: int = 100,
         lease_seconds: float = 120,
@@ -90,7 +96,7 @@ class DistributedScheduler:
         config_error: ConfigError | None = None,
     ) -> None:
         self.crawler = crawler
-        self.redis_url = redis_url
+        self.target = target
         self.config_error = config_error
         self.prefetch = max(1, prefetch)
         self.lease_seconds = lease_seconds
@@ -104,7 +110,7 @@ class DistributedScheduler:
         self.leases = Leases(self.node)
         self.idle_since: float | None = None
         self.spider: Spider | None = None
-        self.redis: Redis | None = None
+        self.redis: AnyRedis | None = None
         self.queue: CrawlQueue | None = None
         self.notes: set[asyncio.Task[None]] = set()
         self.pump: Pump | None = None
@@ -112,13 +118,17 @@ class DistributedScheduler:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         s = crawler.settings
+        bloom = target = config_error = None
         try:  # a setting that cannot work stops the crawl at open, with one line
-            bloom, config_error = _bloom(s), None
+            target = redis_target(s)
+            bloom = _bloom(s)
+            if target is not None:
+                partitions(s, target)
         except ConfigError as exc:
-            bloom, config_error = None, exc
+            config_error = exc
         return cls(
             crawler,
-            s.get("REDIS_URL"),
+            target,
             prefetch=min(
                 s.getint("REDIS_PREFETCH") or s.getint("CONCURRENT_REQUESTS"),
                 s.getint("CONCURRENT_REQUESTS"),
@@ -164,6 +174,7 @@ class DistributedScheduler:
             else self.crawler.request_fingerprinter.fingerprint(request).hex()
         )
         data = encode(request, self.spider)
+        site = urlparse_cached(request).hostname or ""
         if request.priority > 0 and request.meta.pop(FOUND_BY, None) in self.leases.held:
             # A list page found while crawling one this node holds: it feeds the whole
             # crawl, so this node crawls it now, leased to itself in Redis by the next
@@ -172,14 +183,15 @@ class DistributedScheduler:
             # (measured: ~100 ms a page). Start requests (`-a url=`, start_urls) are not
             # found pages: they go through the queue's dedup first, or a list page already
             # queued would be crawled twice, and with it its whole chain of next pages.
-            token = request.meta[LEASE] = self.leases.hold_found()
+            partition = self.queue.partition(site) if self.queue else 0
+            token = request.meta[LEASE] = self.leases.hold_found(partition, site)
             self.buffers.local.appendleft(request)
             self.buffers.outbox_leased.append(
-                OutgoingLeased(fingerprint, request.priority, data, token)
+                OutgoingLeased(fingerprint, request.priority, data, token, site)
             )
             self.stats.inc_value("scheduler/enqueued")
         else:
-            self.buffers.outbox.append(Outgoing(fingerprint, request.priority, data, request))
+            self.buffers.outbox.append(Outgoing(fingerprint, request.priority, data, site, request))
         self.stats.inc_value("distributed/enqueued")
         self._wake_pump()
         return True
@@ -198,21 +210,35 @@ class DistributedScheduler:
         if self.config_error is not None:
             self._stop_once_open(self.config_error.setting, self.config_error)
             return
-        self.redis = Redis.from_url(
-            self.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
+        target = self.target
+        assert target is not None  # else config_error
+        self.queue = CrawlQueue(
+            connect(target),
+            spider.name,
+            self.bloom,
+            partitions=partitions(self.crawler.settings, target),
+            cluster=target.cluster,
         )
-        self.queue = CrawlQueue(self.redis, spider.name, self.bloom)
+        self.redis = self.queue.redis
         try:
-            await self.redis.ping()
-        except RedisError as exc:
-            why = f"{redact(self.redis_url)}: {describe(exc)}"
-            self._stop_once_open("REDIS_URL", why, reason="redis_unusable")
+            await self.queue.redis.ping()
+            n = await self.queue.open()
+            pace = await self._pace()
+        except REDIS_ERRORS as exc:
+            why = f"{target}: {describe(exc)}"
+            self._stop_once_open(target.setting, why, reason="redis_unusable")
             return
         self.crawler.signals.connect(self.spider_idle, signal=signals.spider_idle)
         self.crawler.signals.connect(self.request_done, signal=request_done)
+        self.crawler.signals.connect(self.site_paused, signal=site_paused)
         logger.info(
-            "Distributed crawl: node %(node)s on %(url)s, keys %(prefix)s:*",
-            {"node": self.node, "url": redact(self.redis_url), "prefix": spider.name},
+            "Distributed crawl: node %(node)s on %(url)s, keys %(prefix)s*%(parts)s",
+            {
+                "node": self.node,
+                "url": str(target),
+                "prefix": self.queue.keys.prefix,
+                "parts": f" in {n} partitions" if n > 1 else "",
+            },
         )
         self.pump = Pump(
             self.crawler,
@@ -224,10 +250,37 @@ class DistributedScheduler:
             lease_seconds=self.lease_seconds,
             max_attempts=self.max_attempts,
             batch=self.batch,
+            pace=pace,
             on_drained=self.ask_idle,
         )
         # The pump hands leased requests to the engine: only once it has opened it all.
         self.crawler.signals.connect(self.pump.start, signal=signals.spider_opened, weak=False)
+
+    async def _pace(self) -> Pace:
+        """How this node leases across sites: the crawl's site mode decided from every
+        listing of the crawl (this node's own and those `scrapy seed` gave Redis), and the
+        delay between requests to one site, which every node shares (paced in Redis)."""
+        assert self.queue is not None and self.spider is not None
+        _, listings, _ = await self.queue.generation()
+        own = self.spider.list_page_urls() if isinstance(self.spider, ListPageSource) else []
+        settings = self.crawler.settings
+        mode = SiteMode.decide([*own, *listings], settings)
+        if mode != SiteMode.decide(own, settings):  # Redis knew of listings the node did not
+            apply_to_downloader(mode, self.crawler)
+            logger.info("%(line)s (the crawl's listings in Redis)", {"line": mode.start_line})
+        delay = settings.getfloat("DOWNLOAD_DELAY")
+        intervals = {
+            site: int(float(slot["delay"]) * 1000)
+            for site, slot in settings.getdict("DOWNLOAD_SLOTS").items()
+            if "delay" in slot
+        }
+        return Pace(
+            # Twice what it may run at once: the next ones are at hand, the rest stay in
+            # Redis for other nodes.
+            per_site=2 * mode.per_site if mode.many or mode.user_set else Pace.per_site,
+            interval_ms=int(delay * 1000),
+            intervals=intervals,
+        )
 
     def _stop_once_open(self, setting: str, why: object, reason: str | None = None) -> None:
         """Stop the crawl with one line as soon as the engine has opened it. Stopping from
@@ -259,13 +312,32 @@ class DistributedScheduler:
             await self.queue.heartbeat(
                 self.node, self.pump.report("closed"), 3 * self.pump.lease_ms
             )
-        except (*OUTAGE, RedisError) as exc:
+        except REDIS_ERRORS as exc:
             logger.error(
                 "Redis unreachable at close (%(error)s): %(n)d leases will expire and "
                 "be crawled by another node",
                 {"error": describe(exc), "n": len(self.leases)},
             )
         await self.redis.aclose()
+
+    def site_paused(self, site: str, seconds: float) -> None:
+        """Signal handler: a site said to wait (Retry-After): every node waits (in Redis)."""
+        if self.queue is not None:
+            task = asyncio.ensure_future(self._pause(site, seconds))
+            self.notes.add(task)
+            task.add_done_callback(self.notes.discard)
+
+    async def _pause(self, site: str, seconds: float) -> None:
+        assert self.queue is not None
+        try:
+            await self.queue.pause(site, seconds)
+            self.stats.inc_value("distributed/sites_paused")
+        except REDIS_ERRORS as exc:
+            logger.warning(
+                "%(site)s asked to wait %(s).0f s; other nodes could not be told (Redis: "
+                "%(error)s): this node waits alone",
+                {"site": site, "s": seconds, "error": describe(exc)},
+            )
 
     def request_done(self, request: Request, list_failed: bool = False) -> None:
         """Signal handler: the request's outcome is stored; acknowledge its lease. A list
@@ -283,7 +355,7 @@ class DistributedScheduler:
         assert self.queue is not None
         try:
             await self.queue.note_list_failed()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             logger.error(
                 "A failed list page could not be noted in Redis (%(error)s): this crawl may "
                 "mark children gone that it missed",

@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 
 def log_rejected(queue: CrawlQueue, stats: Any, key: str, why: str) -> None:
     """An entry of ``key`` that this crawl did not write: skipped, logged and counted."""
+    name = getattr(queue.keys, key, None) or f"{queue.keys.prefix}q:<site>"  # "requests"
     logger.error(
-        "Skipped an entry of %(key)s that is not ours: %(error)s",
-        {"key": getattr(queue.keys, key), "error": why},
+        "Skipped an entry of %(key)s that is not ours: %(error)s", {"key": name, "error": why}
     )
     stats.inc_value(f"distributed/rejected/{key}")
 
