@@ -12,6 +12,11 @@ Retry-After, scraper/politeness.py) was not held.
 
 Here a request counts as transferring from the moment it leaves the slot's queue (the
 download adds it again, a no-op on a set, and removes it when done).
+
+In a distributed crawl the delays between requests to a site are a pace shared by every
+node, kept in Redis (scraper/distributed/queue.py): each request comes with its start time.
+``shared_pace`` then takes the slots' own delays away; kept, each node's randomized delay
+(±50%) made some requests late and the next ones bunch up behind them at the site.
 """
 
 from __future__ import annotations
@@ -49,3 +54,13 @@ class Downloader(ScrapyDownloader):
             if delay:  # no burst when requests are spaced by a delay
                 self._process_queue(slot)
                 break
+
+    def shared_pace(self) -> None:
+        """Delays between requests to a site are kept by the crawl, not by each slot: slots
+        (existing and new) get none of their own."""
+        self._delay = 0.0
+        self.per_slot_settings = {
+            key: {**conf, "delay": 0.0} for key, conf in self.per_slot_settings.items()
+        }
+        for slot in self.slots.values():
+            slot.delay = 0.0

@@ -202,16 +202,30 @@ def seed(site: Site, redis_url: str, tmp_path: Path, n: int) -> None:
     assert "listing:start_urls += 1 URL(s)" in result.stdout
 
 
+def sync_redis(redis_url: str) -> Any:
+    """A synchronous client of one Redis or (``redis+cluster://h:p,...``) a cluster."""
+    if not redis_url.startswith("redis+cluster://"):
+        return redis.Redis.from_url(redis_url)
+    from redis.cluster import ClusterNode, RedisCluster
+
+    hosts = redis_url.split("://", 1)[1].rsplit("@", 1)[-1].strip("/")
+    password = (
+        redis_url.split("://", 1)[1].rsplit("@", 1)[0].lstrip(":") if "@" in redis_url else None
+    )
+    nodes = [ClusterNode(h, int(p)) for h, p in (item.rsplit(":", 1) for item in hosts.split(","))]
+    return RedisCluster(startup_nodes=nodes, password=password)
+
+
 def wait_for_leases_of(node: Node, redis_url: str, timeout: float = 60) -> None:
-    """Until the node holds leases (lease tokens are "<host>:<pid>:<id>:<n>")."""
-    client = redis.Redis.from_url(redis_url)
+    """Until the node holds leases (lease tokens are "<partition>/<host>:<pid>:<id>:<n>"),
+    in any partition."""
+    client = sync_redis(redis_url)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if any(
-                f":{node.proc.pid}:".encode() in token for token in client.hkeys("listing:leased")
-            ):
-                return
+            for key in client.scan_iter(match="*leased", count=1000):
+                if any(f":{node.proc.pid}:".encode() in t for t in client.hkeys(key)):
+                    return
             time.sleep(0.02)
     finally:
         client.close()

@@ -42,9 +42,20 @@ def site_50ms_latency(logs: Path) -> Iterator[Site]:
         yield site
 
 
+@pytest.fixture(params=["one-redis", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """The test once on one redis-server, once on a 3-master Redis Cluster."""
+    return str(
+        request.getfixturevalue(
+            "redis_url" if request.param == "one-redis" else "redis_cluster_url"
+        )
+    )
+
+
 def test_three_nodes_share_one_crawl_and_close_by_themselves(
-    site_50ms_latency: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    site_50ms_latency: Site, any_redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
+    redis_url = any_redis_url
     seed(site_50ms_latency, redis_url, tmp_path, 3000)
     # Leases long enough that a node starved of CPU on a busy machine keeps its own: this
     # test asserts that nothing was reclaimed.
@@ -63,8 +74,9 @@ def test_three_nodes_share_one_crawl_and_close_by_themselves(
 
 
 def test_a_node_killed_mid_crawl_loses_nothing(
-    site_50ms_latency: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    site_50ms_latency: Site, any_redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
+    redis_url = any_redis_url
     seed(site_50ms_latency, redis_url, tmp_path, 3000)
     nodes += [Node(f"node{i}", redis_url, tmp_path) for i in range(3)]
     wait_for_lines(tmp_path / "meta.jsonl", 300)

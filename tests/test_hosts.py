@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from scraper.distributed.keys import Keys, partition_of
+from scraper.distributed.queue import CLUSTER_PARTITIONS
+from tests.cluster import Cluster
 from tests.helpers import Node, assert_children_recorded, assert_stored_once, records, stop
 from tests.netns import SUBNET, Host, NetnsUnavailable, Network
 
@@ -142,7 +145,12 @@ def site_on(hosts: Hosts, logs: Path) -> Iterator[Callable[[int], NetSite]]:
 
 
 def node_on(
-    host: Host, hosts: Hosts, tmp_path: Path, *settings: str, clock: str | None = None
+    host: Host,
+    hosts: Hosts,
+    tmp_path: Path,
+    *settings: str,
+    clock: str | None = None,
+    redis_url: str | None = None,
 ) -> Node:
     """A crawler node on ``host``; ``clock`` ("+10m") sets its clock off by libfaketime."""
     env = dict(NODE_ENV)
@@ -153,7 +161,7 @@ def node_on(
         env.update(LD_PRELOAD=str(libfaketime()), FAKETIME=clock, FAKETIME_DONT_FAKE_MONOTONIC="1")
     return Node(
         host.name,
-        hosts.redis_url,
+        redis_url or hosts.redis_url,
         tmp_path,
         *settings,
         wrap=["ip", "netns", "exec", host.ns],
@@ -168,7 +176,7 @@ def libfaketime() -> Path:
     pytest.skip("libfaketime is not installed (Debian package faketime; bin/test installs it)")
 
 
-def seed(hosts: Hosts, site: NetSite, n: int, tmp_path: Path) -> None:
+def seed(hosts: Hosts, site: NetSite, n: int, tmp_path: Path, redis_url: str | None = None) -> None:
     """`scrapy seed` from a node host, over the network."""
     result = hosts.nodes[0].run(
         [
@@ -179,7 +187,7 @@ def seed(hosts: Hosts, site: NetSite, n: int, tmp_path: Path) -> None:
             "listing",
             site.listing_url(n),
             "-s",
-            f"REDIS_URL={hosts.redis_url}",
+            f"REDIS_URL={redis_url or hosts.redis_url}",
         ],
         timeout=60,
     )
@@ -325,3 +333,60 @@ def test_nodes_with_clocks_minutes_off_steal_nothing_and_keep_no_dead_lease(
     assert sum(s.get("distributed/reclaimed", 0) for s in survivors) == dead_leases
     assert time.monotonic() - killed_at < lease + 60  # not 10 minutes
     # No children invariant: the node behind was SIGKILLed mid-crawl, its stats never dumped.
+
+
+def test_a_node_cut_off_from_one_shard_of_a_cluster_loses_its_leases_there_and_rejoins(
+    hosts: Hosts,
+    site_on: Callable[[int], NetSite],
+    tmp_path: Path,
+    nodes: list[Node],
+) -> None:
+    """The partition test on a 3-master Redis Cluster, the node cut off from one master
+    only: the one holding the site's partition (its queue, leases and dedup). Its leases
+    there are reclaimed by the others; it rejoins and the crawl ends exactly once."""
+    lease = 4
+    site = site_on(1000)
+    with Cluster(tmp_path / "cluster", host=hosts.server, password=PASSWORD) as cluster:
+        partition = partition_of(hosts.server.addr, CLUSTER_PARTITIONS)
+        leased = Keys.of("listing", partition, cluster=True).leased
+        shard_port = cluster.ports[cluster.master_of(leased)]
+
+        def leases_there(node: Node) -> int:
+            tokens = cluster.cli("HKEYS", leased, port=shard_port).stdout.split()
+            return sum(f":{node.proc.pid}:" in token for token in tokens)
+
+        nodes += [
+            node_on(
+                host,
+                hosts,
+                tmp_path,
+                f"REDIS_LEASE_SECONDS={lease}",
+                "CONCURRENT_REQUESTS=20",
+                "REDIS_IDLE_TIMEOUT=60",
+                redis_url=cluster.url,
+            )
+            for host in hosts.nodes
+        ]
+        seed(hosts, site, 1200, tmp_path, cluster.url)
+        cut_node, cut_host = nodes[0], hosts.nodes[0]
+        deadline = time.monotonic() + 60
+        while leases_there(cut_node) < 10:
+            assert time.monotonic() < deadline, "the node never held leases"
+            time.sleep(0.1)
+        hosts.network.cut_port(cut_host, hosts.server.addr, shard_port)
+        try:
+            held_at_cut = leases_there(cut_node)
+            time.sleep(3 * lease)
+            assert leases_there(cut_node) == 0  # all reclaimed by the others
+        finally:
+            hosts.network.restore_ports(cut_host)
+        assert [node.wait() for node in nodes] == [0, 0, 0]  # the cut node too
+
+    assert_stored_once(site, tmp_path, 1200)  # type: ignore[arg-type]
+    cut, *others = [node.stats() for node in nodes]
+    assert cut["finish_reason"] == "finished"
+    assert sum(s.get("distributed/reclaimed", 0) for s in others) >= held_at_cut
+    assert cut.get("distributed/leases_lost", 0) > 0
+    assert_children_recorded([cut, *others], len(records(tmp_path)))
+    for node in nodes:
+        assert PASSWORD not in node.log.read_text()

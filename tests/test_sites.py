@@ -26,11 +26,13 @@ from tests.helpers import (
     LIMITED_HOST,
     MANY_SITES,
     SLOW_HOST,
+    Node,
     Site,
     assert_children_recorded,
     crawl,
     project_settings,
     records,
+    scrapy,
     store_settings,
 )
 
@@ -317,3 +319,85 @@ def test_a_slowed_slot_keeps_its_slowed_concurrency_and_recovers_to_the_new_one(
     slot.concurrency = 2  # slowed further meanwhile
     assert polite.rebase_concurrency("a.example", slot, 8)
     assert slot.concurrency == 2  # stays slowed; recovers to 8, not to 1000
+
+
+# -- many sites, many nodes (distributed: per-site queues in Redis) ------------------------
+
+#: A node's environment for the many-site test world.
+MANY_SITES_ENV = {"SCRAPER_ALLOWED_NETWORKS": "127.0.0.0/8"}
+
+
+def seed_many(redis_url: str, tmp_path: Path, urls: list[str]) -> None:
+    result = scrapy("seed", "listing", *urls, "-s", f"REDIS_URL={redis_url}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"listing:start_urls += {len(urls)} URL(s)" in result.stdout
+
+
+def test_twenty_sites_on_two_nodes_every_page_stored_once_each_site_within_its_limit(
+    many_sites: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    """The 20-site world crawled by two nodes from per-site queues in Redis: every page
+    once, the slow site and the rate-limited one included; no site ever had more in
+    flight than the two nodes' limits together; the site's 429s paused it for both."""
+    n = 40
+    many_sites.host_stats(reset=True)
+    seed_many(redis_url, tmp_path, many_sites.listing_urls(n, per_page=20))
+    nodes += [
+        Node(f"node{i}", redis_url, tmp_path, "CONCURRENT_REQUESTS=1000", env=MANY_SITES_ENV)
+        for i in range(2)
+    ]
+    assert [node.wait() for node in nodes] == [0, 0]
+    seen = many_sites.host_stats()
+
+    docs = records(tmp_path)
+    assert len(docs) == len({d["fingerprint"] for d in docs}) == 20 * n
+    assert {d["url"] for d in docs} == expected_urls(many_sites, many_sites.hosts, n)
+    assert not [d["url"] for d in docs if d.get("error")]
+    stats = [node.stats() for node in nodes]
+    assert all(s["meta_store/written"] > 0 for s in stats)  # the work was shared
+    assert_children_recorded(stats, len(docs))
+    for node in nodes:  # each node learnt the crawl's sites from Redis
+        assert "Sites: 20 list-page hosts: at most CONCURRENT_REQUESTS_PER_SITE=8" in (
+            node.log.read_text()
+        )
+    assert max(seen[h]["max_in_flight"] for h in many_sites.hosts) <= 2 * PER_SITE
+    assert seen[LIMITED_HOST]["refused"] > 0, "the limited site never pushed back"
+    assert (
+        sum(s.get("politeness/retry_after/received", 0) for s in stats)
+        == (seen[LIMITED_HOST]["refused"])
+    )
+    assert sum(s.get("distributed/sites_paused", 0) for s in stats) > 0  # told to Redis
+
+
+def test_a_delay_per_site_is_one_rate_shared_by_every_node(
+    many_sites: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    """DOWNLOAD_DELAY=0.1 is 10 requests a second to the site from the whole crawl, not
+    from each node: measured at the site, three nodes together stay within 10% of it."""
+    host, n, rate = many_sites.hosts[5], 60, 10.0
+    many_sites.host_stats(reset=True)
+    seed_many(redis_url, tmp_path, many_sites.listing_urls(n, per_page=100, hosts=[host]))
+    nodes += [
+        Node(
+            f"node{i}",
+            redis_url,
+            tmp_path,
+            f"DOWNLOAD_DELAY={1 / rate}",
+            "ROBOTSTXT_OBEY=False",
+            "REDIS_LEASE_SECONDS=30",
+            env=MANY_SITES_ENV,
+        )
+        for i in range(3)
+    ]
+    assert [node.wait() for node in nodes] == [0, 0, 0]
+    seen = many_sites.host_stats()[host]
+
+    assert len(records(tmp_path)) == n
+    assert seen["hits"] == n + 1  # the list page and its children, each once
+    measured = (seen["hits"] - 1) / (seen["last"] - seen["first"])
+    assert measured <= rate * 1.1, seen
+    # And in any one second (spaced exactly, 10 fit in a second; 11 when one came late).
+    assert seen["max_per_second"] <= rate * 1.1, seen
+    # Each node alone keeps the delay too: without the shared pace, three would send ~3x.
+    stats = [node.stats() for node in nodes]
+    assert sum(s["meta_store/written"] > 0 for s in stats) >= 2, stats  # shared, not serial

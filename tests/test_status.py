@@ -92,7 +92,7 @@ def test_status_json_during_a_two_node_crawl_lists_both_and_totals_match_the_rec
     # The same as a table.
     table = status(redis_url, tmp_path).splitlines()
     assert table[0] == f"listing on {redis_url}"
-    assert table[1] == f"queued 0  leased 0  start_urls 0  seen (dedup) {SEEN}  dead 0"
+    assert table[1] == f"queued 0  leased 0  start_urls 0  seen (dedup) {SEEN}  dead 0  sites 0"
     assert table[3].split() == [
         "node",
         "state",
@@ -134,6 +134,9 @@ def test_the_table_and_totals_from_heartbeats_of_every_kind() -> None:
                 "d": (now - 100, {"stored": "many", "errors": None, "leased": True}),
             },
             now_ms=now,
+            sites=3,
+            waiting=2,
+            waits={"busy.test": 30.0},
         ),
     )
     states = {n["node"]: (n["state"], n["stored"], n["last_heard_seconds"]) for n in crawl["nodes"]}
@@ -156,9 +159,10 @@ def test_the_table_and_totals_from_heartbeats_of_every_kind() -> None:
         "rate": 10.0,  # running nodes only: a silent one's figure is old, a closed one's done
     }
     lines = render(crawl).splitlines()
-    assert lines[0] == "queued 5  leased 7  start_urls 0  seen (dedup) 40  dead 1"
-    assert lines[3].split()[:3] == ["a", "running", "10"]
-    assert lines[4].split()[:2] == ["b", "silent"] and lines[4].endswith("60.0s ago")
+    assert lines[0] == "queued 5  leased 7  start_urls 0  seen (dedup) 40  dead 1  sites 3"
+    assert lines[1] == "slowed: 2 sites wait (Retry-After or pace): busy.test 30 s and 1 more"
+    assert lines[4].split()[:3] == ["a", "running", "10"]
+    assert lines[5].split()[:2] == ["b", "silent"] and lines[5].endswith("60.0s ago")
     assert lines[-1].split() == ["total", "2", "of", "4", "running", "10", "60", "1", "7", "5"]
     empty = CrawlStatus(0, 0, 0, 0, 0, {}, now)
     assert render(view("listing", empty)).splitlines()[1] == "no node has sent a heartbeat"

@@ -95,6 +95,9 @@ def view(spider: str, status: CrawlStatus) -> dict[str, Any]:
         "start_urls": status.start_urls,
         "seen": status.seen,
         "dead": status.dead,
+        "sites": status.sites,
+        "sites_waiting": status.waiting,
+        "waits": {site: round(seconds, 1) for site, seconds in status.waits.items()},
         "nodes": nodes,
         "totals": totals,
     }
@@ -104,8 +107,15 @@ def render(crawl: dict[str, Any]) -> str:
     """The view as text: the queue's counts, then a table of the nodes and their totals."""
     counts = (
         f"queued {crawl['queued']}  leased {crawl['leased']}  start_urls {crawl['start_urls']}  "
-        f"seen (dedup) {crawl['seen']}  dead {crawl['dead']}"
+        f"seen (dedup) {crawl['seen']}  dead {crawl['dead']}  sites {crawl['sites']}"
     )
+    if crawl["sites_waiting"]:
+        shown = ", ".join(f"{site} {s:.0f} s" for site, s in crawl["waits"].items())
+        more = crawl["sites_waiting"] - len(crawl["waits"])
+        counts += (
+            f"\nslowed: {crawl['sites_waiting']} sites wait (Retry-After or pace): {shown}"
+            + (f" and {more} more" if more > 0 else "")
+        )
     nodes, totals = crawl["nodes"], crawl["totals"]
     if not nodes:
         return f"{counts}\nno node has sent a heartbeat"

@@ -8,8 +8,6 @@ Redis is out of reach: nothing is lost meanwhile.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -46,24 +44,20 @@ class Buffers:
 
     def __init__(self) -> None:
         self.local: deque[Request] = deque()
-        self.later: list[tuple[float, int, Request]] = []  # a heap: (start time, n, request)
-        self._later_n = itertools.count()
+        self.later: dict[str, Request] = {}  # lease token -> request, until its start time
         self.outbox: list[Outgoing] = []
         self.outbox_leased: list[OutgoingLeased] = []
 
     def empty(self) -> bool:
         return not (self.local or self.later or self.outbox or self.outbox_leased)
 
-    def hold_until(self, when: float, request: Request) -> None:
-        """Keep a leased request until ``when`` (time.monotonic()): its start time."""
-        heapq.heappush(self.later, (when, next(self._later_n), request))
+    def hold(self, request: Request) -> None:
+        """Keep a leased request until its start time (the pump's timer takes it back)."""
+        self.later[request.meta[LEASE]] = request
 
-    def due(self, now: float) -> list[Request]:
-        """The held requests whose start times have come, in order."""
-        out = []
-        while self.later and self.later[0][0] <= now:
-            out.append(heapq.heappop(self.later)[2])
-        return out
+    def due(self, token: str) -> Request | None:
+        """The held request of ``token``, its start time come; None if it was dropped."""
+        return self.later.pop(token, None)
 
     def unstarted(self) -> int:
         return len(self.local) + len(self.later)
@@ -76,8 +70,7 @@ class Buffers:
             self.local.append(request)
 
     def unstarted_leases(self) -> list[str]:
-        waiting = (r for _, _, r in self.later)
-        return [r.meta[LEASE] for r in (*self.local, *waiting) if LEASE in r.meta]
+        return [r.meta[LEASE] for r in self.local if LEASE in r.meta] + list(self.later)
 
     def not_in_redis_yet(self) -> set[str]:
         """Leases of found list pages still in the outbox: not written yet, not lost."""
@@ -86,10 +79,10 @@ class Buffers:
     def drop_unstarted(self, tokens: set[str]) -> set[str]:
         """Take the requests of these leases out of ``local`` (the engine has not started
         them); return their tokens."""
-        waiting = (r for _, _, r in self.later)
-        dropped = {t for r in (*self.local, *waiting) if (t := r.meta.get(LEASE)) in tokens}
+        dropped = {t for r in self.local if (t := r.meta.get(LEASE)) in tokens}
         if dropped:
             self.local = deque(r for r in self.local if r.meta.get(LEASE) not in dropped)
-            self.later = [x for x in self.later if x[2].meta.get(LEASE) not in dropped]
-            heapq.heapify(self.later)
-        return dropped
+        waiting = tokens & self.later.keys()
+        for token in waiting:
+            del self.later[token]
+        return dropped | waiting

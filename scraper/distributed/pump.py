@@ -1,8 +1,7 @@
 """The pump: one background task per node that moves the buffers to and from Redis.
 
-Each round (``_cycle``) flushes the outboxes and the acknowledgements, hands the engine
-the held requests of paced sites whose start times have come, leases more when ``local``
-runs low (from each partition in turn, round-robin across its sites: queue.Pace), and
+Each round (``_cycle``) flushes the outboxes and the acknowledgements, leases more when
+``local`` runs low (from each partition in turn, round-robin across its sites: queue.Pace), and
 runs the chores that are due, each on its own clock (``Every``):
 
 - every STATUS_EVERY (STATUS_EVERY_IDLE while the node has nothing) the crawl's status,
@@ -106,6 +105,7 @@ class Pump:
         self.batch = batch
         self.pace = pace
         self.next_partition = 0  # the partition the next LEASE round starts with
+        self.enqueued_to: set[int] = set()  # partitions this node queued into since the status
         self.on_drained = on_drained
         # How often expired leases are reclaimed and (by one node at a time) swept.
         self.chore_seconds = min(5.0, lease_seconds / 4)
@@ -192,9 +192,6 @@ class Pump:
         anything."""
         worked = await self.flush()
         now = time.monotonic()
-        for request in self.buffers.due(now):  # paced requests whose start time has come
-            self.crawler.engine.crawl(request)
-            worked = True
         if self.buffers.unstarted() < self.prefetch // 2 + 1 and now >= self.next_lease:
             worked |= await self._lease_more(now)
         local = self.buffers.unstarted() > 0
@@ -264,6 +261,7 @@ class Pump:
         while queued_n > 0:
             batch = buffers.outbox[: min(self.batch, queued_n)]
             positions = await self.queue.enqueue([entry[:4] for entry in batch])
+            self.enqueued_to.update(self.queue.partition(entry.site) for entry in batch)
             del buffers.outbox[: len(batch)]
             queued_n -= len(batch)
             self.stats.inc_value("distributed/filtered", len(positions))
@@ -292,6 +290,8 @@ class Pump:
         got, parts = 0, len(self.queue.parts)
         for i in range(parts):
             k = (self.next_partition + i) % parts
+            if not self._may_have_work(k):
+                continue
             leased = await self.queue.lease(
                 k,
                 self.leases.node,
@@ -309,6 +309,15 @@ class Pump:
                 break
         return got > 0
 
+    def _may_have_work(self, partition: int) -> bool:
+        """Whether a LEASE in ``partition`` may find anything: it had work at the last
+        status, or this node queued requests there since (a crawl on a cluster has 24
+        partitions; a one-site crawl's requests are all in one)."""
+        status = self.status
+        if status is None or len(self.queue.parts) == 1:
+            return True
+        return partition in status.busy or partition in self.enqueued_to
+
     def _room(self) -> dict[str, int]:
         """What this node can still take of each site it holds requests of: none of a
         site it holds ``per_site`` of (the rest stays in Redis for other nodes)."""
@@ -319,7 +328,7 @@ class Pump:
 
     def _take(self, leased: list[Leased]) -> None:
         """Hand leased entries to the engine; a paced site's wait until their start."""
-        now = time.monotonic()
+        loop = asyncio.get_running_loop()
         for entry in leased:
             if entry.error is not None:
                 key = "start_urls" if entry.kind == "start" else "requests"
@@ -334,11 +343,17 @@ class Pump:
                     continue
                 request.meta[LEASE] = entry.token
                 self.leases.hold(entry.token, urlparse_cached(request).hostname or "")
-                if entry.wait_ms > 0:
-                    self.buffers.hold_until(now + entry.wait_ms / 1000, request)
+                if entry.wait_ms > 0:  # a paced site's: handed over at its start time
+                    self.buffers.hold(request)
+                    loop.call_later(entry.wait_ms / 1000, self._start_later, entry.token)
                 else:
                     self.crawler.engine.crawl(request)
         self.stats.inc_value("distributed/leased", len(leased))
+
+    def _start_later(self, token: str) -> None:
+        request = self.buffers.due(token)
+        if request is not None and not self.stopping:  # else released at close
+            self.crawler.engine.crawl(request)
 
     def _start(self, token: str, payload: str) -> None:
         """A start URL: its list request goes to the shared queue, then the URL is acked."""
@@ -360,6 +375,7 @@ class Pump:
         """The crawl's status, taken after this cycle's flush (the pump is the only one
         that flushes); the heartbeats (read to reject entries that are not ours) only every
         NODES_EVERY; this node's own heartbeat."""
+        self.enqueued_to = set()  # (before the read: what is queued meanwhile counts again)
         self.status = status = await self.queue.status(nodes=self.every_nodes.due(now))
         self.status_at = now
         if status.sites or status.start_urls:

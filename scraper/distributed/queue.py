@@ -143,6 +143,8 @@ class CrawlStatus:
     waiting: int = 0
     #: Up to 10 waiting sites: site -> seconds until they are leased from again.
     waits: dict[str, float] = field(default_factory=dict)
+    #: The partitions with requests queued (or, partition 0, start URLs).
+    busy: set[int] = field(default_factory=set)
     #: False when the partitions were read at different moments and may disagree (a
     #: request leased in one while its children went to another): then not ``drained``.
     consistent: bool = True
@@ -465,7 +467,10 @@ class CrawlQueue:
     @staticmethod
     def _sum(reads: list[list[Any]]) -> CrawlStatus:
         status = CrawlStatus(0, 0, 0, 0, 0, {}, 0)
-        for queued, sites, leases, seen, dead, bloomed, _, start_urls, now, waiting, waits in reads:
+        for k, read in enumerate(reads):
+            queued, sites, leases, seen, dead, bloomed, _, start_urls, now, waiting, waits = read
+            if int(sites) or int(start_urls):
+                status.busy.add(k)
             status.queued += max(0, _int(queued))  # a count for people: `sites` decides
             status.sites += int(sites)
             status.leased += int(leases)

@@ -52,6 +52,7 @@ from scraper.distributed.connection import (
 from scraper.distributed.leases import FOUND_BY, LEASE, Leases
 from scraper.distributed.pump import Pump
 from scraper.distributed.queue import BloomFilter, CrawlQueue, Pace, partitions
+from scraper.downloader import Downloader
 from scraper.retry import describe
 from scraper.signals import request_done, site_paused
 from scraper.sites import ListPageSource, SiteMode, apply_to_downloader
@@ -274,12 +275,34 @@ class DistributedScheduler:
             for site, slot in settings.getdict("DOWNLOAD_SLOTS").items()
             if "delay" in slot
         }
+        if delay or intervals:
+            self._share_pace(delay)
         return Pace(
             # Twice what it may run at once: the next ones are at hand, the rest stay in
             # Redis for other nodes.
             per_site=2 * mode.per_site if mode.many or mode.user_set else Pace.per_site,
             interval_ms=int(delay * 1000),
             intervals=intervals,
+        )
+
+    def _share_pace(self, delay: float) -> None:
+        """The delays are a pace in Redis shared by every node: the node's own downloader
+        slots keep none (scraper/downloader.py), unless AutoThrottle adjusts them."""
+        downloader = self.crawler.engine.downloader
+        if self.crawler.settings.getbool("AUTOTHROTTLE_ENABLED") or not isinstance(
+            downloader, Downloader
+        ):
+            logger.warning(
+                "DOWNLOAD_DELAY is paced across nodes in Redis, and each node's downloader "
+                "keeps its own delay too (AutoThrottle, or another DOWNLOADER): requests "
+                "may come slower than the delay says"
+            )
+            return
+        downloader.shared_pace()
+        logger.info(
+            "Distributed crawl: DOWNLOAD_DELAY %(delay)s s per site (DOWNLOAD_SLOTS: their own) "
+            "is kept by the whole crawl, every node's requests paced from Redis",
+            {"delay": delay},
         )
 
     def _stop_once_open(self, setting: str, why: object, reason: str | None = None) -> None:
