@@ -84,13 +84,14 @@ class RedisProbe:
     def _sample(self) -> None:
         k = self.spider
         while not self.done.wait(0.5):
-            queued = self.client.zcard(f"{k}:requests")
+            # One site's queue (the bench crawls one site: the test site on 127.0.0.1).
+            queued = self.client.zcard(f"{k}:q:127.0.0.1")
             self.zcards += 1
             self.samples.append(
                 (
                     queued,
                     self.client.hlen(f"{k}:leased"),
-                    self.client.memory_usage(f"{k}:requests") or 0,
+                    self.client.memory_usage(f"{k}:q:127.0.0.1") or 0,
                     self.client.memory_usage(f"{k}:leased") or 0,
                 )
             )

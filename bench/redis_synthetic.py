@@ -68,12 +68,12 @@ def drive(
             count = min(batch, start + n - first)
             await q.enqueue(
                 [
-                    (hashlib.sha1(f"{worker}/{i}".encode()).hexdigest(), 0, payload)
+                    (hashlib.sha1(f"{worker}/{i}".encode()).hexdigest(), 0, payload, "site.test")
                     for i in range(first, first + count)
                 ]
             )
             while True:
-                leased = await q.lease(node, prefetch, 120_000, 0)
+                leased = await q.lease(0, node, prefetch, 120_000)
                 if not leased:
                     break
                 await q.ack([entry.token for entry in leased])

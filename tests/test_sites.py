@@ -9,6 +9,7 @@ requests a second. What each host saw is measured at the site (``/_hosts``).
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -341,11 +342,17 @@ def test_twenty_sites_on_two_nodes_every_page_stored_once_each_site_within_its_l
     flight than the two nodes' limits together; the site's 429s paused it for both."""
     n = 40
     many_sites.host_stats(reset=True)
-    seed_many(redis_url, tmp_path, many_sites.listing_urls(n, per_page=20))
+    # Nodes first, waiting for work: they learn that the crawl spans sites from Redis.
     nodes += [
         Node(f"node{i}", redis_url, tmp_path, "CONCURRENT_REQUESTS=1000", env=MANY_SITES_ENV)
         for i in range(2)
     ]
+    for node in nodes:  # open, before any seed
+        deadline = time.monotonic() + 60
+        while "Distributed crawl: node" not in (node.log.read_text() if node.log.exists() else ""):
+            assert time.monotonic() < deadline, "the node never opened"
+            time.sleep(0.1)
+    seed_many(redis_url, tmp_path, many_sites.listing_urls(n, per_page=20))
     assert [node.wait() for node in nodes] == [0, 0]
     seen = many_sites.host_stats()
 

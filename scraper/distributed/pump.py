@@ -97,6 +97,7 @@ class Pump:
         batch: int,
         pace: Pace,
         on_drained: Callable[[], None],
+        on_listings: Callable[[list[str]], None],
     ) -> None:
         self.crawler, self.spider, self.queue = crawler, spider, queue
         self.buffers, self.leases = buffers, leases
@@ -107,6 +108,8 @@ class Pump:
         self.next_partition = 0  # the partition the next LEASE round starts with
         self.enqueued_to: set[int] = set()  # partitions this node queued into since the status
         self.on_drained = on_drained
+        self.on_listings = on_listings
+        self.listings_seen = -1  # the size of the crawl's set of listings at the last look
         # How often expired leases are reclaimed and (by one node at a time) swept.
         self.chore_seconds = min(5.0, lease_seconds / 4)
         self.every_status = Every(STATUS_EVERY)
@@ -362,6 +365,7 @@ class Pump:
         except BadEntry as exc:
             self._reject(token, "start_urls", exc)
             return
+        self.on_listings([url])
         make = getattr(self.spider, "request_for_start_url", None)
         request = make(url) if make else Request(url)
         request.meta.update(meta)
@@ -378,6 +382,10 @@ class Pump:
         self.enqueued_to = set()  # (before the read: what is queued meanwhile counts again)
         self.status = status = await self.queue.status(nodes=self.every_nodes.due(now))
         self.status_at = now
+        if status.listings != self.listings_seen:  # a crawl seeded after the node started
+            self.listings_seen = status.listings
+            _, listings, _ = await self.queue.generation()
+            self.on_listings(listings)
         if status.sites or status.start_urls:
             self.next_lease = 0.0
         if status.bad_nodes:

@@ -143,6 +143,8 @@ class CrawlStatus:
     waiting: int = 0
     #: Up to 10 waiting sites: site -> seconds until they are leased from again.
     waits: dict[str, float] = field(default_factory=dict)
+    #: Listings seeded in this generation (`scrapy seed`).
+    listings: int = 0
     #: The partitions with requests queued (or, partition 0, start URLs).
     busy: set[int] = field(default_factory=set)
     #: False when the partitions were read at different moments and may disagree (a
@@ -460,6 +462,7 @@ class CrawlQueue:
                     p.queued,
                     p.version,
                     self.keys.start_urls if p is self.parts[0] else p.start_urls,
+                    p.listings,
                 ]
             )
         )
@@ -468,7 +471,21 @@ class CrawlQueue:
     def _sum(reads: list[list[Any]]) -> CrawlStatus:
         status = CrawlStatus(0, 0, 0, 0, 0, {}, 0)
         for k, read in enumerate(reads):
-            queued, sites, leases, seen, dead, bloomed, _, start_urls, now, waiting, waits = read
+            (
+                queued,
+                sites,
+                leases,
+                seen,
+                dead,
+                bloomed,
+                _,
+                start_urls,
+                now,
+                waiting,
+                waits,
+                listings,
+            ) = read
+            status.listings += int(listings)
             if int(sites) or int(start_urls):
                 status.busy.add(k)
             status.queued += max(0, _int(queued))  # a count for people: `sites` decides

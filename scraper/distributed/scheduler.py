@@ -32,6 +32,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
@@ -55,7 +56,7 @@ from scraper.distributed.queue import BloomFilter, CrawlQueue, Pace, partitions
 from scraper.downloader import Downloader
 from scraper.retry import describe
 from scraper.signals import request_done, site_paused
-from scraper.sites import ListPageSource, SiteMode, apply_to_downloader
+from scraper.sites import ListPageSource, SiteMode, apply_to_downloader, site_of
 
 if TYPE_CHECKING:
     from typing import Self
@@ -115,6 +116,8 @@ class DistributedScheduler:
         self.queue: CrawlQueue | None = None
         self.notes: set[asyncio.Task[None]] = set()
         self.pump: Pump | None = None
+        self.mode: SiteMode | None = None
+        self.listings: set[str] = set()  # the list pages this node knows of
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -253,22 +256,21 @@ class DistributedScheduler:
             batch=self.batch,
             pace=pace,
             on_drained=self.ask_idle,
+            on_listings=self.note_listings,
         )
         # The pump hands leased requests to the engine: only once it has opened it all.
         self.crawler.signals.connect(self.pump.start, signal=signals.spider_opened, weak=False)
 
     async def _pace(self) -> Pace:
-        """How this node leases across sites: the crawl's site mode decided from every
-        listing of the crawl (this node's own and those `scrapy seed` gave Redis), and the
-        delay between requests to one site, which every node shares (paced in Redis)."""
+        """How this node leases across sites: the crawl's site mode (from every listing
+        it knows: this node's own, those `scrapy seed` gave Redis, start URLs it leased),
+        and the delay between requests to one site, which every node shares."""
         assert self.queue is not None and self.spider is not None
-        _, listings, _ = await self.queue.generation()
         own = self.spider.list_page_urls() if isinstance(self.spider, ListPageSource) else []
+        self.mode = SiteMode.decide(own, self.crawler.settings)
+        self.listings = set(own)
+        _, listings, _ = await self.queue.generation()
         settings = self.crawler.settings
-        mode = SiteMode.decide([*own, *listings], settings)
-        if mode != SiteMode.decide(own, settings):  # Redis knew of listings the node did not
-            apply_to_downloader(mode, self.crawler)
-            logger.info("%(line)s (the crawl's listings in Redis)", {"line": mode.start_line})
         delay = settings.getfloat("DOWNLOAD_DELAY")
         intervals = {
             site: int(float(slot["delay"]) * 1000)
@@ -277,13 +279,33 @@ class DistributedScheduler:
         }
         if delay or intervals:
             self._share_pace(delay)
-        return Pace(
-            # Twice what it may run at once: the next ones are at hand, the rest stay in
-            # Redis for other nodes.
-            per_site=2 * mode.per_site if mode.many or mode.user_set else Pace.per_site,
-            interval_ms=int(delay * 1000),
-            intervals=intervals,
-        )
+        pace = Pace(interval_ms=int(delay * 1000), intervals=intervals)
+        return self._with_mode(pace, listings)
+
+    def note_listings(self, urls: list[str]) -> None:
+        """Listings this node learnt of while crawling (Redis's set of them, a start URL it
+        leased): a crawl seeded after the node started may turn out to span sites."""
+        if self.pump is not None:
+            self.pump.pace = self._with_mode(self.pump.pace, urls)
+
+    def _with_mode(self, pace: Pace, urls: list[str]) -> Pace:
+        """``pace`` with the per-site limit of the crawl's mode, decided again if ``urls``
+        name new sites (the downloader's slots follow a change, and the log says it)."""
+        assert self.mode is not None
+        known = set(self.mode.sites)
+        new = [url for url in urls if site_of(url) not in known]
+        if new:
+            self.listings.update(new)
+            mode = SiteMode.decide(sorted(self.listings), self.crawler.settings)
+            if mode != self.mode:
+                self.mode = mode
+                apply_to_downloader(mode, self.crawler)
+                logger.info("%(line)s (the crawl's listings in Redis)", {"line": mode.start_line})
+        mode = self.mode
+        # Twice what it may run at once: the next ones are at hand, the rest stay in Redis
+        # for other nodes.
+        per_site = 2 * mode.per_site if mode.many or mode.user_set else Pace.per_site
+        return replace(pace, per_site=per_site)
 
     def _share_pace(self, delay: float) -> None:
         """The delays are a pace in Redis shared by every node: the node's own downloader
