@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from aiohttp import web
     from scrapy.crawler import Crawler
 
-    from scraper.distributed.queue import CrawlStatus
+    from scraper.distributed.counts import CrawlStatus
 
 logger = logging.getLogger(__name__)
 

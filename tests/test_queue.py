@@ -11,8 +11,9 @@ import redis
 from redis.asyncio import Redis
 from scrapy.utils.defer import deferred_f_from_coro_f
 
+from scraper.distributed.bloom import BloomFilter
 from scraper.distributed.codec import start_url
-from scraper.distributed.queue import BloomFilter, CrawlQueue, Pace
+from scraper.distributed.queue import CrawlQueue, Pace
 
 
 async def fresh(redis_url: str) -> tuple[Redis, CrawlQueue]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from scraper.commands.status import SILENT_AFTER, render, view
-from scraper.distributed.queue import CrawlStatus
+from scraper.distributed.counts import CrawlStatus
 from tests.helpers import ENV, Node, records, running_site, scrapy, seed
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
     from scraper.distributed.connection import RedisTarget
-    from scraper.distributed.queue import CrawlStatus
+    from scraper.distributed.counts import CrawlStatus
 
 #: Seconds without a heartbeat after which a running node is shown "silent" (a node
 #: writes one about every second).

@@ -46,8 +46,9 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
     from scraper.distributed.buffers import Buffers
+    from scraper.distributed.counts import CrawlStatus
     from scraper.distributed.leases import Leases
-    from scraper.distributed.queue import CrawlQueue, CrawlStatus, Leased, Pace
+    from scraper.distributed.queue import CrawlQueue, Leased, Pace
 
 logger = logging.getLogger(__name__)
 

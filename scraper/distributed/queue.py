@@ -43,14 +43,15 @@ All deadlines use Redis's own clock (TIME), never a node's.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from scraper.config import ConfigError
 from scraper.distributed import codec
+from scraper.distributed.bloom import BloomFilter
 from scraper.distributed.connection import RedisTarget, connect, redis_target
+from scraper.distributed.counts import CrawlStatus, heartbeats, sum_reads
 from scraper.distributed.keys import Keys, partition_of, token_partition
 from scraper.previous import CRAWL_ID, LISTING, new_crawl_id
 
@@ -73,41 +74,6 @@ def lua(name: str, *preludes: str) -> str:
     )
 
 
-class BloomFilter:
-    """Bit positions of a Bloom filter sized for ``capacity`` requests at ``error_rate``.
-
-    Memory is m bits in one Redis string (at most 2**32 bits, 512 MiB), instead of a
-    set holding every fingerprint (~100 bytes each): 1e8 requests at 1e-3 take 180 MB
-    instead of ~10 GB. The cost: a new request is taken for a seen one (and skipped)
-    with probability ``error_rate``. Positions come from the fingerprint's own bits
-    (double hashing), so every node computes the same ones.
-    """
-
-    def __init__(self, capacity: int, error_rate: float) -> None:
-        if capacity < 1:
-            raise ConfigError("REDIS_BLOOM_CAPACITY", f"{capacity}: must be at least 1")
-        if not 0 < error_rate < 1:
-            raise ConfigError("REDIS_BLOOM_ERROR_RATE", f"{error_rate}: must be between 0 and 1")
-        self.capacity, self.error_rate = capacity, error_rate
-        self.bits = math.ceil(-capacity * math.log(error_rate) / math.log(2) ** 2)
-        if self.bits > 2**32:
-            raise ConfigError(
-                "REDIS_BLOOM_CAPACITY",
-                f"a Bloom filter for {capacity} requests at {error_rate} needs "
-                f"{self.bits} bits; Redis strings hold 2**32",
-            )
-        self.hashes = max(1, round(self.bits / capacity * math.log(2)))
-
-    def split(self, parts: int) -> BloomFilter:
-        """The filter of one of ``parts`` partitions: each holds its share of the requests."""
-        return BloomFilter(math.ceil(self.capacity / parts), self.error_rate)
-
-    def key(self, fingerprint: str) -> str:
-        """The dedup key of a hex fingerprint: ``#`` and its bit positions."""
-        h1, h2 = int(fingerprint[:16], 16), int(fingerprint[16:32], 16) | 1
-        return "#" + ",".join(str((h1 + i * h2) % self.bits) for i in range(self.hashes))
-
-
 #: What a lease holds: a queued request's entry, or a start URL (list page) to seed from.
 LeaseKind = Literal["request", "start"]
 _KINDS: dict[str, LeaseKind] = {"r": "request", "s": "start"}  # as lease.lua returns them
@@ -122,39 +88,6 @@ class Leased:
     payload: str
     error: str | None = None  # why the entry cannot be read (then payload is "")
     wait_ms: int = 0  # how long before its start time (a paced site's), Redis's clock
-
-
-@dataclass
-class CrawlStatus:
-    """The crawl-wide counts the completion check and `scrapy status` read (summed over the
-    partitions)."""
-
-    queued: int
-    leased: int
-    start_urls: int
-    seen: int
-    dead: int
-    nodes: dict[str, tuple[int, dict[str, Any]]]
-    now_ms: int
-    #: Entries of ``<spider>:nodes`` that are not heartbeats: (field, why).
-    bad_nodes: list[tuple[str, str]] = field(default_factory=list)
-    #: Sites with queued requests, and those of them waiting (Retry-After, or a pace).
-    sites: int = 0
-    waiting: int = 0
-    #: Up to 10 waiting sites: site -> seconds until they are leased from again.
-    waits: dict[str, float] = field(default_factory=dict)
-    #: Listings seeded in this generation (`scrapy seed`).
-    listings: int = 0
-    #: The partitions with requests queued (or, partition 0, start URLs).
-    busy: set[int] = field(default_factory=set)
-    #: False when the partitions were read at different moments and may disagree (a
-    #: request leased in one while its children went to another): then not ``drained``.
-    consistent: bool = True
-
-    @property
-    def drained(self) -> bool:
-        """Nothing queued, leased or waiting to be seeded, anywhere."""
-        return self.consistent and self.sites == 0 and self.leased == 0 and self.start_urls == 0
 
 
 @dataclass(frozen=True)
@@ -442,12 +375,12 @@ class CrawlQueue:
         children in another, and been acknowledged, between the two reads).
         """
         reads = [await self._read(p) for p in self.parts]
-        status = self._sum(reads)
+        status = sum_reads(reads)
         if len(self.parts) > 1 and status.drained:
             again = [await self._read(p) for p in self.parts]
             status.consistent = [r[6] for r in reads] == [r[6] for r in again]
         if nodes:
-            status.nodes, status.bad_nodes = _heartbeats(await self.redis.hgetall(self.keys.nodes))
+            status.nodes, status.bad_nodes = heartbeats(await self.redis.hgetall(self.keys.nodes))
         return status
 
     async def _read(self, p: Keys) -> list[Any]:
@@ -466,40 +399,6 @@ class CrawlQueue:
                 ]
             )
         )
-
-    @staticmethod
-    def _sum(reads: list[list[Any]]) -> CrawlStatus:
-        status = CrawlStatus(0, 0, 0, 0, 0, {}, 0)
-        for k, read in enumerate(reads):
-            (
-                queued,
-                sites,
-                leases,
-                seen,
-                dead,
-                bloomed,
-                _,
-                start_urls,
-                now,
-                waiting,
-                waits,
-                listings,
-            ) = read
-            status.listings += int(listings)
-            if int(sites) or int(start_urls):
-                status.busy.add(k)
-            status.queued += max(0, _int(queued))  # a count for people: `sites` decides
-            status.sites += int(sites)
-            status.leased += int(leases)
-            status.seen += int(seen) + _int(bloomed)  # a count this crawl did not write: 0
-            status.dead += int(dead)
-            status.start_urls += int(start_urls)
-            status.now_ms = max(status.now_ms, int(now))
-            status.waiting += int(waiting)
-            for i in range(0, len(waits), 2):
-                if len(status.waits) < 10:
-                    status.waits[_text(waits[i])] = int(waits[i + 1]) / 1000
-        return status
 
     async def seed(self, urls: list[str]) -> int:
         """Append list page URLs to ``<spider>:start_urls``, each the start of a listing of
@@ -608,26 +507,6 @@ async def open_queue(
         await queue.aclose()
         raise
     return queue
-
-
-def _int(value: bytes | str | int) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        return 0
-
-
-def _heartbeats(
-    entries: dict[Any, Any],
-) -> tuple[dict[str, tuple[int, dict[str, Any]]], list[tuple[str, str]]]:
-    parsed, bad = {}, []
-    for node, value in entries.items():
-        name = _text(node)
-        try:
-            parsed[name] = codec.heartbeat(value)
-        except ValueError as exc:
-            bad.append((name, str(exc)))
-    return parsed, bad
 
 
 def _text(value: bytes | str) -> str:

@@ -32,7 +32,6 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
@@ -41,6 +40,7 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.httpobj import urlparse_cached
 
 from scraper.config import ConfigError, stop_crawl
+from scraper.distributed.bloom import BloomFilter
 from scraper.distributed.buffers import Buffers, Outgoing, OutgoingLeased
 from scraper.distributed.codec import encode
 from scraper.distributed.connection import (
@@ -51,12 +51,12 @@ from scraper.distributed.connection import (
     redis_target,
 )
 from scraper.distributed.leases import FOUND_BY, LEASE, Leases
+from scraper.distributed.per_site import PerSite
 from scraper.distributed.pump import Pump
-from scraper.distributed.queue import BloomFilter, CrawlQueue, Pace, partitions
-from scraper.downloader import Downloader
+from scraper.distributed.queue import CrawlQueue, Pace, partitions
 from scraper.retry import describe
 from scraper.signals import request_done, site_paused
-from scraper.sites import ListPageSource, SiteMode, apply_to_downloader, site_of
+from scraper.sites import ListPageSource
 
 if TYPE_CHECKING:
     from typing import Self
@@ -116,8 +116,7 @@ class DistributedScheduler:
         self.queue: CrawlQueue | None = None
         self.notes: set[asyncio.Task[None]] = set()
         self.pump: Pump | None = None
-        self.mode: SiteMode | None = None
-        self.listings: set[str] = set()  # the list pages this node knows of
+        self.per_site: PerSite | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -262,70 +261,19 @@ class DistributedScheduler:
         self.crawler.signals.connect(self.pump.start, signal=signals.spider_opened, weak=False)
 
     async def _pace(self) -> Pace:
-        """How this node leases across sites: the crawl's site mode (from every listing
-        it knows: this node's own, those `scrapy seed` gave Redis, start URLs it leased),
-        and the delay between requests to one site, which every node shares."""
+        """How this node leases across sites (scraper/distributed/per_site.py), from every
+        listing it knows: its own, and those `scrapy seed` gave Redis."""
         assert self.queue is not None and self.spider is not None
         own = self.spider.list_page_urls() if isinstance(self.spider, ListPageSource) else []
-        self.mode = SiteMode.decide(own, self.crawler.settings)
-        self.listings = set(own)
+        self.per_site = PerSite(self.crawler, own)
         _, listings, _ = await self.queue.generation()
-        settings = self.crawler.settings
-        delay = settings.getfloat("DOWNLOAD_DELAY")
-        intervals = {
-            site: int(float(slot["delay"]) * 1000)
-            for site, slot in settings.getdict("DOWNLOAD_SLOTS").items()
-            if "delay" in slot
-        }
-        if delay or intervals:
-            self._share_pace(delay)
-        pace = Pace(interval_ms=int(delay * 1000), intervals=intervals)
-        return self._with_mode(pace, listings)
+        return self.per_site.pace(listings)
 
     def note_listings(self, urls: list[str]) -> None:
         """Listings this node learnt of while crawling (Redis's set of them, a start URL it
         leased): a crawl seeded after the node started may turn out to span sites."""
-        if self.pump is not None:
-            self.pump.pace = self._with_mode(self.pump.pace, urls)
-
-    def _with_mode(self, pace: Pace, urls: list[str]) -> Pace:
-        """``pace`` with the per-site limit of the crawl's mode, decided again if ``urls``
-        name new sites (the downloader's slots follow a change, and the log says it)."""
-        assert self.mode is not None
-        known = set(self.mode.sites)
-        new = [url for url in urls if site_of(url) not in known]
-        if new:
-            self.listings.update(new)
-            mode = SiteMode.decide(sorted(self.listings), self.crawler.settings)
-            if mode != self.mode:
-                self.mode = mode
-                apply_to_downloader(mode, self.crawler)
-                logger.info("%(line)s (the crawl's listings in Redis)", {"line": mode.start_line})
-        mode = self.mode
-        # Twice what it may run at once: the next ones are at hand, the rest stay in Redis
-        # for other nodes.
-        per_site = 2 * mode.per_site if mode.many or mode.user_set else Pace.per_site
-        return replace(pace, per_site=per_site)
-
-    def _share_pace(self, delay: float) -> None:
-        """The delays are a pace in Redis shared by every node: the node's own downloader
-        slots keep none (scraper/downloader.py), unless AutoThrottle adjusts them."""
-        downloader = self.crawler.engine.downloader
-        if self.crawler.settings.getbool("AUTOTHROTTLE_ENABLED") or not isinstance(
-            downloader, Downloader
-        ):
-            logger.warning(
-                "DOWNLOAD_DELAY is paced across nodes in Redis, and each node's downloader "
-                "keeps its own delay too (AutoThrottle, or another DOWNLOADER): requests "
-                "may come slower than the delay says"
-            )
-            return
-        downloader.shared_pace()
-        logger.info(
-            "Distributed crawl: DOWNLOAD_DELAY %(delay)s s per site (DOWNLOAD_SLOTS: their own) "
-            "is kept by the whole crawl, every node's requests paced from Redis",
-            {"delay": delay},
-        )
+        if self.pump is not None and self.per_site is not None:
+            self.pump.pace = self.per_site.learn(self.pump.pace, urls)
 
     def _stop_once_open(self, setting: str, why: object, reason: str | None = None) -> None:
         """Stop the crawl with one line as soon as the engine has opened it. Stopping from
