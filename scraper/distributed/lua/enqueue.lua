@@ -8,14 +8,14 @@ local sites, dupefilter, seq_key = KEYS[1], KEYS[2], KEYS[3]
 local bloom, bloom_count, queued, version, ready = KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local prefix = ARGV[1]
 
-local seen, added = {}, 0
+local seen, added, queued_sites = {}, 0, {}
 for i = 2, #ARGV, 4 do
   local dedup_key, priority, request, site = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2],
     ARGV[i + 3]
   if is_new(dedup_key, dupefilter, bloom, bloom_count) then
     local seq = redis.call('INCR', seq_key)
     redis.call('ZADD', prefix .. 'q:' .. site, -priority * 1e12 + seq, seq .. ' ' .. request)
-    queue_site(sites, ready, site)
+    if not queued_sites[site] then queue_site(sites, ready, site); queued_sites[site] = true end
     added = added + 1
   else
     seen[#seen + 1] = (i - 2) / 4
