@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from scraper.checks import Limits, judge
+from scraper.sites import site_of
 from tests.helpers import Site, records, scrapy_crawl, seed, setting_args, store_settings
 
 if TYPE_CHECKING:
@@ -169,7 +170,8 @@ def test_a_request_moved_to_dead_breaks_the_dead_share(
     client = redis.Redis.from_url(redis_url)
     entry = "4242 " + json.dumps({"url": f"{site.base}/page/9999"})
     client.zadd("listing:leases", {"gone-node:1": 0})  # expired long ago
-    client.hset("listing:leased", "gone-node:1", f"0 {entry}")
+    # Lease data: "<score> <site> <queue entry>" (scraper/distributed/codec.py).
+    client.hset("listing:leased", "gone-node:1", f"0 {site_of(site.base)} {entry}")
     client.hset("listing:attempts", "4242", 5)  # REDIS_MAX_ATTEMPTS (5) leases lost already
     args = setting_args(store_settings(tmp_path, **QUICK, REDIS_URL=redis_url))
     result = scrapy_crawl(args, cwd=tmp_path, timeout=120)

@@ -12,10 +12,12 @@ would otherwise import whatever module an entry names.
 The wire formats, all read here (the Lua scripts in ``lua/`` write the Redis side):
 
 - a request: ``encode(request)``, JSON (``decode``);
-- a queue entry (``<spider>:requests``): ``"<seq> <request JSON>"``, the sequence number
-  keeping equal requests distinct members (enqueue.lua; ``entry_request``);
-- lease data (``<spider>:leased``): ``"<score> <queue entry>"``, or ``"start <URL>"`` for
-  a start URL (lease.lua, enqueue_leased.lua; read back by reclaim.lua and ack.lua);
+- a queue entry (``<spider>:q:<site>``, one queue per site): ``"<seq> <request JSON>"``,
+  the sequence number keeping equal requests distinct members (enqueue.lua;
+  ``entry_request``);
+- lease data (``<spider>:leased``): ``"<score> <site> <queue entry>"``, or
+  ``"start <URL>"`` for a start URL (lease.lua, enqueue_leased.lua; read back by
+  reclaim.lua and ack.lua);
 - a start URL (``<spider>:start_urls``): a URL, or JSON ``{"url": ..., "meta": ...}``
   (``start_url``);
 - a heartbeat (``<spider>:nodes``): ``"<ms> <JSON object>"``, Redis's clock when it was

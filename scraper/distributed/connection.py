@@ -21,8 +21,9 @@ by Redis ("CROSSSLOT Keys in request don't hash to the same slot") when the clie
 not know the slots yet, else by the client before sending (RedisClusterException
 "EVALSHA - all keys must map to the same key slot"; CrossSlotTransactionError for a
 MULTI). A key a script names itself, not in KEYS, works only while its slot happens to
-be on the same master. The cluster client runs no script in a pipeline (it blocks
-EVALSHA there): each script call is its own round trip.
+be on the same master. The cluster client's pipeline sends EVALSHA without loading the
+script (NOSCRIPT from a master that has not run it): each script call is its own round
+trip.
 """
 
 from __future__ import annotations
