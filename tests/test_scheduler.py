@@ -10,6 +10,7 @@ of this file (one node, in this process).
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,22 @@ def test_leases_from_lease_to_ack() -> None:
     assert not leases.per_site  # nothing held, of any site
 
 
+def test_a_lease_takes_a_place_of_its_site_until_its_download_ends() -> None:
+    leases = Leases("node-a")
+    leases.hold("t1", "a.test")
+    leases.hold("t2", "a.test")
+    leases.fetched("t1")  # downloaded: parsed and stored next, still held
+    assert leases.per_site == {"a.test": 1} and leases.held == {"t1", "t2"}
+    assert leases.freed == 1
+    leases.fetching("t1", "a.test")  # a retry of it: back in the downloader
+    leases.fetching("t2", "a.test")  # counted already: no change
+    leases.fetching("gone", "a.test")  # not held: not counted
+    assert leases.per_site == {"a.test": 2}
+    leases.fetched("t1")
+    assert leases.done("t1") and leases.done("t2")
+    assert not leases.per_site
+
+
 def test_buffers_keep_list_pages_ahead_and_drop_what_was_not_started() -> None:
     buffers = Buffers()
     for token, priority in [("a", 0), ("b", 0), ("list", 10), ("c", 0)]:
@@ -173,6 +190,39 @@ async def test_a_list_page_is_acknowledged_after_its_children_are_in_redis(
         await node.pump.flush()
         assert queued_at_ack == [50]
         assert node.stat("distributed/acked") == 1
+    finally:
+        await close_node(node)
+
+
+@deferred_f_from_coro_f
+async def test_a_site_gets_more_as_its_downloads_end_not_once_they_are_stored(
+    redis_url: str,
+) -> None:
+    """Per-site limits: a node leases of a site twice its concurrency; a download that
+    ends makes room for the next request while its page is still parsed and stored."""
+    node = await open_node(redis_url, CONCURRENT_REQUESTS_PER_DOMAIN=2)
+    spider = node.scheduler.spider
+    try:
+        for n in range(10):
+            node.scheduler.enqueue_request(node.request(f"/item/{n}"))
+        await node.pump.flush()
+        assert await node.pump.refill()
+        first = node.take(10)
+        assert len(first) == 4  # 2 downloading, 2 waiting in the site's downloader slot
+        assert not await node.pump.refill()  # the rest stays in Redis, for other nodes
+        assert not node.pump._room_freed(time.monotonic() + 1)
+        for request in first[:3]:
+            node.crawler.signals.send_catch_log(
+                signals.request_left_downloader, request=request, spider=spider
+            )
+        # Not stored, not acknowledged, and the pump leases again (at most every 50 ms).
+        assert node.stat("distributed/acked") == 0
+        assert node.pump._room_freed(time.monotonic() + 1)
+        assert await node.pump.refill()
+        assert len(node.take(10)) == 3
+        # A retry of a downloaded request goes back to the downloader: a place again.
+        node.scheduler.enqueue_request(first[0].replace(dont_filter=True))
+        assert node.scheduler.leases.per_site == {"127.0.0.1": 5}
     finally:
         await close_node(node)
 

@@ -36,9 +36,12 @@ class Leases:
         self.lost: set[str] = set()  # held, in flight, but reclaimed by other nodes
         self.acks: list[str] = []
         self._found = itertools.count()
-        #: Held leases per site: what this node has of each site to start or finish.
+        #: Held leases per site whose requests have not left the downloader yet: what
+        #: this node has of each site to start or to fetch (not to store).
         self.per_site: Counter[str] = Counter()
-        self._sites: dict[str, str] = {}
+        self._sites: dict[str, str] = {}  # the site of each lease counted in per_site
+        #: Leases whose downloads ended since the pump last leased: room freed.
+        self.freed = 0
 
     def __len__(self) -> int:
         return len(self.held)
@@ -54,6 +57,21 @@ class Leases:
         token = f"{partition}/{self.node}:f{next(self._found)}"
         self.hold(token, site)
         return token
+
+    def fetching(self, token: str, site: str) -> None:
+        """A held lease's request goes to the downloader again (a retry, a redirect):
+        it takes a place of its site again."""
+        if token in self.held and token not in self._sites:
+            self._sites[token] = site
+            self.per_site[site] += 1
+
+    def fetched(self, token: str) -> None:
+        """A held lease's request left the downloader: its site has room for the next one
+        while this one is parsed and stored (a site's room counted until the acknowledgement
+        kept its downloader slot idle for a pipeline's and a flush's time)."""
+        if token in self._sites:
+            self._release((token,))
+            self.freed += 1
 
     def _release(self, tokens: Iterable[str]) -> None:
         for token in tokens:

@@ -4,7 +4,7 @@ Each round (``_cycle``) flushes the outboxes and the acknowledgements, leases mo
 ``local`` runs low (from each partition in turn, round-robin across its sites: queue.Pace), and
 runs the chores that are due, each on its own clock (``Every``):
 
-- every STATUS_EVERY (STATUS_EVERY_IDLE while the node has nothing) the crawl's status,
+- every STATUS_EVERY (STATUS_EVERY_IDLE while the node holds no lease) the crawl's status,
   with every NODES_EVERY the heartbeats of all nodes, and every HEARTBEAT_EVERY this
   node's own heartbeat;
 - every lease/3 the node's leases are extended;
@@ -12,7 +12,11 @@ runs the chores that are due, each on its own clock (``Every``):
   the crawl waits only for other nodes, leftovers of crashed scripts are swept.
 
 A LEASE that finds nothing is asked again after a wait that doubles from 20 ms to
-IDLE_LEASE_WAIT_MAX, cut short when the status shows work.
+IDLE_LEASE_WAIT_MAX, cut short when the status shows work. With many sites, a node
+takes of each site only what its downloader slot can start soon (``_room``: twice the
+site's concurrency, less what is queued or downloading there); a download that ends frees
+a place, and the pump leases again (at most every ROOM_LEASE_GAP) without waiting for the
+page to be stored and acknowledged.
 
 If Redis goes away, the pump waits and retries with backoff; the buffers keep everything
 meanwhile. A bug (any other exception) closes the spider with its traceback.
@@ -54,14 +58,18 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between LEASE calls that find nothing, at most (the wait doubles from 20 ms).
 IDLE_LEASE_WAIT_MAX = 1.0
-#: Seconds between reads of the crawl's status: while this node has requests, and while
-#: it has none (it waits for work, or for the crawl to end).
+#: Seconds between reads of the crawl's status: while this node holds leases, and while
+#: it holds none (it waits for work, or for the crawl to end). On a cluster a read is a
+#: call per partition (24), so the busy cadence is most of what a node asks of Redis.
 STATUS_EVERY, STATUS_EVERY_IDLE = 1.0, 0.2
 #: Seconds between reads of every node's heartbeat (with the status), and between this
 #: node's own heartbeats.
 NODES_EVERY, HEARTBEAT_EVERY = 5.0, 1.0
 #: Seconds over which a heartbeat's pages/s is measured.
 RATE_WINDOW = 5.0
+#: Seconds between LEASE calls, at least, when downloads ending free room for sites that
+#: were full (many sites: a site's room is its share of the node, scraper/sites.py).
+ROOM_LEASE_GAP = 0.05
 #: Start URLs taken per LEASE call, besides requests.
 START_URLS_PER_LEASE = 10
 
@@ -132,6 +140,7 @@ class Pump:
         self.status_at = 0.0
         self.flushed_at = 0.0
         self.next_lease = 0.0  # monotonic time of the next LEASE call
+        self.leased_at = 0.0  # monotonic time of the last one
         self.lease_wait = 0.0
         self.started = time.monotonic()
         self.rate = Rate(RATE_WINDOW)
@@ -196,10 +205,14 @@ class Pump:
         anything."""
         worked = await self.flush()
         now = time.monotonic()
-        if self.buffers.unstarted() < self.prefetch // 2 + 1 and now >= self.next_lease:
+        if self.buffers.unstarted() < self.prefetch // 2 + 1 and (
+            now >= self.next_lease or self._room_freed(now)
+        ):
             worked |= await self._lease_more(now)
-        local = self.buffers.unstarted() > 0
-        if self.every_status.due(now, STATUS_EVERY if local else STATUS_EVERY_IDLE):
+        # Busy: it holds requests, whether still here or already in the downloader (with
+        # many sites the engine takes them at once into its slots' queues).
+        busy = self.buffers.unstarted() > 0 or bool(self.leases.held)
+        if self.every_status.due(now, STATUS_EVERY if busy else STATUS_EVERY_IDLE):
             await self._read_status(now)
         if self.every_extend.due(now):
             await self.upkeep.extend()
@@ -287,9 +300,19 @@ class Pump:
         self.next_lease = now + self.lease_wait
         return False
 
+    def _room_freed(self, now: float) -> bool:
+        """Many sites: downloads ended since the last LEASE, which found every site this
+        node holds full, or nothing; lease again, at most every ROOM_LEASE_GAP."""
+        return (
+            self.leases.freed > 0
+            and self.pace.per_site < self.prefetch
+            and now - self.leased_at >= ROOM_LEASE_GAP
+        )
+
     async def refill(self) -> bool:
         """Lease requests (and start URLs) up to ``prefetch`` from the partitions in turn,
         and hand them to the engine: through ``engine.crawl``, which also wakes it."""
+        self.leases.freed, self.leased_at = 0, time.monotonic()
         want = self.prefetch - self.buffers.unstarted()
         got, parts = 0, len(self.queue.parts)
         for i in range(parts):
@@ -324,7 +347,8 @@ class Pump:
 
     def _room(self) -> dict[str, int]:
         """What this node can still take of each site it holds requests of: none of a
-        site it holds ``per_site`` of (the rest stays in Redis for other nodes)."""
+        site with ``per_site`` queued or downloading here (the rest stays in Redis for
+        other nodes)."""
         per_site = self.pace.per_site
         if per_site >= self.prefetch:  # one site: no limit
             return {}

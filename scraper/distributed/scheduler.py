@@ -168,6 +168,7 @@ class DistributedScheduler:
             # A request this node holds: leased (the pump hands it over through
             # engine.crawl), or a retry or redirect of one. It stays here, under its
             # lease, and is acknowledged when it is done.
+            self.leases.fetching(request.meta[LEASE], urlparse_cached(request).hostname or "")
             self.buffers.keep(request)
             self.stats.inc_value("scheduler/enqueued")
             return True
@@ -233,6 +234,9 @@ class DistributedScheduler:
             return
         self.crawler.signals.connect(self.spider_idle, signal=signals.spider_idle)
         self.crawler.signals.connect(self.request_done, signal=request_done)
+        self.crawler.signals.connect(
+            self.request_left_downloader, signal=signals.request_left_downloader
+        )
         self.crawler.signals.connect(self.site_paused, signal=site_paused)
         logger.info(
             "Distributed crawl: node %(node)s on %(url)s, keys %(prefix)s*%(parts)s",
@@ -331,6 +335,13 @@ class DistributedScheduler:
                 "%(error)s): this node waits alone",
                 {"site": site, "s": seconds, "error": describe(exc)},
             )
+
+    def request_left_downloader(self, request: Request, **kwargs: Any) -> None:
+        """Signal handler: a download ended (a response or an error): its site has room
+        on this node for the next request."""
+        token = request.meta.get(LEASE)
+        if token is not None:
+            self.leases.fetched(token)
 
     def request_done(self, request: Request, list_failed: bool = False) -> None:
         """Signal handler: the request's outcome is stored; acknowledge its lease. A list
