@@ -207,7 +207,11 @@ STATS: tuple[Counted, ...] = (
         "Requests this node sent to <spider>:dead after REDIS_MAX_ATTEMPTS lost leases.",
         "distributed/dead",
     ),
-    one("scraper_redis_calls", "Calls (scripts, pipelines) to Redis.", "distributed/redis_calls"),
+    one(
+        "scraper_redis_calls",
+        "Round trips to Redis (commands and script calls).",
+        "distributed/redis_calls",
+    ),
     one("scraper_redis_errors", "Redis calls that failed (outages).", "distributed/redis_errors"),
 )
 

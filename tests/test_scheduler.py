@@ -228,6 +228,43 @@ async def test_a_site_gets_more_as_its_downloads_end_not_once_they_are_stored(
 
 
 @deferred_f_from_coro_f
+async def test_redis_calls_counts_every_round_trip_of_the_node(redis_url: str) -> None:
+    """distributed/redis_calls: the node's scripts as Redis counts them, the status
+    reads, heartbeats and lease upkeep included, and a script reloaded after NOSCRIPT."""
+    probe = Redis.from_url(redis_url)
+
+    async def scripts_run() -> int:
+        stats = await probe.info("commandstats")
+        return sum(
+            stats.get(f"cmdstat_{name}", {}).get(kind, 0)
+            for name in ("evalsha", "eval", "script|load")
+            for kind in ("calls", "rejected_calls")  # a failed call is among the calls
+        )
+
+    node = await open_node(redis_url)
+    try:
+        before, counted = await scripts_run(), node.queue.calls.n
+        for n in range(3):
+            node.scheduler.enqueue_request(node.request(f"/item/{n}"))
+        await node.pump.flush()
+        await node.pump.refill()
+        await node.queue.status(nodes=False)
+        await probe.script_flush()  # as after a restart of Redis: every script reloads
+        await node.pump.upkeep.extend()
+        await node.queue.heartbeat("node-a", {"state": "running"}, 1000)
+        node.stored(node.take(1)[0])
+        await node.pump.flush()
+        sent = node.queue.calls.n - counted
+        assert sent == await scripts_run() - before
+        assert sent >= 9  # 6 calls, 3 of them after NOSCRIPT: the call, the load, again
+        await node.pump._cycle()
+        assert node.stat("distributed/redis_calls") == node.queue.calls.n
+    finally:
+        await close_node(node)
+        await probe.aclose()
+
+
+@deferred_f_from_coro_f
 async def test_leases_lost_in_a_partition_are_let_go(redis_url: str) -> None:
     node = await open_node(redis_url, REDIS_LEASE_SECONDS=0.3)
     other = CrawlQueue(Redis.from_url(redis_url), "listing")

@@ -203,6 +203,23 @@ def connect(target: RedisTarget, **options: Any) -> AnyRedis:
     )
 
 
+class CallCount:
+    """The round trips a client made: every command and script call (a script's reload
+    after NOSCRIPT included), counted at ``execute_command``, the one door of every call
+    in both clients. ``distributed/redis_calls``; Redis's own INFO commandstats agrees
+    (bench/sites.py prints both)."""
+
+    def __init__(self, client: AnyRedis) -> None:
+        self.n = 0
+        send = client.execute_command
+
+        async def counted(*args: Any, **options: Any) -> Any:
+            self.n += 1
+            return await send(*args, **options)
+
+        client.execute_command = counted  # type: ignore[method-assign]
+
+
 def redis_client(settings: Mapping[str, Any], **options: Any) -> AnyRedis:
     """The asyncio client the settings name (see the module docstring); ConfigError if
     they name none or one that cannot work."""

@@ -160,6 +160,7 @@ class Pump:
         self.stopping = True
         if self.task is not None:
             await self.task
+        self.stats.set_value("distributed/redis_calls", self.queue.calls.n)
 
     def status_is_fresh(self) -> bool:
         """A status was read after this node's last flush (its acknowledgements count)."""
@@ -220,6 +221,7 @@ class Pump:
             await self.upkeep.reclaim()
         if self._waiting_for_other_nodes() and self.every_sweep.due(now):
             await self.upkeep.sweep()
+        self.stats.set_value("distributed/redis_calls", self.queue.calls.n)
         return worked
 
     # --- moving requests ----------------------------------------------------------------
@@ -241,7 +243,6 @@ class Pump:
                 acked, refused = await self.queue.ack(batch)
                 del acks[: len(batch)]
                 self.stats.inc_value("distributed/acked", acked)
-                self.stats.inc_value("distributed/redis_calls")
                 if refused:
                     self.stats.inc_value("distributed/ack_refused", refused)
                     logger.warning(
@@ -270,7 +271,6 @@ class Pump:
             seen = await self.queue.enqueue_leased(leased, self.lease_ms)
             del buffers.outbox_leased[: len(leased)]
             leased_n -= len(leased)
-            self.stats.inc_value("distributed/redis_calls")
             if seen:  # found by another node first: it is crawled there
                 self.leases.forget(seen)
                 self.stats.inc_value("distributed/filtered", len(seen))
@@ -282,7 +282,6 @@ class Pump:
             del buffers.outbox[: len(batch)]
             queued_n -= len(batch)
             self.stats.inc_value("distributed/filtered", len(positions))
-            self.stats.inc_value("distributed/redis_calls")
             for i in positions:  # as Scrapy's engine does when its dupefilter drops a request
                 self.crawler.signals.send_catch_log(
                     signals.request_dropped, request=batch[i].request, spider=self.spider
@@ -328,7 +327,6 @@ class Pump:
                 pace=self.pace,
                 room=self._room(),
             )
-            self.stats.inc_value("distributed/redis_calls")
             self._take(leased)
             got += len(leased)
             if got >= want:

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from scraper.config import ConfigError
 from scraper.distributed import codec
 from scraper.distributed.bloom import BloomFilter
-from scraper.distributed.connection import RedisTarget, connect, redis_target
+from scraper.distributed.connection import CallCount, RedisTarget, connect, redis_target
 from scraper.distributed.counts import CrawlStatus, heartbeats, sum_reads
 from scraper.distributed.keys import Keys, partition_of, token_partition
 from scraper.previous import CRAWL_ID, LISTING, new_crawl_id
@@ -121,6 +121,7 @@ class CrawlQueue:
         cluster: bool = False,
     ) -> None:
         self.redis = redis
+        self.calls = CallCount(redis)
         self.spider_name = spider_name
         self.cluster = cluster
         self.bloom = bloom
