@@ -139,3 +139,43 @@ def test_soak_samples_memory_checks_the_bound_and_the_stores(tmp_path: Path) -> 
     assert over.returncode == 1
     assert "OVER THE BOUND" in results.read_text()
     # No children invariant: the soak deletes its crawl's stores and log when it ends.
+
+
+def test_the_many_site_bench_runs_its_contenders_and_checks_every_record(
+    tmp_path: Path,
+) -> None:
+    """bench/sites.py at 3 sites x 20 children: the per-site queue on one Redis and on the
+    3-master cluster, in both worlds; every record once, the tables written."""
+    rows_path, results = tmp_path / "rows.jsonl", tmp_path / "RESULTS.md"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.sites",
+            *("--sites", "3", "--children", "20", "--per-page", "10", "--repeats", "1"),
+            *("--latency-ms", "10", "--slow-ms", "200", "--concurrency", "50"),
+            *("--contenders", "per-site-1", "cluster-1", "--timeout", "120"),
+            *("--runs-dir", str(tmp_path / "runs"), "--rows", str(rows_path)),
+            *("--results", str(results)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    assert sorted((r["contender"], r["world"]) for r in rows) == [
+        ("cluster-1", "all sites"),
+        ("cluster-1", "healthy alone"),
+        ("per-site-1", "all sites"),
+        ("per-site-1", "healthy alone"),
+    ]
+    for row in rows:
+        assert row["stored"] == (60 if row["world"] == "all sites" else 20), row
+        assert row["ok"] and row["verified"] and not row["failed_records"], row
+        assert row["exit"] == [0] and row["redis_round_trips"] > 0, row
+    text = results.read_text()
+    assert "| per-site-1 | all sites | 1 |" in text and "| cluster-1 | healthy alone | 1 |" in text
+    assert "FAILED" not in text
