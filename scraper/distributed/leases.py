@@ -67,8 +67,9 @@ class Leases:
 
     def fetched(self, token: str) -> None:
         """A held lease's request left the downloader: its site has room for the next one
-        while this one is parsed and stored (a site's room counted until the acknowledgement
-        kept its downloader slot idle for a pipeline's and a flush's time)."""
+        while this one is parsed and stored. (Counted until the acknowledgement, a site's
+        downloader slot sat idle for a pipeline's and a flush's time: bench/RESULTS.md,
+        "After d435633".)"""
         if token in self._sites:
             self._release((token,))
             self.freed += 1

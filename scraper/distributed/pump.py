@@ -300,8 +300,9 @@ class Pump:
         return False
 
     def _room_freed(self, now: float) -> bool:
-        """Many sites: downloads ended since the last LEASE, which found every site this
-        node holds full, or nothing; lease again, at most every ROOM_LEASE_GAP."""
+        """Many sites: downloads ended since the last LEASE, so sites that were full have
+        room; lease again without waiting out the idle backoff, at most every
+        ROOM_LEASE_GAP."""
         return (
             self.leases.freed > 0
             and self.pace.per_site < self.prefetch
