@@ -47,7 +47,7 @@ import redis
 from bench import redis_idle, redis_synthetic
 from bench.redis_probe import TOP_LEVEL, RedisProbe
 from bench.report import write_section
-from bench.run import OUT, Bench, measure
+from bench.run import OUT, Bench, measure, scratch_dir
 from bench.servers import ROOT, redis_server, site_server
 
 CONTENDERS = ("in-memory", "distributed-1", "distributed-2", "scrapy-redis-1", "in-memory-2")
@@ -320,9 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs-dir",
         type=Path,
-        default=Path("/dev/shm/scraper-bench-dist")
-        if Path("/dev/shm").is_dir()
-        else OUT / "dist-runs",
+        default=scratch_dir("scraper-bench-dist"),
     )
     parser.add_argument(
         "-s",

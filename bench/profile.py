@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from bench.run import OUT
+from bench.run import OUT, scratch_dir
 from bench.servers import site_server
 from scraper.testsite import Listing
 
@@ -66,7 +66,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("-s", dest="settings", action="append", default=[])
     args = parser.parse_args()
-    out = Path("/dev/shm/scraper-profile") if Path("/dev/shm").is_dir() else OUT / "profile"
+    out = scratch_dir("scraper-profile")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     site = site_server(

@@ -57,6 +57,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 OUT = ROOT / "bench" / "out"
+
+
+def scratch_dir(name: str) -> Path:
+    """Where a bench's runs put their stores: ``/dev/shm/<name>`` (tmpfs, so that local
+    stores measure the crawler, not this machine's disk), else ``bench/out/<name>``."""
+    shm = Path("/dev/shm")
+    return shm / name if shm.is_dir() else OUT / name
+
+
 CONTENDERS = ("ours", "ours-no-storage", "celery-gevent", "bare", "ours-impolite")
 #: ours-<name>: ours with these settings. Not in the default run; --variant adds more.
 VARIANTS = {"impolite": ["ROBOTSTXT_OBEY=False", "RETRY_AFTER_ENABLED=False"]}
@@ -548,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs-dir",
         type=Path,
-        default=Path("/dev/shm/scraper-bench") if Path("/dev/shm").is_dir() else OUT / "runs",
+        default=scratch_dir("scraper-bench"),
         help="where each run's stores go (default: tmpfs, so that the local "
         "profile measures the crawler, not this machine's disk)",
     )

@@ -67,7 +67,7 @@ import redis
 
 from bench.redis_probe import TOP_LEVEL, deltas, snapshot
 from bench.report import write_section
-from bench.run import OUT, checkout, fingerprint_key, measure, remove_checkout
+from bench.run import OUT, checkout, fingerprint_key, measure, remove_checkout, scratch_dir
 from bench.servers import ROOT, Server, redis_server, site_server, stop
 from scraper.testsite import Listing, host_addresses, render_child
 
@@ -644,9 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs-dir",
         type=Path,
-        default=Path("/dev/shm/scraper-bench-sites")
-        if Path("/dev/shm").is_dir()
-        else OUT / "sites-runs",
+        default=scratch_dir("scraper-bench-sites"),
     )
     parser.add_argument(
         "-s", dest="settings", action="append", default=[], help="NAME=VALUE for every node"

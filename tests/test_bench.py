@@ -17,37 +17,40 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def test_harness_runs_every_contender_and_verifies_the_stores(tmp_path: Path) -> None:
-    rows_path, results = tmp_path / "rows.jsonl", tmp_path / "RESULTS.md"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            "--n",
-            "50",
-            "--concurrency",
-            "10",
-            "--repeats",
-            "1",
-            "--latency-ms",
-            "10",
-            "--sink-seconds",
-            "0.5",
-            "--timeout",
-            "120",
-            "--runs-dir",
-            str(tmp_path / "runs"),
-            "--rows",
-            str(rows_path),
-            "--results",
-            str(results),
-        ],
+def bench(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.<module> ARGS`` from the project's root, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         check=False,
+    )
+
+
+def test_harness_runs_every_contender_and_verifies_the_stores(tmp_path: Path) -> None:
+    rows_path, results = tmp_path / "rows.jsonl", tmp_path / "RESULTS.md"
+    result = bench(
+        "run",
+        "--n",
+        "50",
+        "--concurrency",
+        "10",
+        "--repeats",
+        "1",
+        "--latency-ms",
+        "10",
+        "--sink-seconds",
+        "0.5",
+        "--timeout",
+        "120",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--rows",
+        str(rows_path),
+        "--results",
+        str(results),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
@@ -119,14 +122,7 @@ def test_soak_samples_memory_checks_the_bound_and_the_stores(tmp_path: Path) -> 
     ]
 
     def soak(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "bench.soak", *args, *extra],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        return bench("soak", *args, *extra, timeout=300)
 
     ok = soak("--bound", "10", "--redis")  # one distributed node, its queue in Redis
     assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
@@ -147,22 +143,13 @@ def test_the_many_site_bench_runs_its_contenders_and_checks_every_record(
     """bench/sites.py at 3 sites x 20 children: the per-site queue on one Redis and on the
     3-master cluster, in both worlds; every record once, the tables written."""
     rows_path, results = tmp_path / "rows.jsonl", tmp_path / "RESULTS.md"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.sites",
-            *("--sites", "3", "--children", "20", "--per-page", "10", "--repeats", "1"),
-            *("--latency-ms", "10", "--slow-ms", "200", "--concurrency", "50"),
-            *("--contenders", "per-site-1", "cluster-1", "--timeout", "120"),
-            *("--runs-dir", str(tmp_path / "runs"), "--rows", str(rows_path)),
-            *("--results", str(results)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    result = bench(
+        "sites",
+        *("--sites", "3", "--children", "20", "--per-page", "10", "--repeats", "1"),
+        *("--latency-ms", "10", "--slow-ms", "200", "--concurrency", "50"),
+        *("--contenders", "per-site-1", "cluster-1", "--timeout", "120"),
+        *("--runs-dir", str(tmp_path / "runs"), "--rows", str(rows_path)),
+        *("--results", str(results)),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
