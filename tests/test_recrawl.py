@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
 from scrapy import Request
 from scrapy.utils.defer import deferred_f_from_coro_f
 from twisted.python.failure import Failure
@@ -252,6 +253,38 @@ def test_two_nodes_crawl_a_listing_again_as_a_new_generation(
     for doc in docs.values():
         expected = render_child(name_of(doc), revision=1 if name_of(doc) in changed else 0)
         assert (tmp_path / "bodies" / doc["body_key"]).read_bytes() == expected
+
+
+def test_a_node_given_its_own_url_crawls_it_as_a_listing_of_the_generation(
+    fresh_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    """`-a url=` on a node, no `scrapy seed`: the listing joins the crawl's generation as a
+    seeded one does, so its records carry the generation's crawl id and the children it no
+    longer links are marked gone (on a new Redis, the next day)."""
+    site = fresh_site
+    url = site.listing_url(N, per_page=50)
+
+    def day(name: str) -> dict[str, Any]:
+        node = Node(name, redis_url, tmp_path, url=url)
+        nodes.append(node)
+        assert node.wait() == 0
+        return node.stats()
+
+    assert day("day1")["listing/children_new"] == N
+    knob(site, "/_listing?drop=5&seed=8")
+    dropped = {str(i) for i in range(N) if in_change(i, 5, 8)}
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    first_id = client.hget("listing:crawl", "id")
+    client.flushall()  # a new Redis: a new generation
+    second = day("day2")
+    second_id = client.hget("listing:crawl", "id")
+    client.close()
+    assert second["listing/children_gone"] == len(dropped)
+    assert first_id and second_id and first_id != second_id
+    docs = {d["fingerprint"]: d for d in read_jsonl(tmp_path / "meta.jsonl")}
+    assert {name_of(d) for d in docs.values() if d["gone_at"]} == dropped
+    assert {d["crawl_id"] for d in docs.values() if not d["gone_at"]} == {second_id}
+    assert {d["crawl_id"] for d in docs.values() if d["gone_at"]} == {first_id}
 
 
 def test_a_recrawl_is_refused_while_the_crawl_runs(redis_url: str, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ Keys of the whole crawl, in partition 0:
                        generation's ``id`` (its crawl_id, in every record) and
                        ``list_failed`` (list pages that failed: then the records it did
                        not link are not marked gone, scraper/recrawl.py)
-``listings``     SET   the listings `scrapy seed` started in this generation
+``listings``     SET   the listings of this generation: seeded, or a node's own ``-a url``
 
 The scripts are in ``lua/``, each naming its KEYS and ARGV at the top.
 A request taken by a node is not popped: LEASE moves it to ``leased`` with a deadline,
@@ -406,10 +406,17 @@ class CrawlQueue:
         the current generation (started if there is none)."""
         if not urls:
             return 0
-        crawl_id = await self.crawl_id()
+        crawl_id = await self.join(urls)
         entries = [codec.start_entry(url, {CRAWL_ID: crawl_id, LISTING: url}) for url in urls]
-        await self.redis.sadd(self.keys.listings, *urls)
         return int(await self.redis.rpush(self.keys.start_urls, *entries))
+
+    async def join(self, listings: list[str]) -> str:
+        """Make ``listings`` listings of the current generation (started if there is none):
+        when it ends complete, their records it did not link are marked gone. Its crawl id."""
+        crawl_id = await self.crawl_id()
+        if listings:
+            await self.redis.sadd(self.keys.listings, *listings)
+        return crawl_id
 
     async def crawl_id(self) -> str:
         """The current generation's crawl id, a new one if the crawl has none yet."""

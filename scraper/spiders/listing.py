@@ -28,6 +28,7 @@ from scrapy.exceptions import CloseSpider
 from scrapy.http import TextResponse
 
 from scraper.distributed.connection import distributed
+from scraper.distributed.generation import join_generation
 from scraper.fingerprint import LIST_PAGE
 from scraper.items import PageItem
 from scraper.previous import CRAWL_ID, LISTING, new_crawl_id
@@ -137,6 +138,8 @@ class ListingSpider(Spider):
         # JOBDIR keeps spider.state: a resumed crawl is the same crawl.
         state: dict[str, Any] = getattr(self, "state", {})
         self.crawl_id = state.setdefault("crawl_id", new_crawl_id())
+        if many_nodes and self.list_page_urls():
+            self.crawl_id = await join_generation(self.crawler, self.listings()) or self.crawl_id
         # Distributed: each goes into the shared queue, deduplicated there.
         template = len(self.start_urls_expanded) > 1
         for url in self.start_urls_expanded:
@@ -173,6 +176,12 @@ class ListingSpider(Spider):
                 urls.append(self.sitemap)
             self._list_page_urls = urls
         return self._list_page_urls
+
+    def listings(self) -> list[str]:
+        """The listings the arguments start: the URL (a template is one listing), each
+        urls_file line, the sitemap; each is its list pages' ``listing``."""
+        own = [self.url] if self.url else []
+        return own + self.list_page_urls()[len(self.start_urls_expanded) :]
 
     def _read_urls_file(self) -> Iterator[str]:
         assert self.urls_file is not None
