@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from scraper.commands.replay import replay
 from scraper.items import PageItem
 from scraper.pipelines import MetaStorePipeline
 from scraper.spool import count_lines
+from scraper.stores.meta import GONE_INDEX
 from scraper.testsite import render_child
 from tests.helpers import (
     S3_CREDENTIALS,
@@ -106,6 +108,13 @@ async def test_unique_index_on_fingerprint_is_ensured_at_open(
     fingerprint = pages.find_one()["fingerprint"]
     with pytest.raises(DuplicateKeyError):
         pages.insert_one({"_id": "other", "fingerprint": fingerprint})
+    # The end-of-crawl marking of gone records reads an index, not the whole collection.
+    assert [i["key"] for i in pages.index_information().values()].count(GONE_INDEX) == 1
+    if os.environ.get("SCRAPER_TEST_MONGO_URI"):  # a real server says how it would run it
+        plan = pages.find(
+            {"listing": {"$in": ["x"]}, "crawl_id": {"$ne": "y"}, "gone_at": None}
+        ).explain()
+        assert "IXSCAN" in str(plan["queryPlanner"]["winningPlan"])
 
 
 async def open_pipeline(mongo_uri: str, **kwargs: Any) -> MetaStorePipeline:

@@ -219,6 +219,11 @@ def _reasons(errors: list[dict[str, Any]]) -> list[str]:
     return sorted(reasons)
 
 
+#: What mark_gone asks for: a listing's records not marked gone, of another crawl (equality
+#: fields first, the ``$ne`` range last: it scans only the records this crawl did not link).
+GONE_INDEX = [("listing", 1), ("gone_at", 1), ("crawl_id", 1)]
+
+
 class MongoMetaStore:
     """Meta documents in a MongoDB collection, ``_id`` = fingerprint, upserted in bulk."""
 
@@ -256,6 +261,7 @@ class MongoMetaStore:
             self.collection = db[self.collection_name]
             self.client.admin.command("ping")
             self.collection.create_index("fingerprint", unique=True)
+            self.collection.create_index(GONE_INDEX, name="listing_gone_crawl")
         except OperationFailure as exc:
             why = (exc.details or {}).get("codeName") or exc.code
             raise StoreError(f"MongoDB at {where} refused: {why}") from None
