@@ -48,6 +48,7 @@ PROJECTION = {
     "first_seen": 1,
     "fetched_at": 1,
     "changed_at": 1,
+    "error": 1,
 }
 
 
@@ -56,6 +57,12 @@ def _header(headers: dict[str, Any], name: str) -> str | None:
         if key.lower() == name:
             return str(value)
     return None
+
+
+def checked_at(doc: dict[str, Any]) -> str | None:
+    """When a record's last fetch got its body or a 304: its ``fetched_at``, unless that
+    fetch failed (``error``)."""
+    return None if doc.get("error") else iso(doc.get("fetched_at"))
 
 
 class Previous(NamedTuple):
@@ -69,6 +76,10 @@ class Previous(NamedTuple):
     body_key: str | None
     first_seen: str | None
     changed_at: str | None
+    # When the site last gave or confirmed the stored body (a 200, a 304); None when the
+    # last fetch failed (RECRAWL_MIN_AGE asks such a child again). A default: a request
+    # queued by an older version carries six fields.
+    checked_at: str | None = None
 
     @classmethod
     def of(cls, doc: dict[str, Any], fingerprint: str | None = None) -> Previous:
@@ -84,7 +95,15 @@ class Previous(NamedTuple):
             fingerprint if body_key == fingerprint else body_key,
             iso(doc.get("first_seen") or doc.get("fetched_at")),
             iso(doc.get("changed_at")),
+            checked_at(doc),
         )
+
+    def checked_within(self, seconds: float, now: datetime) -> bool:
+        """Whether the site gave or confirmed the stored body less than ``seconds`` ago."""
+        checked = when(self.checked_at)
+        if not self.body_key or checked is None:
+            return False
+        return (now - checked).total_seconds() < seconds
 
     @classmethod
     def from_meta(cls, value: Any) -> Previous | None:

@@ -5,12 +5,16 @@ page yields it looks up their previous records in META_STORE, a batch per list p
 (one MongoDB ``find``, or the JSON Lines index), off the reactor thread, and gives each
 request found its record (``meta["previous"]``) and the conditional GET's headers
 (``If-None-Match``, ``If-Modified-Since``); the spider's records compare (see
-scraper/spiders/records.py).
+scraper/spiders/records.py). With ``RECRAWL_MIN_AGE``, a child the site gave or confirmed
+less than that many seconds ago is not asked at all: the spider's ``recent_child`` record
+says only that this crawl linked it (a re-visit policy: what changed meanwhile is seen
+once the child is older). Each such child is recorded once per process; a child linked
+from list pages crawled on two nodes is recorded, and counted, on each (the same record).
 
 When the crawl ends complete (finished, no list page failed, pagination not cut by
 LISTING_MAX_PAGES), the records of its listings that it did not link are marked
-``gone_at``, and one line says how many children were new, changed, unchanged, failed
-and gone. In distributed mode the crawl is the one `scrapy seed` started (its id,
+``gone_at``, and one line says how many children were new, changed, unchanged, recent,
+failed and gone. In distributed mode the crawl is the one `scrapy seed` started (its id,
 listings and failed list pages are in Redis), and every node that ends it marks: the
 marking is idempotent.
 """
@@ -20,16 +24,18 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, cast, get_args
 
 from scrapy import Request, signals
 
 from scraper.distributed.connection import distributed
 from scraper.fingerprint import LIST_PAGE
+from scraper.items import PageItem
 from scraper.pipelines.store_calls import call
 from scraper.previous import CRAWL_ID, LISTING, PREVIOUS, Previous
 from scraper.retry import describe
 from scraper.signals import request_done
+from scraper.spiders.records import Freshness
 from scraper.stores import build_meta_store
 
 if TYPE_CHECKING:
@@ -57,8 +63,12 @@ class Recrawl:
         self.executor: ThreadPoolExecutor | None = None
         self.closes: Callable[[], None] | None = None
         self.lookup_failed = False
-        # listing -> crawl id, of the list pages parsed here; and list pages that failed.
-        self.crawl: dict[str, Any] = {"listings": {}, "list_failed": 0}
+        self.min_age = crawler.settings.getfloat("RECRAWL_MIN_AGE")
+        # The spider's record of a recent child (ListingSpider.recent_child), with a min age.
+        self.recent_record: Callable[[Request], PageItem] | None = None
+        # listing -> crawl id, of the list pages parsed here; list pages that failed; the
+        # children recorded as recent (not asked), each once.
+        self.crawl: dict[str, Any] = {"listings": {}, "list_failed": 0, "recent": set()}
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -74,6 +84,9 @@ class Recrawl:
         state = getattr(spider, "state", None)
         if isinstance(state, dict):
             self.crawl = state.setdefault("recrawl", self.crawl)
+            self.crawl.setdefault("recent", set())  # a JOBDIR of an older version
+        if self.min_age > 0:
+            self.recent_record = getattr(spider, "recent_child", None)
         try:
             store = build_meta_store(self.crawler, self.crawler.settings.get("META_STORE"))
         except Exception:  # the meta pipeline says why, and stops the crawl
@@ -103,20 +116,19 @@ class Recrawl:
             if self.store is not None and _is_child(out):
                 children.append(out)
                 if len(children) >= BATCH:
-                    await self._give_previous(children)
-                    for child in children:
-                        yield child
+                    for given in await self._give_previous(children):
+                        yield given
                     children = []
             else:
                 yield out
         if children:
-            await self._give_previous(children)
-            for child in children:
-                yield child
+            for given in await self._give_previous(children):
+                yield given
 
-    async def _give_previous(self, children: list[Request]) -> None:
-        """Each child's previous record and conditional GET, one lookup for them all; a
-        lookup that fails leaves them to be fetched whole (nothing lost, more fetched)."""
+    async def _give_previous(self, children: list[Request]) -> list[Request | PageItem]:
+        """Each child's previous record and conditional GET, one lookup for them all, or
+        the record of a recent child in its place; a lookup that fails leaves them to be
+        fetched whole (nothing lost, more fetched)."""
         assert self.store is not None
         keys = [child.cb_kwargs["fingerprint"] for child in children]
         try:
@@ -130,10 +142,20 @@ class Recrawl:
                     "and stored whole until they can",
                     {"error": describe(exc)},
                 )
-            return
+            return list(children)
         self.lookup_failed = False
+        given: list[Request | PageItem] = []
+        now = datetime.now(UTC)
         for child, key in zip(children, keys, strict=True):
             previous = found.get(key)
+            if (
+                previous is not None
+                and self.recent_record is not None
+                and previous.checked_within(self.min_age, now)
+            ):
+                given.extend(self._recent(child, key))
+                continue
+            given.append(child)
             if previous is None:
                 continue
             child.meta[PREVIOUS] = list(previous)
@@ -145,6 +167,20 @@ class Recrawl:
                 child.meta["handle_httpstatus_list"] = [*allowed, 304]
         self.crawler.stats.inc_value("recrawl/lookups")
         self.crawler.stats.inc_value("recrawl/found", len(found))
+        return given
+
+    def _recent(self, child: Request, key: str) -> list[PageItem]:
+        """A recent child's record in place of its request; nothing for one recorded
+        before in this crawl (dropped as the dupefilter drops a child seen before)."""
+        assert self.recent_record is not None
+        recent: set[str] = self.crawl["recent"]
+        if key in recent:
+            self.crawler.signals.send_catch_log(
+                signals.request_dropped, request=child, spider=self.crawler.spider
+            )
+            return []
+        recent.add(key)
+        return [self.recent_record(child)]
 
     def request_done(self, request: Request, list_failed: bool = False) -> None:
         """A list page that failed: the crawl missed its children, so it marks none gone."""
@@ -168,11 +204,13 @@ class Recrawl:
         failed = stats.get_value("listing/child_failed", 0)
         if not any(counts.values()) and not failed:
             return
+        recent = counts.pop("recent")
         logger.info(
             "Children: %(new)d new, %(changed)d changed, %(unchanged)d unchanged, "
-            "%(failed)d failed; %(gone)s",
+            "%(recent)s%(failed)d failed; %(gone)s",
             {
                 **counts,
+                "recent": f"{recent} recent (not asked: RECRAWL_MIN_AGE), " if recent else "",
                 "failed": failed,
                 "gone": f"{gone} gone (no longer linked, marked gone_at)"
                 if gone is not None
@@ -208,7 +246,7 @@ class Recrawl:
         return await read_generation(self.crawler)
 
 
-FRESHNESS = ("new", "changed", "unchanged")
+FRESHNESS = get_args(Freshness)
 
 
 def _is_child(out: Any) -> bool:

@@ -38,6 +38,8 @@ BODY_STORES: dict[str, str] = {}  # extra schemes: {"gs": "mypkg.GCSBodyStore"}
 # (conditional GET; an unchanged body is not stored again), and a complete crawl marks the
 # records it no longer links gone_at.
 RECRAWL = True
+RECRAWL_MIN_AGE = 0  # seconds: a child the site gave or confirmed (200, 304) less than this ago
+# is not asked again, its record only marked linked by this crawl; 0: every child is asked
 BODY_STORE_VERSIONS = False  # keep each distinct body (key <fingerprint>-<sha256>), not the last
 
 # Where meta documents go: "mongodb://host:27017/db" or a local JSON Lines file (the default).

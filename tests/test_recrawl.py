@@ -107,10 +107,12 @@ def stamp(value: Any) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-async def crawl_again(site: Site, stores: Stores) -> tuple[dict[str, Any], dict[str, int]]:
+async def crawl_again(
+    site: Site, stores: Stores, **settings: Any
+) -> tuple[dict[str, Any], dict[str, int]]:
     """One crawl of the listing: its stats, and what the site served meanwhile."""
     site.stats(reset=True)
-    crawler: Crawler = await crawl(site.listing_url(N, per_page=50), **stores.settings)
+    crawler: Crawler = await crawl(site.listing_url(N, per_page=50), **(stores.settings | settings))
     assert crawler.stats is not None
     stats = crawler.stats.get_stats()
     assert stats["finish_reason"] == "finished"
@@ -190,6 +192,67 @@ async def test_a_recrawl_stores_what_changed_and_says_what_is_gone(
 
 
 @deferred_f_from_coro_f
+async def test_a_min_age_records_recent_children_as_linked_without_asking_the_site(
+    fresh_site: Site, stores: Stores
+) -> None:
+    site = fresh_site
+    await crawl_again(site, stores)
+    first = stores.records()
+    knob(site, "/_change?percent=5&seed=3")  # a change that children not asked do not show
+    knob(site, "/_listing?drop=5&seed=8")
+    dropped = {str(i) for i in range(N) if in_change(i, 5, 8)}
+    changed = {str(i) for i in range(N) if in_change(i, 5, 3)} - dropped
+    assert dropped and changed
+
+    stats, served = await crawl_again(site, stores, RECRAWL_MIN_AGE=3600)
+    assert stats["listing/children_recent"] == stats["listing/children"] == N - len(dropped)
+    assert served["hits"] == stats["listing/list_pages"]  # not one child asked
+    assert stats["meta_store/written"] == N - len(dropped)
+    assert "body_store/stored" not in stats and "listing/children_not_crawled" not in stats
+    assert stats["listing/children_gone"] == len(dropped)
+    second = stores.records()
+    assert {name_of(d) for d in second.values() if d["gone_at"]} == dropped
+    new_crawl = {d["crawl_id"] for d in second.values() if not d["gone_at"]}
+    assert len(new_crawl) == 1 and new_crawl.isdisjoint(d["crawl_id"] for d in first.values())
+    kept = ("status", "fetched_at", "last_seen", "sha256", "body_key", "unchanged", "changed_at")
+    for fp, doc in second.items():
+        assert {k: doc[k] for k in kept} == {k: first[fp][k] for k in kept}
+
+    # Older than the min age: asked again, and the change is found.
+    stats, served = await crawl_again(site, stores, RECRAWL_MIN_AGE=0.01)
+    assert "listing/children_recent" not in stats
+    assert stats["listing/children_changed"] == len(changed)
+    assert served["not_modified"] == N - len(dropped) - len(changed)
+
+
+def test_a_child_whose_last_fetch_failed_is_asked_again_within_the_min_age(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "meta.jsonl"
+    fp = "a" * 40
+    t0, t1, t2 = (f"2026-12-0{d}T00:00:00+00:00" for d in (1, 2, 3))
+    whole = {"fingerprint": fp, "sha256": "s" * 64, "body_key": fp, "fetched_at": t0}
+
+    def previous_after(*docs: dict[str, Any]) -> Previous:
+        store = JsonLinesMetaStore(path)
+        store.open()
+        store.write(list(docs))
+        found = store.previous([fp])[fp]
+        store.close()
+        return found
+
+    assert previous_after(whole).checked_at == t0
+    not_modified = previous_after({"fingerprint": fp, "fetched_at": t1, "status": 304})
+    assert not_modified.checked_at == t1 and not_modified.sha256 == "s" * 64
+    day_after = datetime(2026, 12, 3, tzinfo=UTC)
+    assert not_modified.checked_within(2 * 86400, day_after)
+    assert not not_modified.checked_within(86400, day_after)
+    failed = previous_after({"fingerprint": fp, "fetched_at": t2, "error": "HTTP 500"})
+    assert failed.checked_at is None and not failed.checked_within(86400, day_after)
+    assert Previous.of({**whole, "error": "HTTP 500"}).checked_at is None  # MongoDB's merged doc
+
+
+@deferred_f_from_coro_f
 async def test_a_site_without_validators_is_downloaded_but_not_stored_again(
     fresh_site: Site, stores: Stores
 ) -> None:
@@ -205,26 +268,41 @@ async def test_a_site_without_validators_is_downloaded_but_not_stored_again(
     assert all(stores.body(d["body_key"]) == render_child(name_of(d)) for d in docs.values())
 
 
+class TwoNodes:
+    """A listing crawled by two nodes, generation after generation (`scrapy seed`)."""
+
+    def __init__(self, site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]) -> None:
+        self.url = site.listing_url(N, per_page=50)
+        self.redis_url, self.tmp_path, self.nodes = redis_url, tmp_path, nodes
+        self.generation = 0
+
+    def seed(self, *flags: str) -> subprocess.CompletedProcess[str]:
+        redis = f"REDIS_URL={self.redis_url}"
+        return scrapy("seed", "listing", self.url, *flags, "-s", redis, cwd=self.tmp_path)
+
+    def crawl(self, *settings: str) -> list[dict[str, Any]]:
+        """Both nodes' final stats."""
+        self.generation += 1
+        two = [
+            Node(f"gen{self.generation}-node{i}", self.redis_url, self.tmp_path, *settings)
+            for i in range(2)
+        ]
+        self.nodes.extend(two)
+        assert [node.wait() for node in two] == [0, 0]
+        return [node.stats() for node in two]
+
+
+def total(stats: list[dict[str, Any]], name: str) -> int:
+    return sum(s.get(name, 0) for s in stats)
+
+
 def test_two_nodes_crawl_a_listing_again_as_a_new_generation(
     fresh_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
 ) -> None:
     site = fresh_site
-    url = site.listing_url(N, per_page=50)
-
-    def seed(*flags: str) -> subprocess.CompletedProcess[str]:
-        return scrapy("seed", "listing", url, *flags, "-s", f"REDIS_URL={redis_url}", cwd=tmp_path)
-
-    def crawl_with_two_nodes(generation: int) -> list[dict[str, Any]]:
-        two = [Node(f"gen{generation}-node{i}", redis_url, tmp_path) for i in range(2)]
-        nodes.extend(two)
-        assert [node.wait() for node in two] == [0, 0]
-        return [node.stats() for node in two]
-
-    def total(stats: list[dict[str, Any]], name: str) -> int:
-        return sum(s.get(name, 0) for s in stats)
-
-    assert seed().returncode == 0
-    first = crawl_with_two_nodes(1)
+    two = TwoNodes(site, redis_url, tmp_path, nodes)
+    assert two.seed().returncode == 0
+    first = two.crawl()
     assert total(first, "listing/children_new") == N
     assert total(first, "body_store/stored") == N
 
@@ -232,10 +310,10 @@ def test_two_nodes_crawl_a_listing_again_as_a_new_generation(
     knob(site, "/_listing?drop=5&seed=8")
     changed = {str(i) for i in range(N) if in_change(i, 5, 3) and not in_change(i, 5, 8)}
     dropped = {str(i) for i in range(N) if in_change(i, 5, 8)}
-    result = seed("--recrawl")
+    result = two.seed("--recrawl")
     assert result.returncode == 0 and "a new generation" in result.stdout, result.stdout
     site.stats(reset=True)
-    second = crawl_with_two_nodes(2)
+    second = two.crawl()
     assert total(second, "listing/children_changed") == len(changed)
     assert total(second, "listing/children_unchanged") == N - len(changed) - len(dropped)
     assert total(second, "body_store/stored") == len(changed)
@@ -253,6 +331,26 @@ def test_two_nodes_crawl_a_listing_again_as_a_new_generation(
     for doc in docs.values():
         expected = render_child(name_of(doc), revision=1 if name_of(doc) in changed else 0)
         assert (tmp_path / "bodies" / doc["body_key"]).read_bytes() == expected
+
+
+def test_two_nodes_with_a_min_age_record_recent_children_without_asking_the_site(
+    fresh_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    site = fresh_site
+    two = TwoNodes(site, redis_url, tmp_path, nodes)
+    assert two.seed().returncode == 0
+    assert total(two.crawl(), "listing/children_new") == N
+    knob(site, "/_listing?drop=5&seed=8")
+    dropped = {str(i) for i in range(N) if in_change(i, 5, 8)}
+    assert two.seed("--recrawl").returncode == 0
+    site.stats(reset=True)
+    second = two.crawl("RECRAWL_MIN_AGE=3600")
+    assert total(second, "listing/children_recent") == N - len(dropped)
+    assert site.stats()["hits"] == total(second, "listing/list_pages")
+    assert total(second, "listing/children_gone") == len(dropped)
+    docs = {d["fingerprint"]: d for d in read_jsonl(tmp_path / "meta.jsonl")}
+    assert {name_of(d) for d in docs.values() if d["gone_at"]} == dropped
+    assert len({d["crawl_id"] for d in docs.values() if not d["gone_at"]}) == 1
 
 
 def test_a_node_given_its_own_url_crawls_it_as_a_listing_of_the_generation(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import suppress
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from scraper.spiders.records import (
     describe_failure,
     failed_child_record,
     failure_reason,
+    linked_record,
     request_of,
 )
 from scraper.spiders.sitemap import read_sitemap
@@ -413,6 +415,13 @@ class ListingSpider(Spider):
         item, freshness = child_record(response, listing_url, fingerprint, self.header_names)
         self.crawler.stats.inc_value(f"listing/children_{freshness}")
         return item
+
+    def recent_child(self, request: Request) -> PageItem:
+        """A child the site gave or confirmed less than RECRAWL_MIN_AGE ago, not asked again
+        (scraper/recrawl.py): its record only says this crawl linked it."""
+        self.children_done += 1
+        self.crawler.stats.inc_value("listing/children_recent")
+        return linked_record(request, datetime.now(UTC))
 
     def child_failed(self, failure: Failure) -> PageItem:
         """A child that could not be fetched still ends as one record, with the reason."""

@@ -44,8 +44,9 @@ if TYPE_CHECKING:
     from scrapy.http import Response
     from twisted.python.failure import Failure
 
-#: What a fetched child is next to its previous record.
-Freshness = Literal["new", "changed", "unchanged"]
+#: What a fetched child is next to its previous record; ``recent``: not fetched, the site
+#: gave or confirmed it less than RECRAWL_MIN_AGE ago.
+Freshness = Literal["new", "changed", "unchanged", "recent"]
 
 #: Why a child could not be fetched, in a few words (stats ``listing/child_failed/<reason>``,
 #: Prometheus ``scraper_children_failed_total{reason}``): a bounded set, never a URL or host.
@@ -93,6 +94,9 @@ _SEEN_FIELDS = (
 NOT_MODIFIED_FIELDS = (*_SEEN_FIELDS, "last_seen")
 #: The fields a failure changes in a record stored before: its last body stays its body.
 FAILED_FIELDS = (*_SEEN_FIELDS, "final_url")
+
+#: The fields a child not asked again (RECRAWL_MIN_AGE) changes: this crawl linked it.
+LINKED_FIELDS = ("listing_url", "listing", "crawl_id", "gone_at")
 
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 
@@ -178,6 +182,20 @@ def not_modified_record(
         elapsed=response.meta.get("download_latency"),
         unchanged=True,
         update_only=NOT_MODIFIED_FIELDS,
+    )
+
+
+def linked_record(request: Request, now: datetime) -> PageItem:
+    """A child the site confirmed less than RECRAWL_MIN_AGE ago, not asked again: the
+    stored record stands; only which crawl last linked it (and from where) changes."""
+    return PageItem(
+        fingerprint=request.cb_kwargs["fingerprint"],
+        url=request.url,
+        listing_url=request.cb_kwargs["listing_url"],
+        listing=request.meta.get(LISTING),
+        crawl_id=request.meta.get(CRAWL_ID),
+        fetched_at=now,
+        update_only=LINKED_FIELDS,
     )
 
 

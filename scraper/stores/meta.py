@@ -20,7 +20,7 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
-from scraper.previous import PROJECTION, Previous
+from scraper.previous import PROJECTION, Previous, checked_at
 from scraper.stores import RejectedDocuments, StoreError, redact
 
 if TYPE_CHECKING:
@@ -125,13 +125,16 @@ class JsonLinesMetaStore:
 
     def _read_index(self) -> dict[str, Previous]:
         """Each fingerprint's Previous, read a line at a time (the file is not held in
-        memory). Only a whole record changes it: partial ones (a 304, a failure, gone_at)
-        leave the body, its hash and validators as they were."""
+        memory). A whole record sets it; a partial one (a 304, a failure) changes only when
+        the body was last checked, and leaves the body, its hash and validators as they were
+        (a gone_at, or a link by a later crawl, changes nothing)."""
         index: dict[str, Previous] = {}
         for doc in self._docs():
+            fp = doc["fingerprint"]
             if "sha256" in doc:
-                fp = doc["fingerprint"]
                 index[fp] = Previous.of(doc, fp)
+            elif "fetched_at" in doc and fp in index:
+                index[fp] = index[fp]._replace(checked_at=checked_at(doc))
         return index
 
     def _docs(self) -> Iterator[dict[str, Any]]:
