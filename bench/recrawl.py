@@ -6,7 +6,8 @@
 Each repeat is one process (``--one``) that crawls the test site's listing three times
 into the same stores: ``first`` (empty stores), ``unchanged`` (the site answers 304 to
 every conditional GET) and ``changed-5%`` (5% of the pages changed in between); then
-once more unchanged without item pipelines (no record written: the request path alone). Per crawl:
+once more unchanged without item pipelines (no record written: the request path alone),
+and once with ``RECRAWL_MIN_AGE`` of an hour (no child asked, each only marked linked). Per crawl:
 pages/s, CPU per page (this process: the crawl and its stores' clients), body bytes the
 site sent, PUTs the S3 sink took, bodies stored. Profiles: ``local`` (folder + JSON
 Lines), ``s3`` (bench/s3sink.py + JSON Lines, or the MongoDB of SCRAPER_BENCH_MONGO_URI;
@@ -36,9 +37,16 @@ from bench.servers import s3_client, s3sink_server, site_server
 from scraper.testsite import Listing
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The last: the unchanged re-crawl again without item pipelines (records not written):
-#: what the request path alone costs.
-PHASES = ("first", "unchanged", "changed-5%", "unchanged-no-pipelines")
+#: After the three crawls, the unchanged re-crawl again without item pipelines (records
+#: not written: what the request path alone costs), and with a re-visit policy.
+PHASES = ("first", "unchanged", "changed-5%", "unchanged-no-pipelines", "min-age-1h")
+#: Above the overrides' "cmdline" (40).
+PHASE_PRIORITY = 50
+#: The settings of a phase that differ from the others'.
+PHASE_SETTINGS: dict[str, dict[str, Any]] = {
+    "unchanged-no-pipelines": {"ITEM_PIPELINES": {}, "CHECKS_ENABLED": False},  # stores nothing
+    "min-age-1h": {"RECRAWL_MIN_AGE": 3600},
+}
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
 
 
@@ -53,7 +61,7 @@ def cpu() -> float:
 
 
 def one(args: argparse.Namespace) -> None:
-    """Three crawls in this process, one after the other; a JSON row per crawl on stdout."""
+    """The PHASES' crawls in this process, one after the other; a JSON row per crawl."""
     from scrapy.crawler import AsyncCrawlerProcess, Crawler
     from scrapy.utils.project import get_project_settings
 
@@ -102,9 +110,13 @@ def one(args: argparse.Namespace) -> None:
         site = get_json(f"{args.site}/_stats?reset=1")
         puts = get_json(f"{args.sink}/_stats")["puts"] if args.sink else 0
         crawler = process.create_crawler(ListingSpider)
-        if phase == "unchanged-no-pipelines":
-            no_pipelines = {"ITEM_PIPELINES": {}, "CHECKS_ENABLED": False}  # stores nothing
-            crawler = Crawler(ListingSpider, {**settings.copy_to_dict(), **no_pipelines})
+        if phase in PHASE_SETTINGS:
+            # Scrapy merges the process's settings into a Crawler given to it, each one
+            # that the Crawler has at the same or a lower priority: the phase's own are
+            # set above the project's and the overrides' (a dict would be the project's).
+            own = settings.copy()
+            own.setdict(PHASE_SETTINGS[phase], priority=PHASE_PRIORITY)
+            crawler = Crawler(ListingSpider, own)
         started_cpu, started = cpu(), time.monotonic()
         await process.crawl(crawler, url=args.url)
         wall, used = time.monotonic() - started, cpu() - started_cpu
@@ -116,6 +128,7 @@ def one(args: argparse.Namespace) -> None:
             "records": stats.get("meta_store/written", 0),
             "stored": stats.get("body_store/stored", 0),
             "unchanged": stats.get("listing/children_unchanged", 0),
+            "recent": stats.get("listing/children_recent", 0),
             "wall_seconds": wall,
             "cpu_seconds": used,
             "body_bytes": site["child_bytes"],

@@ -166,3 +166,24 @@ def test_the_many_site_bench_runs_its_contenders_and_checks_every_record(
     text = results.read_text()
     assert "| per-site-1 | all sites | 1 |" in text and "| cluster-1 | healthy alone | 1 |" in text
     assert "FAILED" not in text
+
+
+def test_the_recrawl_bench_gives_each_phase_its_own_settings() -> None:
+    """Each crawl of bench/recrawl.py runs with its phase's settings (Scrapy merges the
+    process's settings into a Crawler it is given: a phase once ran with the project's)."""
+    result = bench(
+        "recrawl",
+        *("--n", "300", "--concurrency", "50", "--per-page", "100"),
+        *("--profiles", "local", "--repeats", "1"),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = next(json.loads(line) for line in result.stdout.splitlines() if line.startswith("["))
+    crawls = {row["phase"]: row for row in rows}
+    assert [row["finish_reason"] for row in rows] == ["finished"] * 5
+    assert crawls["first"]["stored"] == crawls["first"]["records"] == 300
+    assert crawls["unchanged"]["not_modified"] == 300 and crawls["unchanged"]["stored"] == 0
+    assert 0 < crawls["changed-5%"]["stored"] < 300
+    assert crawls["unchanged-no-pipelines"]["records"] == 0  # ITEM_PIPELINES = {}
+    assert crawls["unchanged-no-pipelines"]["not_modified"] == 300
+    assert crawls["min-age-1h"]["recent"] == crawls["min-age-1h"]["records"] == 300
+    assert crawls["min-age-1h"]["not_modified"] == 0  # RECRAWL_MIN_AGE: no child asked
