@@ -133,9 +133,9 @@ class CanonicalDedupPipeline:
 
     async def process_item(self, item: Any) -> Any:
         adapter = ItemAdapter(item)
-        canonical, fingerprint = adapter.get("canonical_url"), adapter["fingerprint"]
-        if not canonical or adapter.get("body") is None:
-            return item
+        canonical, fingerprint = adapter.get("canonical_url"), adapter.get("fingerprint")
+        if not canonical or not fingerprint or adapter.get("body") is None:
+            return item  # no canonical URL, no body (LinkedRecords: neither)
         owner = await self.canonicals.claim(canonical, fingerprint)
         if owner != fingerprint:
             adapter["duplicate_of"] = owner

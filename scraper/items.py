@@ -59,8 +59,26 @@ class PageItem:
     update_only: tuple[str, ...] | None = field(default=None, repr=False)
 
 
+@dataclass
+class LinkedRecords:
+    """The records of children a re-crawl did not ask again (RECRAWL_MIN_AGE, see
+    scraper/recrawl.py), one item for a list page's lookup: each a partial update of a
+    stored record. One item, not one each: Scrapy processes a response's items one at a
+    time (CONCURRENT_ITEMS = 1), each waiting for its meta batch to be written, so a
+    thousand small items would be a thousand writes."""
+
+    records: list[PageItem]
+
+
 #: Item fields that are not part of the meta document.
 NOT_STORED = ("body", "update_only")
+
+
+def meta_documents(item: Any) -> list[dict[str, Any]]:
+    """What the meta store gets of an item: one document, or LinkedRecords' each."""
+    if isinstance(item, LinkedRecords):
+        return [meta_document(record) for record in item.records]
+    return [meta_document(item)]
 
 
 def meta_document(item: Any) -> dict[str, Any]:

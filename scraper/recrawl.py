@@ -7,9 +7,10 @@ request found its record (``meta["previous"]``) and the conditional GET's header
 (``If-None-Match``, ``If-Modified-Since``); the spider's records compare (see
 scraper/spiders/records.py). With ``RECRAWL_MIN_AGE``, a child the site gave or confirmed
 less than that many seconds ago is not asked at all: the spider's ``recent_child`` record
-says only that this crawl linked it (a re-visit policy: what changed meanwhile is seen
-once the child is older). Each such child is recorded once per process; a child linked
-from list pages crawled on two nodes is recorded, and counted, on each (the same record).
+(a lookup's together, one LinkedRecords item) says only that this crawl linked it (a
+re-visit policy: what changed meanwhile is seen once the child is older). Each such
+child is recorded once per process; a child linked from list pages crawled on two nodes
+is recorded, and counted, on each (the same record).
 
 When the crawl ends complete (finished, no list page failed, pagination not cut by
 LISTING_MAX_PAGES), the records of its listings that it did not link are marked
@@ -30,7 +31,7 @@ from scrapy import Request, signals
 
 from scraper.distributed.connection import distributed
 from scraper.fingerprint import LIST_PAGE
-from scraper.items import PageItem
+from scraper.items import LinkedRecords, PageItem
 from scraper.pipelines.store_calls import call
 from scraper.previous import CRAWL_ID, LISTING, PREVIOUS, Previous
 from scraper.retry import describe
@@ -125,10 +126,10 @@ class Recrawl:
             for given in await self._give_previous(children):
                 yield given
 
-    async def _give_previous(self, children: list[Request]) -> list[Request | PageItem]:
-        """Each child's previous record and conditional GET, one lookup for them all, or
-        the record of a recent child in its place; a lookup that fails leaves them to be
-        fetched whole (nothing lost, more fetched)."""
+    async def _give_previous(self, children: list[Request]) -> list[Request | LinkedRecords]:
+        """Each child's previous record and conditional GET, one lookup for them all; the
+        recent children's records in their place, as one item; a lookup that fails leaves
+        them to be fetched whole (nothing lost, more fetched)."""
         assert self.store is not None
         keys = [child.cb_kwargs["fingerprint"] for child in children]
         try:
@@ -144,7 +145,8 @@ class Recrawl:
                 )
             return list(children)
         self.lookup_failed = False
-        given: list[Request | PageItem] = []
+        given: list[Request | LinkedRecords] = []
+        recent: list[PageItem] = []
         now = datetime.now(UTC)
         for child, key in zip(children, keys, strict=True):
             previous = found.get(key)
@@ -153,7 +155,8 @@ class Recrawl:
                 and self.recent_record is not None
                 and previous.checked_within(self.min_age, now)
             ):
-                given.extend(self._recent(child, key))
+                if (record := self._recent(child, key)) is not None:
+                    recent.append(record)
                 continue
             given.append(child)
             if previous is None:
@@ -167,20 +170,22 @@ class Recrawl:
                 child.meta["handle_httpstatus_list"] = [*allowed, 304]
         self.crawler.stats.inc_value("recrawl/lookups")
         self.crawler.stats.inc_value("recrawl/found", len(found))
+        if recent:
+            given.append(LinkedRecords(recent))
         return given
 
-    def _recent(self, child: Request, key: str) -> list[PageItem]:
-        """A recent child's record in place of its request; nothing for one recorded
-        before in this crawl (dropped as the dupefilter drops a child seen before)."""
+    def _recent(self, child: Request, key: str) -> PageItem | None:
+        """A recent child's record in place of its request; None for one recorded before
+        in this crawl (dropped as the dupefilter drops a child seen before)."""
         assert self.recent_record is not None
         recent: set[str] = self.crawl["recent"]
         if key in recent:
             self.crawler.signals.send_catch_log(
                 signals.request_dropped, request=child, spider=self.crawler.spider
             )
-            return []
+            return None
         recent.add(key)
-        return [self.recent_record(child)]
+        return self.recent_record(child)
 
     def request_done(self, request: Request, list_failed: bool = False) -> None:
         """A list page that failed: the crawl missed its children, so it marks none gone."""

@@ -208,6 +208,8 @@ async def test_a_min_age_records_recent_children_as_linked_without_asking_the_si
     assert stats["listing/children_recent"] == stats["listing/children"] == N - len(dropped)
     assert served["hits"] == stats["listing/list_pages"]  # not one child asked
     assert stats["meta_store/written"] == N - len(dropped)
+    # A list page's recent children are one item: written together, not one write each.
+    assert stats["meta_store/batches"] <= stats["listing/list_pages"]
     assert "body_store/stored" not in stats and "listing/children_not_crawled" not in stats
     assert stats["listing/children_gone"] == len(dropped)
     second = stores.records()
@@ -292,15 +294,19 @@ class TwoNodes:
         return [node.stats() for node in two]
 
 
+@pytest.fixture
+def two(fresh_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]) -> TwoNodes:
+    return TwoNodes(fresh_site, redis_url, tmp_path, nodes)
+
+
 def total(stats: list[dict[str, Any]], name: str) -> int:
     return sum(s.get(name, 0) for s in stats)
 
 
 def test_two_nodes_crawl_a_listing_again_as_a_new_generation(
-    fresh_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    fresh_site: Site, two: TwoNodes, tmp_path: Path
 ) -> None:
     site = fresh_site
-    two = TwoNodes(site, redis_url, tmp_path, nodes)
     assert two.seed().returncode == 0
     first = two.crawl()
     assert total(first, "listing/children_new") == N
@@ -334,10 +340,9 @@ def test_two_nodes_crawl_a_listing_again_as_a_new_generation(
 
 
 def test_two_nodes_with_a_min_age_record_recent_children_without_asking_the_site(
-    fresh_site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+    fresh_site: Site, two: TwoNodes, tmp_path: Path
 ) -> None:
     site = fresh_site
-    two = TwoNodes(site, redis_url, tmp_path, nodes)
     assert two.seed().returncode == 0
     assert total(two.crawl(), "listing/children_new") == N
     knob(site, "/_listing?drop=5&seed=8")

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scraper.items import meta_document
+from scraper.items import meta_documents
 from scraper.metrics import IGNORED, store_latency
 from scraper.pipelines.store_calls import call, open_store
 from scraper.retry import describe, with_backoff
@@ -108,12 +108,12 @@ class MetaStorePipeline:
             )
 
     async def process_item(self, item: Any) -> Any:
-        doc = meta_document(item)
+        docs = meta_documents(item)
         if self.batch_done is None:
             self.batch_done = asyncio.get_running_loop().create_future()
             self.timer = asyncio.get_running_loop().call_later(self.flush_interval, self._flush)
         done = self.batch_done
-        self.batch.append(doc)
+        self.batch.extend(docs)
         if len(self.batch) >= self.batch_size or self._draining():
             self._flush()
         await asyncio.shield(done)
