@@ -85,17 +85,20 @@ class Previous(NamedTuple):
     def of(cls, doc: dict[str, Any], fingerprint: str | None = None) -> Previous:
         """A stored record's; a record from before re-crawls has no ``first_seen``: it was
         first seen when it was fetched. ``fingerprint``: the record's, a string the body
-        key shares when they are equal (an index holds one string, not two)."""
+        key shares when they are equal; so do the first and the last check when they are
+        the same time (an index holds one string, not two)."""
         headers = doc.get("headers") or {}
         body_key = doc.get("body_key")
+        first_seen = iso(doc.get("first_seen") or doc.get("fetched_at"))
+        checked = checked_at(doc)
         return cls(
             _header(headers, "etag"),
             _header(headers, "last-modified"),
             doc.get("sha256"),
             fingerprint if body_key == fingerprint else body_key,
-            iso(doc.get("first_seen") or doc.get("fetched_at")),
+            first_seen,
             iso(doc.get("changed_at")),
-            checked_at(doc),
+            first_seen if checked == first_seen else checked,
         )
 
     def checked_within(self, seconds: float, now: datetime) -> bool:
