@@ -226,6 +226,24 @@ async def test_a_pager_nothing_recognizes_ends_with_a_warning_naming_it(
     assert_children_recorded(crawler.stats.get_stats(), len(records(tmp_path)))
 
 
+def test_a_distributed_node_says_so_at_the_first_page_of_a_listing_with_such_a_pager(
+    site: Site, redis_url: str, tmp_path: Path, nodes: list[Node]
+) -> None:
+    """No node sees every list page of the crawl: the one that parses a listing's first
+    page says it there."""
+    want = expected("custom", 30, 10)
+    node = Node("node", redis_url, tmp_path, url=site.base + want.start)
+    nodes.append(node)
+    assert node.wait() == 0
+    assert node.stats()["listing/list_pages"] == 1
+    warnings = [
+        line for line in node.log.read_text().splitlines() if "look like pagination" in line
+    ]
+    assert len(warnings) == 1
+    assert f"The list page {site.base}{want.start}, where a listing starts" in warnings[0]
+    assert "'2' (list-2)" in warnings[0] and "-a next_css=" in warnings[0]
+
+
 @pytest.mark.parametrize(
     "option", [{"next_css": "p.more a"}, {"next_xpath": "//a[@class='cta']/@href"}]
 )

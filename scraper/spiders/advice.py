@@ -87,13 +87,7 @@ def say_what_was_missed(
     all: say so, with the argument that would fix it."""
     page = first_page
     if page is not None and list_pages == 1 and page.suspects:
-        logger.warning(
-            "Only one list page was crawled, but it has links that look like pagination "
-            "and gave no next page: %(links)s. If the listing has more pages, say where "
-            "the next one is with -a next_css='<selector of the next link>' (or "
-            "-a next_xpath=...), or list them with -a url='%(template)s'",
-            {"links": "; ".join(page.suspects[:5]), "template": template_hint(page.url)},
-        )
+        say_pagination_missed(page, "Only one list page was crawled, but it has")
     if list_pages and not children_found:
         skipped = {
             k.rsplit("/", 1)[1]: v
@@ -106,6 +100,21 @@ def say_what_was_missed(
             "navigation (-s LISTING_CHILDREN=all takes them)?",
             {"n": list_pages, "skipped": skipped or "none"},
         )
+
+
+def say_pagination_missed(page: ListPage, what: str) -> None:
+    """A list page with links that look like pagination gave no next page: ``what``
+    begins the sentence, the links and the arguments that would fix it end it."""
+    logger.warning(
+        "%(what)s links that look like pagination and gave no next page: %(links)s. If "
+        "the listing has more pages, say where the next one is with -a next_css='<selector "
+        "of the next link>' (or -a next_xpath=...), or list them with -a url='%(template)s'",
+        {
+            "what": what,
+            "links": "; ".join(page.suspects[:5]),
+            "template": template_hint(page.url),
+        },
+    )
 
 
 def template_hint(url: str) -> str:

@@ -36,7 +36,12 @@ from scraper.previous import CRAWL_ID, LISTING, new_crawl_id
 from scraper.retry import describe
 from scraper.signals import request_done
 from scraper.sites import SiteMode
-from scraper.spiders.advice import say_children_left, say_concurrency, say_what_was_missed
+from scraper.spiders.advice import (
+    say_children_left,
+    say_concurrency,
+    say_pagination_missed,
+    say_what_was_missed,
+)
 from scraper.spiders.arguments import check_arguments
 from scraper.spiders.listpage import ListPage, read_list_page
 from scraper.spiders.pagination import Position, position
@@ -46,6 +51,7 @@ from scraper.spiders.records import (
     failed_child_record,
     failure_reason,
     linked_record,
+    original_url,
     request_of,
 )
 from scraper.spiders.sitemap import read_sitemap
@@ -96,6 +102,7 @@ class ListingSpider(Spider):
         self.children_found = 0  # children yielded here (dupefilter drops counted back)
         self.children_done = 0  # children whose callback or errback gave their item
         self.first_page: ListPage | None = None
+        self.pagination_warned = False  # distributed: said at the first page (advice.py)
         self.max_pages_logged = False
         self.list_positions: set[Position] = set()  # list pages requested or parsed here
         self.crawl_id = ""  # set at start: new, or the one JOBDIR kept (scraper/previous.py)
@@ -268,6 +275,8 @@ class ListingSpider(Spider):
         )
         if self.first_page is None:
             self.first_page = page
+        if page.suspects and not self.pagination_warned and distributed(self.crawler.settings):
+            self._say_if_a_listing_starts_here(page, response)
         self.list_positions.add(page.here)
         stats.inc_value(f"listing/pagination/{page.idiom or 'none'}")
         for reason, count in page.skipped.items():
@@ -278,6 +287,16 @@ class ListingSpider(Spider):
                     break
                 yield self.list_request(url, **self._crawl_of(response))
         yield from self._children(page.children, response)
+
+    def _say_if_a_listing_starts_here(self, page: ListPage, response: Response) -> None:
+        """Distributed: the first page of a listing whose pager gave nothing says so at
+        once, once a node (no node sees the whole crawl's list pages to say it at the end,
+        as one process does)."""
+        assert response.request is not None
+        if response.meta.get(LISTING) != original_url(response.request):
+            return  # a later page: its listing's first page gave a next page
+        self.pagination_warned = True
+        say_pagination_missed(page, f"The list page {page.url}, where a listing starts, has")
 
     def _may_follow(self) -> bool:
         limit = self.crawler.settings.getint("LISTING_MAX_PAGES")
