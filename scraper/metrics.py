@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +35,7 @@ from scrapy.exceptions import NotConfigured
 
 from scraper.config import stop_crawl
 from scraper.politeness import RetryAfterMiddleware
+from scraper.spiders.records import Freshness
 from scraper.work import requests_waiting
 
 if TYPE_CHECKING:
@@ -140,6 +141,18 @@ STATS: tuple[Counted, ...] = (
         "scraper_children_discovered",
         "Child pages found on list pages, after dedup (each ends as one record).",
         "listing/children",
+    ),
+    Counted(
+        "scraper_children_freshness",
+        "Children fetched or not asked, by what they are next to their stored record: new, "
+        "changed, unchanged (a 304 or the same body), recent (not asked: RECRAWL_MIN_AGE).",
+        {freshness: f"listing/children_{freshness}" for freshness in get_args(Freshness)},
+        label="freshness",
+    ),
+    one(
+        "scraper_children_gone",
+        "Records marked gone_at at the crawl's end: their listing no longer links them.",
+        "listing/children_gone",
     ),
     Counted(
         "scraper_children_failed",

@@ -115,6 +115,9 @@ def test_a_crawls_metrics_at_its_end_equal_its_stats(slow_site: Site, tmp_path: 
         'scraper_children_failed_total{reason="connection"}': 1,
         'scraper_children_failed_total{reason="ignored"}': 1,  # the redirect loop
     }
+    # A first crawl: every child fetched is new (the faults are failures, not fetched).
+    assert final['scraper_children_freshness_total{freshness="new"}'] == 111 - 7
+    assert final['scraper_children_freshness_total{freshness="recent"}'] == 0
     assert sum(v for k, v in final.items() if k.startswith("scraper_responses_total")) == stats.get(
         "downloader/response_count"
     )
