@@ -33,7 +33,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
-from scrapy.utils.httpobj import urlparse_cached
 
 from scraper.distributed.codec import BadEntry, decode, entry_request, start_url
 from scraper.distributed.connection import REDIS_ERRORS, is_outage
@@ -42,6 +41,7 @@ from scraper.distributed.leases import LEASE
 from scraper.distributed.upkeep import LeaseUpkeep
 from scraper.figures import Rate, read_figures
 from scraper.retry import describe
+from scraper.sites import request_site
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -369,7 +369,7 @@ class Pump:
                     self._reject(entry.token, "requests", exc)
                     continue
                 request.meta[LEASE] = entry.token
-                self.leases.hold(entry.token, urlparse_cached(request).hostname or "")
+                self.leases.hold(entry.token, request_site(request))
                 if entry.wait_ms > 0:  # a paced site's: handed over at its start time
                     self.buffers.hold(request)
                     loop.call_later(entry.wait_ms / 1000, self._start_later, entry.token)

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 from scrapy import Request, signals
 from scrapy.exceptions import CloseSpider, DontCloseSpider
 from scrapy.utils.defer import deferred_from_coro
-from scrapy.utils.httpobj import urlparse_cached
 
 from scraper.config import ConfigError, stop_crawl
 from scraper.distributed.bloom import BloomFilter
@@ -56,7 +55,7 @@ from scraper.distributed.pump import Pump
 from scraper.distributed.queue import CrawlQueue, Pace, partitions
 from scraper.retry import describe
 from scraper.signals import request_done, site_paused
-from scraper.sites import ListPageSource
+from scraper.sites import ListPageSource, request_site
 
 if TYPE_CHECKING:
     from typing import Self
@@ -168,7 +167,7 @@ class DistributedScheduler:
             # A request this node holds: leased (the pump hands it over through
             # engine.crawl), or a retry or redirect of one. It stays here, under its
             # lease, and is acknowledged when it is done.
-            self.leases.fetching(request.meta[LEASE], urlparse_cached(request).hostname or "")
+            self.leases.fetching(request.meta[LEASE], request_site(request))
             self.buffers.keep(request)
             self.stats.inc_value("scheduler/enqueued")
             return True
@@ -178,7 +177,7 @@ class DistributedScheduler:
             else self.crawler.request_fingerprinter.fingerprint(request).hex()
         )
         data = encode(request, self.spider)
-        site = urlparse_cached(request).hostname or ""
+        site = request_site(request)
         if request.priority > 0 and request.meta.pop(FOUND_BY, None) in self.leases.held:
             # A list page found while crawling one this node holds: it feeds the whole
             # crawl, so this node crawls it now, leased to itself in Redis by the next
