@@ -50,6 +50,26 @@ async def test_priority_first_then_first_in_first_out(redis_url: str) -> None:
 
 
 @deferred_f_from_coro_f
+async def test_a_batch_sent_again_gets_the_answer_its_first_call_got(redis_url: str) -> None:
+    client, queue = await fresh(redis_url)
+    try:
+        entries = [("fp1", 0, "r1", "a.test"), ("fp2", 0, "r2", "a.test")]
+        assert await queue.enqueue(entries[:1], "node-a:0") == []
+        assert await queue.enqueue(entries, "node-b:0") == [0]  # fp1 seen: another batch
+        assert await queue.enqueue(entries[:1], "node-a:0") == []  # sent again: as before
+        assert await queue.enqueue(entries[:1]) == [0]  # a new batch: seen
+        found = [("fp3", 10, "list", "0/node-a:f0", "a.test")]
+        assert await queue.enqueue_leased(found, 60_000, "node-a:1") == []
+        assert await queue.enqueue_leased(found, 60_000, "node-a:1") == []
+        assert await queue.enqueue_leased(found, 60_000) == ["0/node-a:f0"]
+        status = await queue.status()
+        assert (status.queued, status.leased) == (2, 1)  # each added once
+        assert await client.ttl("listing:batch:node-a:0") > 86_000  # kept a day
+    finally:
+        await client.aclose()
+
+
+@deferred_f_from_coro_f
 async def test_ack_once_and_refuse_after_reclaim(redis_url: str) -> None:
     client, queue = await fresh(redis_url)
     try:

@@ -15,7 +15,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from scrapy import Request, signals
 from scrapy.utils.defer import deferred_f_from_coro_f, maybe_deferred_to_future
 from scrapy.utils.misc import load_object
@@ -190,6 +192,46 @@ async def test_a_list_page_is_acknowledged_after_its_children_are_in_redis(
         await node.pump.flush()
         assert queued_at_ack == [50]
         assert node.stat("distributed/acked") == 1
+    finally:
+        await close_node(node)
+
+
+@deferred_f_from_coro_f
+async def test_children_whose_enqueue_answer_was_lost_are_not_counted_as_seen(
+    redis_url: str,
+) -> None:
+    """Redis ran the ENQUEUE, then the connection dropped before its answer arrived (a
+    restart): sent again, the same batch is answered as the first time, not "seen"."""
+    node = await open_node(redis_url)
+    dropped: list[Request] = []
+    node.crawler.signals.connect(
+        lambda request, **_: dropped.append(request), signal=signals.request_dropped, weak=False
+    )
+    enqueue = node.queue.enqueue
+    calls: list[str | None] = []
+
+    async def answer_lost(entries: Any, batch: str | None = None) -> list[int]:
+        calls.append(batch)
+        seen = await enqueue(entries, batch)
+        if len(calls) == 1:
+            raise RedisConnectionError("Connection closed by server.")
+        return seen
+
+    node.queue.enqueue = answer_lost  # type: ignore[method-assign]
+    try:
+        for n in range(30):
+            node.scheduler.enqueue_request(node.request(f"/item/{n}"))
+        with pytest.raises(RedisConnectionError):
+            await node.pump.flush()
+        node.scheduler.enqueue_request(node.request("/item/30"))  # more, meanwhile
+        await node.pump.flush()
+        assert dropped == [] and node.stat("distributed/filtered") == 0
+        assert (await node.queue.status()).queued == 31  # each once
+        assert calls[0] == calls[1] and calls[2] != calls[0]  # the same batch, then a new one
+        # A request the crawl had indeed seen is still dropped.
+        node.scheduler.enqueue_request(node.request("/item/3"))
+        await node.pump.flush()
+        assert [r.url for r in dropped] == ["http://127.0.0.1:1/item/3"]
     finally:
         await close_node(node)
 

@@ -61,6 +61,10 @@ class Keys:
         """The queue of one site's requests."""
         return f"{self.prefix}q:{site}"
 
+    def batch(self, batch_id: str) -> str:
+        """The answer kept of one enqueue batch (lua/answer.lua)."""
+        return f"{self.prefix}batch:{batch_id}"
+
     def fixed(self) -> list[str]:
         """Every key of the partition but the sites' queues."""
         return [getattr(self, f.name) for f in fields(self) if f.name != "prefix"]

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from scrapy import Request, signals
 
@@ -141,6 +142,9 @@ class Pump:
         self.flushed_at = 0.0
         self.next_lease = 0.0  # monotonic time of the next LEASE call
         self.leased_at = 0.0  # monotonic time of the last one
+        # Outbox batches sent and not answered yet (_next_batch), and their ids' counter.
+        self.unanswered: dict[str, tuple[str, int]] = {}
+        self.batch_ids = itertools.count()
         self.lease_wait = 0.0
         self.started = time.monotonic()
         self.rate = Rate(RATE_WINDOW)
@@ -267,8 +271,10 @@ class Pump:
         leased_n, queued_n = len(buffers.outbox_leased), len(buffers.outbox)
         worked = leased_n + queued_n > 0
         while leased_n > 0:
-            leased = buffers.outbox_leased[: min(self.batch, leased_n)]
-            seen = await self.queue.enqueue_leased(leased, self.lease_ms)
+            batch_id, size = self._next_batch("leased", leased_n)
+            leased = buffers.outbox_leased[:size]
+            seen = await self.queue.enqueue_leased(leased, self.lease_ms, batch_id)
+            del self.unanswered["leased"]  # answered
             del buffers.outbox_leased[: len(leased)]
             leased_n -= len(leased)
             if seen:  # found by another node first: it is crawled there
@@ -276,9 +282,11 @@ class Pump:
                 self.stats.inc_value("distributed/filtered", len(seen))
                 self.upkeep.drop_unstarted(set(seen))  # if not started yet, not crawled here too
         while queued_n > 0:
-            batch = buffers.outbox[: min(self.batch, queued_n)]
-            positions = await self.queue.enqueue([entry[:4] for entry in batch])
+            batch_id, size = self._next_batch("queued", queued_n)
+            batch = buffers.outbox[:size]
+            positions = await self.queue.enqueue([entry[:4] for entry in batch], batch_id)
             self.enqueued_to.update(self.queue.partition(entry.site) for entry in batch)
+            del self.unanswered["queued"]  # answered
             del buffers.outbox[: len(batch)]
             queued_n -= len(batch)
             self.stats.inc_value("distributed/filtered", len(positions))
@@ -287,6 +295,16 @@ class Pump:
                     signals.request_dropped, request=batch[i].request, spider=self.spider
                 )
         return worked
+
+    def _next_batch(self, outbox: Literal["leased", "queued"], waiting: int) -> tuple[str, int]:
+        """The id and size of an outbox's next batch: the one sent last, if Redis's answer
+        to it was lost (an outage). Only the pump takes from the outboxes, so that batch
+        is still at their head; sent again under its id, it gets the answer Redis kept
+        (lua/answer.lua), not "seen" for the requests its first call added."""
+        if outbox not in self.unanswered:
+            batch_id = f"{self.leases.node}:{next(self.batch_ids)}"
+            self.unanswered[outbox] = (batch_id, min(self.batch, waiting))
+        return self.unanswered[outbox]
 
     async def _lease_more(self, now: float) -> bool:
         if await self.refill():

@@ -20,6 +20,9 @@ each site's requests live in one partition):
 ``dead``         LIST  entries whose leases expired REDIS_MAX_ATTEMPTS times
 ``seq``          STRING the sequence counter (requests and lease tokens)
 ``sweeper``      STRING the node whose turn it is to check the leases (expires)
+``batch:<id>``   STRING the answer of one ENQUEUE call, for a day: a node whose answer was
+                       lost in an outage sends the batch again and gets the same answer
+                       (lua/answer.lua); ids are ``<node>:<n>``, a node's id is unique
 
 Keys of the whole crawl, in partition 0:
 
@@ -43,6 +46,7 @@ All deadlines use Redis's own clock (TIME), never a node's.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -129,8 +133,8 @@ class CrawlQueue:
         self.parts: list[Keys] = []
         self._set_partitions(partitions)
         script = redis.register_script
-        self._enqueue = script(lua("enqueue", "queue_site", "is_new"))
-        self._enqueue_leased = script(lua("enqueue_leased", "now", "is_new"))
+        self._enqueue = script(lua("enqueue", "queue_site", "is_new", "answer"))
+        self._enqueue_leased = script(lua("enqueue_leased", "now", "is_new", "answer"))
         self._lease = script(lua("lease", "now"))
         self._ack = script(lua("ack"))
         self._reclaim = script(lua("reclaim", "now", "queue_site"))
@@ -181,9 +185,14 @@ class CrawlQueue:
             groups.setdefault(k if k < n else 0, []).append(token)
         return groups
 
-    async def enqueue(self, entries: Sequence[tuple[str, int, str, str]]) -> list[int]:
+    async def enqueue(
+        self, entries: Sequence[tuple[str, int, str, str]], batch: str | None = None
+    ) -> list[int]:
         """Add (fingerprint or "", priority, JSON, site) entries not seen before; return
-        the positions in ``entries`` of those that were seen (duplicates, not added)."""
+        the positions in ``entries`` of those that were seen (duplicates, not added).
+        ``batch``: the batch's id, the same when it is sent again after an answer was lost
+        (Redis answers as the first time: lua/answer.lua); a new one by default."""
+        batch = batch or uuid.uuid4().hex
         seen: list[int] = []
         positions = self._by_partition(range(len(entries)), lambda i: entries[i][3])
         for k, indexes in positions.items():
@@ -202,6 +211,7 @@ class CrawlQueue:
                     p.queued,
                     p.version,
                     p.ready,
+                    p.batch(batch),
                 ],
                 args=args,
             )
@@ -212,11 +222,15 @@ class CrawlQueue:
         return self.bloom.key(fingerprint) if self.bloom and fingerprint else fingerprint
 
     async def enqueue_leased(
-        self, entries: Sequence[tuple[str, int, str, str, str]], lease_ms: int
+        self,
+        entries: Sequence[tuple[str, int, str, str, str]],
+        lease_ms: int,
+        batch: str | None = None,
     ) -> list[str]:
         """Add (fingerprint, priority, JSON, token, site) entries leased to their finder;
         return the tokens of those already seen (their requests are duplicates). Each
-        token names its site's partition (Leases.hold_found)."""
+        token names its site's partition (Leases.hold_found). ``batch`` as for enqueue."""
+        batch = batch or uuid.uuid4().hex
         seen: list[str] = []
         for k, group in self._tokens_by_partition(e[3] for e in entries).items():
             p, tokens = self.parts[k], set(group)
@@ -225,7 +239,16 @@ class CrawlQueue:
                 if token in tokens:
                     args += (self._dedup_key(fp), priority, request, token, site)
             found = await self._enqueue_leased(
-                keys=[p.dupefilter, p.seq, p.leases, p.leased, p.bloom, p.bloom_count, p.version],
+                keys=[
+                    p.dupefilter,
+                    p.seq,
+                    p.leases,
+                    p.leased,
+                    p.bloom,
+                    p.bloom_count,
+                    p.version,
+                    p.batch(batch),
+                ],
                 args=args,
             )
             seen += (_text(token) for token in found)

@@ -1,10 +1,14 @@
 -- Like enqueue, but each new request is leased at once to the node that found it, under
 -- the token that node chose, instead of queued: that node crawls it now.
 -- ARGV: lease_ms, then quintuples of dedup key, priority, request JSON, token, site.
--- Returns the tokens of the requests already seen (not leased).
+-- Returns the tokens of the requests already seen (not leased); the same again for a
+-- batch sent again (answer.lua).
 local dupefilter, seq_key, leases, leased = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local bloom, bloom_count, version = KEYS[5], KEYS[6], KEYS[7]
+local bloom, bloom_count, version, batch = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local lease_ms = tonumber(ARGV[1])
+
+local answered = kept_answer(batch)
+if answered then return answered end
 
 local seen, added = {}, 0
 for i = 2, #ARGV, 5 do
@@ -22,4 +26,4 @@ for i = 2, #ARGV, 5 do
   end
 end
 if added > 0 then redis.call('INCR', version) end
-return seen
+return keep_answer(batch, seen)
